@@ -1,0 +1,51 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    live transcription server with the default model
+#   make test   the test suite
+# Both create or reuse .venv and install what is needed (Debian packages too).
+
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+# The CPU build of torch that lies on this machine's disk; the GPU machine has 2.11.
+TORCH_SPEC  ?= torch==2.13.0
+DEB_PACKAGES := libportaudio2 libsndfile1
+STAMP       := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test run venv deb clean help
+
+help:
+	@echo "make run   - start the live transcription server (default model)"
+	@echo "make test  - create/reuse .venv, install, run the test suite"
+
+deb:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the project description changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: deb $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+run: venv
+	@echo "make run: the live transcription server arrives with issue 3 (WebSocket server + Whisper tiny.en)."
+	@echo "Until then, here is what the CLI offers:"
+	$(VENV)/bin/legato --help
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""legato.asr: speech recognition models and their front-ends (``frontends/``)."""

@@ -1,0 +1,1 @@
+"""legato.clients: the ``legato`` command line and client libraries."""

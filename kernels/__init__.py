@@ -1,0 +1,2 @@
+"""legato.kernels: fused kernels (Triton on GPU, numba on CPU), each beside
+the plain PyTorch reference it is tested against, with a dispatcher."""

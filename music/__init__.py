@@ -1,0 +1,1 @@
+"""legato.music: generative audio, video-to-audio and music (later issues)."""

@@ -1,0 +1,1 @@
+"""legato.server: WebSocket and gRPC front ends over one engine (later issues)."""

@@ -1,0 +1,85 @@
+"""State pools: preallocated per-stream state slots for one model.
+
+The engine owns one :class:`StatePool` per streaming model. The pool holds the
+state of up to ``capacity`` streams in one block on the model's device. A
+stream acquires a slot when it starts and releases it when it ends; a step
+runs on any subset of slots, so streams join and leave a batch at any step.
+
+A step gathers the rows of its slots into a working state, runs the module,
+and scatters the rows back only if the step succeeded. A failed step therefore
+leaves every stream's saved state exactly as it was.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import torch
+
+from legato.stream.errors import CapacityError
+from legato.stream.module import StreamingModule
+from legato.stream.state import StreamState
+
+
+class StatePool:
+    """``capacity`` slots of ``module``'s state, preallocated on ``device``."""
+
+    def __init__(self, module: StreamingModule, capacity: int, device: torch.device | str | None = None):
+        if capacity <= 0:
+            raise ValueError(f"pool capacity must be positive, got {capacity}")
+        self.module = module
+        self.capacity = capacity
+        self.device = torch.device(device) if device is not None else module.param_device()
+        self.state = module.init_state(capacity, device=self.device)
+        self._fresh = module.init_state(1, device=self.device)
+        self._free = list(range(capacity - 1, -1, -1))  # pop() hands out slot 0 first
+        self._lock = threading.Lock()
+
+    @property
+    def in_use(self) -> int:
+        return self.capacity - len(self._free)
+
+    def acquire(self) -> int:
+        """Take a free slot, reset to the initial state. Raises CapacityError when full."""
+        with self._lock:
+            if not self._free:
+                raise CapacityError(f"state pool for {type(self.module).__name__} is full ({self.capacity} streams)")
+            slot = self._free.pop()
+        self.reset([slot])
+        return slot
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            if slot in self._free or not 0 <= slot < self.capacity:
+                raise ValueError(f"slot {slot} is not in use")
+            self._free.append(slot)
+
+    def rows(self, slots: Sequence[int]) -> torch.Tensor:
+        return torch.as_tensor(list(slots), dtype=torch.long, device=self.device)
+
+    def reset(self, slots: Sequence[int]) -> None:
+        mask = torch.zeros(self.capacity, dtype=torch.bool, device=self.device)
+        mask[self.rows(slots)] = True
+        self.state.reset_(mask, self._fresh)
+
+    def gather(self, slots: Sequence[int]) -> StreamState:
+        """A working copy of the given slots' state (batch = len(slots))."""
+        return self.state.gather(self.rows(slots))
+
+    def scatter(self, slots: Sequence[int], state: StreamState) -> None:
+        """Commit a working state back into the given slots."""
+        self.state.scatter_(self.rows(slots), state)
+
+    def step(self, slots: Sequence[int], x: torch.Tensor) -> torch.Tensor:
+        """Run ``module.step`` on the given slots; commit state only on success."""
+        work = self.gather(slots)
+        y = self.module.step(x, work)
+        self.scatter(slots, work)
+        return y
+
+    def flush(self, slots: Sequence[int]) -> torch.Tensor | None:
+        work = self.gather(slots)
+        y = self.module.flush(work)
+        self.scatter(slots, work)
+        return y

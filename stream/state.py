@@ -1,0 +1,119 @@
+"""Per-stream state: explicit, fixed-shape tensors with the batch on axis 0.
+
+A streaming module declares its state as a frozen dataclass deriving from
+:class:`StreamState`. Fields are tensors whose first axis is the stream
+(batch) axis, nested states, or tuples of nested states (one per layer).
+Shapes never depend on how much audio a stream has seen, so a step can be
+captured in a CUDA graph and a pool can hold many streams' state in one
+preallocated block.
+
+Steps update state *in place*; the state object and its tensors keep their
+identity for the life of a stream (or a pool).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator
+
+import torch
+
+Leaf = torch.Tensor
+
+
+def _map(value: Any, fn: Callable[[Leaf], Leaf]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, StreamState):
+        return type(value)(**{f.name: _map(getattr(value, f.name), fn) for f in dataclasses.fields(value)})
+    if isinstance(value, tuple):
+        return tuple(_map(v, fn) for v in value)
+    raise TypeError(f"state fields must be tensors, StreamStates or tuples of them, got {type(value).__name__}")
+
+
+def _zip(a: Any, b: Any, fn: Callable[[Leaf, Leaf], None]) -> None:
+    if isinstance(a, torch.Tensor):
+        fn(a, b)
+    elif isinstance(a, StreamState):
+        for f in dataclasses.fields(a):
+            _zip(getattr(a, f.name), getattr(b, f.name), fn)
+    else:
+        for x, y in zip(a, b, strict=True):
+            _zip(x, y, fn)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamState:
+    """Base of every per-stream state. Subclass as a frozen dataclass."""
+
+    def leaves(self, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(dotted_name, tensor)`` for every tensor, depth first."""
+        for f in dataclasses.fields(self):
+            yield from _leaves(getattr(self, f.name), f"{prefix}{f.name}")
+
+    @property
+    def batch_size(self) -> int:
+        for _, t in self.leaves():
+            return t.shape[0]
+        return 0
+
+    @property
+    def device(self) -> torch.device:
+        for _, t in self.leaves():
+            return t.device
+        return torch.device("cpu")
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "StreamState":
+        """A new state of the same structure with ``fn`` applied to every tensor."""
+        return _map(self, fn)
+
+    def clone(self) -> "StreamState":
+        return self.map(torch.clone)
+
+    def to(self, device: torch.device | str) -> "StreamState":
+        return self.map(lambda t: t.to(device))
+
+    def gather(self, rows: torch.Tensor) -> "StreamState":
+        """Copy of the given batch rows; ``rows`` is (n,) int64 on the state's device."""
+        return self.map(lambda t: t.index_select(0, rows))
+
+    def scatter_(self, rows: torch.Tensor, src: "StreamState") -> None:
+        """Write ``src`` (batch n) into the given rows of this state, in place."""
+        _zip(self, src, lambda dst, s: dst.index_copy_(0, rows, s))
+
+    def copy_(self, src: "StreamState") -> None:
+        _zip(self, src, lambda dst, s: dst.copy_(s))
+
+    def reset_(self, mask: torch.Tensor, fresh: "StreamState") -> None:
+        """Rows where ``mask`` (batch,) bool is true take the values of ``fresh`` (batch 1)."""
+
+        def reset_leaf(dst: torch.Tensor, init: torch.Tensor) -> None:
+            m = mask.view((-1,) + (1,) * (dst.dim() - 1))
+            dst.copy_(torch.where(m, init.expand_as(dst), dst))
+
+        _zip(self, fresh, reset_leaf)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for _, t in self.leaves())
+
+
+def _leaves(value: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, StreamState):
+        yield from value.leaves(prefix=name + ".")
+    else:
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{name}.{i}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StackedState(StreamState):
+    """The states of a sequence of child modules, one per child (for example layers)."""
+
+    children: tuple[StreamState, ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NoState(StreamState):
+    """State of a module that keeps nothing between chunks."""

@@ -1,0 +1,1 @@
+"""legato.tts: text-to-speech models and text front-ends (later issues)."""
