@@ -59,9 +59,10 @@ class StatePool:
         return torch.as_tensor(list(slots), dtype=torch.long, device=self.device)
 
     def reset(self, slots: Sequence[int]) -> None:
-        mask = torch.zeros(self.capacity, dtype=torch.bool, device=self.device)
-        mask[self.rows(slots)] = True
-        self.state.reset_(mask, self._fresh)
+        """Put the given slots back to the initial state, touching no other row
+        (a stream may open while a step runs on other slots)."""
+        n = len(slots)
+        self.state.scatter_(self.rows(slots), self._fresh.map(lambda t: t.expand((n,) + t.shape[1:])))
 
     def gather(self, slots: Sequence[int]) -> StreamState:
         """A working copy of the given slots' state (batch = len(slots))."""

@@ -1,0 +1,436 @@
+"""The engine: sessions push frames, workers batch stages across streams.
+
+Shape of the machine::
+
+    push() ──▶ [stage 0 queue] ─▶ stage 0 ─▶ [stage 1 queue] ─▶ ... ─▶ [output queue] ──▶ get()
+               one bounded queue per stream per stage              one bounded queue per stream
+
+* The pipeline given to the engine is flattened into stages. Each stage runs
+  on the worker thread of its ``device`` (one thread per device), never on an
+  asyncio loop.
+* A worker repeatedly picks a stage whose ready streams should step now
+  (``scheduler.decide``: full batch, everyone ready, or the earliest deadline
+  would otherwise be missed), takes one frame from each of up to
+  ``max_batch`` ready streams (earliest deadline first), runs the stage, and
+  routes outputs to the next stage's queues.
+* A stream is ready for a stage only if the queue *after* the stage has room,
+  so a slow consumer stalls its own stream back to ``push``, which blocks (or
+  awaits) instead of dropping audio. Queues may overshoot their bound by the
+  frames one step emits.
+* A frame's deadline is the time its input was pushed plus the stream's
+  latency budget; outputs inherit it.
+* If a stage raises on a batch, each stream of the batch is retried alone;
+  a stream that still fails gets an ``ErrorEvent`` and ends; the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from legato.stream import scheduler
+from legato.stream.errors import CapacityError, ClosedError, LegatoError
+from legato.stream.frames import EndOfStream, ErrorEvent, Frame
+from legato.stream.graph import Stage, StreamInfo
+from legato.stream.metrics import Histogram, StageMetrics
+
+DEFAULT_MAX_STREAMS = 256
+DEFAULT_QUEUE_FRAMES = 16  # per stream per stage
+DEFAULT_OUTPUT_FRAMES = 256  # per stream, frames waiting for the client
+DEFAULT_BUDGET_S = 1.0
+
+
+@dataclass
+class _Item:
+    frame: Frame
+    deadline: float  # monotonic seconds
+    arrival: float  # when the input it came from was pushed
+    enqueued: float  # when it entered its current queue
+
+
+@dataclass
+class _Stream:
+    info: StreamInfo
+    contexts: list[Any]
+    queues: list[deque]
+    out: deque = field(default_factory=deque)
+    open: list[bool] = field(default_factory=list)  # stage still has this stream's context
+    in_flight: list[bool] = field(default_factory=list)
+    input_closed: bool = False  # EndOfStream pushed (or cancelled)
+    finished: bool = False  # last frame (EndOfStream or ErrorEvent) is in ``out``
+    waiters: list = field(default_factory=list)  # asyncio (loop, future) pairs
+
+
+class Engine:
+    """Runs a pipeline for many concurrent streams. Use as a context manager or start()/stop()."""
+
+    def __init__(
+        self,
+        pipeline: Stage,
+        *,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        queue_frames: int = DEFAULT_QUEUE_FRAMES,
+        output_frames: int = DEFAULT_OUTPUT_FRAMES,
+        default_budget_s: float = DEFAULT_BUDGET_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.stages = pipeline.flatten()
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique within an engine, got {names}")
+        self.max_streams, self.queue_frames, self.output_frames = max_streams, queue_frames, output_frames
+        self.default_budget_s = default_budget_s
+        self.clock = clock
+        self.stage_metrics = [StageMetrics(max_batch=s.max_batch) for s in self.stages]
+        self.end_to_end_s = Histogram.latency()
+        self.step_times = [scheduler.StepTimeModel() for _ in self.stages]
+        self._streams: dict[str, _Stream] = {}
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+
+    # -- life cycle ---------------------------------------------------------
+
+    def start(self) -> "Engine":
+        if self._threads:
+            return self
+        self._stopping = False
+        for device in dict.fromkeys(s.device for s in self.stages):
+            t = threading.Thread(target=self._worker, args=(device,), name=f"legato-worker-{device}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
+        self._threads.clear()
+        for sid in list(self._streams):
+            self._cancel(sid)
+
+    def __enter__(self) -> "Engine":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- streams -------------------------------------------------------------
+
+    @property
+    def active_streams(self) -> int:
+        with self._cond:
+            return len(self._streams)
+
+    def open_stream(self, budget_s: float | None = None, options: dict | None = None, stream_id: str | None = None) -> "StreamHandle":
+        """Open a stream on every stage. Raises CapacityError past ``max_streams`` or a full pool."""
+        info = StreamInfo(stream_id or uuid.uuid4().hex[:12], budget_s or self.default_budget_s, dict(options or {}))
+        with self._cond:
+            if len(self._streams) >= self.max_streams:
+                raise CapacityError(f"engine is serving its maximum of {self.max_streams} streams")
+            if info.stream_id in self._streams:
+                raise ValueError(f"stream id {info.stream_id!r} is already open")
+            self._streams[info.stream_id] = None  # type: ignore[assignment]  # reserve the id and the seat
+        contexts: list[Any] = []
+        try:
+            for stage in self.stages:
+                contexts.append(stage.open(info))
+        except BaseException:
+            for stage, ctx in zip(self.stages, contexts):
+                stage.close(ctx)
+            with self._cond:
+                del self._streams[info.stream_id]
+            raise
+        n = len(self.stages)
+        entry = _Stream(info, contexts, [deque() for _ in range(n)], open=[True] * n, in_flight=[False] * n)
+        with self._cond:
+            self._streams[info.stream_id] = entry
+        return StreamHandle(self, info, entry)
+
+    def _cancel(self, stream_id: str) -> None:
+        with self._cond:
+            entry = self._streams.get(stream_id)
+            if entry is None:
+                return
+            entry.input_closed = True
+            self._end(entry, None)
+
+    # -- called with the lock held ---------------------------------------------
+
+    def _wake(self, entry: _Stream) -> None:
+        for loop, fut in entry.waiters:
+            loop.call_soon_threadsafe(_resolve, fut)
+        entry.waiters.clear()
+        self._cond.notify_all()
+
+    def _close_stage(self, entry: _Stream, k: int) -> None:
+        if entry.open[k] and not entry.in_flight[k]:
+            entry.open[k] = False
+            try:
+                self.stages[k].close(entry.contexts[k])
+            except Exception:  # closing must never take the engine down
+                pass
+
+    def _end(self, entry: _Stream, last: Frame | None) -> None:
+        """Finish a stream: drop queued input, close stages not mid-step, deliver ``last``."""
+        for k, q in enumerate(entry.queues):
+            q.clear()
+            self._close_stage(entry, k)
+        if not entry.finished:
+            entry.finished = True
+            if last is not None:
+                entry.out.append(last)
+        if not any(entry.open):
+            self._streams.pop(entry.info.stream_id, None)
+        self._wake(entry)
+
+    def _has_room_after(self, entry: _Stream, k: int) -> bool:
+        if k == len(self.stages) - 1:
+            return len(entry.out) < self.output_frames
+        return len(entry.queues[k + 1]) < self.queue_frames
+
+    def _pick(self, stage_ids: list[int], now: float):
+        best, best_deadline, wait = None, float("inf"), float("inf")
+        streams = [e for e in self._streams.values() if e is not None and not e.finished]
+        for k in reversed(stage_ids):  # downstream first: drain before filling
+            stage = self.stages[k]
+            active = [e for e in streams if e.open[k]]
+            ready = [e for e in active if e.queues[k] and self._has_room_after(e, k)]
+            if not ready:
+                continue
+            earliest = min(e.queues[k][0].deadline for e in ready)
+            downstream = sum(self.step_times[j].estimate(1) for j in range(k + 1, len(self.stages)))
+            n = min(len(ready), stage.max_batch)
+            decision = scheduler.decide(
+                ready=len(ready),
+                active=len(active),
+                max_batch=stage.max_batch,
+                earliest_deadline=earliest,
+                now=now,
+                step_s=self.step_times[k].estimate(n),
+                downstream_s=downstream,
+            )
+            if decision.run and earliest < best_deadline:
+                best, best_deadline = (k, sorted(ready, key=lambda e: e.queues[k][0].deadline)[: stage.max_batch]), earliest
+            elif not decision.run:
+                wait = min(wait, decision.wait_s)
+        return best, wait
+
+    # -- workers ---------------------------------------------------------------
+
+    def _worker(self, device: str) -> None:
+        stage_ids = [k for k, s in enumerate(self.stages) if s.device == device]
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopping:
+                        return
+                    choice, wait = self._pick(stage_ids, self.clock())
+                    if choice is not None:
+                        break
+                    self._cond.wait(None if wait == float("inf") else wait)
+                k, entries = choice
+                items = [e.queues[k].popleft() for e in entries]
+                for e in entries:
+                    e.in_flight[k] = True
+                    self._wake(e)  # room freed: a blocked push or upstream may go on
+            self._run(k, entries, items)
+
+    def _run(self, k: int, entries: list[_Stream], items: list[_Item]) -> None:
+        stage, metrics = self.stages[k], self.stage_metrics[k]
+        start = self.clock()
+        for it in items:
+            metrics.queue_wait_s.record(start - it.enqueued)
+        results: list[list[Frame] | BaseException]
+        try:
+            results = list(stage.process([(e.contexts[k], it.frame) for e, it in zip(entries, items)]))
+            if len(results) != len(items):
+                raise RuntimeError(f"stage {stage.name} returned {len(results)} results for {len(items)} inputs")
+        except Exception as exc:
+            if len(items) == 1:
+                results = [exc]
+            else:  # find the stream(s) at fault; the step committed no state
+                results = []
+                for e, it in zip(entries, items):
+                    try:
+                        results.append(stage.process([(e.contexts[k], it.frame)])[0])
+                    except Exception as single:
+                        results.append(single)
+        elapsed = self.clock() - start
+        self.step_times[k].record(len(items), elapsed)
+        metrics.compute_s.record(elapsed)
+        metrics.batch_size.record(len(items))
+        metrics.frames_in += len(items)
+        with self._cond:
+            now = self.clock()
+            for e, it, res in zip(entries, items, results):
+                e.in_flight[k] = False
+                if e.finished:  # cancelled or failed elsewhere while this step ran
+                    self._close_stage(e, k)
+                    self._end(e, None)
+                    continue
+                if isinstance(res, BaseException):
+                    metrics.failures += 1
+                    self._end(e, _error_event(res, stage.name))
+                    continue
+                self._route(e, k, it, res, now)
+            self._cond.notify_all()
+
+    def _route(self, e: _Stream, k: int, it: _Item, frames: list[Frame], now: float) -> None:
+        last_stage = k == len(self.stages) - 1
+        self.stage_metrics[k].frames_out += len(frames)
+        for frame in frames:
+            if last_stage:
+                if isinstance(frame, EndOfStream):
+                    self._close_stage(e, k)
+                    self._end(e, frame)
+                    return
+                e.out.append(frame)
+                self.end_to_end_s.record(now - it.arrival)
+            else:
+                e.queues[k + 1].append(_Item(frame, it.deadline, it.arrival, now))
+                if isinstance(frame, EndOfStream):
+                    self._close_stage(e, k)
+        self._wake(e)
+
+    def metrics(self) -> dict:
+        """Snapshot: per-stage histograms (queue wait, compute, batch size) and end-to-end latency."""
+        return {
+            "stages": {s.name: m.summary() for s, m in zip(self.stages, self.stage_metrics)},
+            "end_to_end_s": self.end_to_end_s.summary(),
+            "active_streams": self.active_streams,
+        }
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _error_event(exc: BaseException, stage: str) -> ErrorEvent:
+    code = exc.code if isinstance(exc, LegatoError) else "stage_failed"
+    return ErrorEvent(code=code, message=f"{type(exc).__name__}: {exc}", stage=stage)
+
+
+class StreamHandle:
+    """One stream's door into the engine: push input, get output (sync or async)."""
+
+    def __init__(self, engine: Engine, info: StreamInfo, entry: _Stream):
+        self.engine, self.info, self._e = engine, info, entry
+
+    @property
+    def stream_id(self) -> str:
+        return self.info.stream_id
+
+    @property
+    def finished(self) -> bool:
+        return self._e.finished and not self._e.out
+
+    def _try_push(self, frame: Frame) -> bool:
+        e, eng = self._e, self.engine
+        if e.input_closed or e.finished:
+            raise ClosedError(f"stream {self.stream_id} has ended; no more input is accepted")
+        if len(e.queues[0]) >= eng.queue_frames:
+            return False
+        now = eng.clock()
+        e.queues[0].append(_Item(frame, now + self.info.budget_s, now, now))
+        if isinstance(frame, EndOfStream):
+            e.input_closed = True
+        eng._cond.notify_all()
+        return True
+
+    def push(self, frame: Frame, timeout: float | None = None) -> None:
+        """Queue a frame; blocks while the stream's input queue is full (back-pressure).
+
+        Raises TimeoutError if no room within ``timeout`` and ClosedError after the end.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.engine._cond:
+            while not self._try_push(frame):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"stream {self.stream_id}: input queue full for {timeout} s")
+                self.engine._cond.wait(left)
+
+    def end(self, timeout: float | None = None) -> None:
+        self.push(EndOfStream(), timeout)
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """Next output frame, or None if none arrives within ``timeout`` or the stream is over."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.engine._cond:
+            while not self._e.out:
+                if self._e.finished:
+                    return None
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self.engine._cond.wait(left)
+            frame = self._e.out.popleft()
+            self.engine._cond.notify_all()  # output room: the last stage may run again
+            return frame
+
+    def results(self, timeout: float = 30.0) -> list[Frame]:
+        """All remaining output up to and including the final EndOfStream/ErrorEvent."""
+        out: list[Frame] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.get(timeout=max(0.0, deadline - time.monotonic()))
+            if frame is None:
+                if self.finished:
+                    return out
+                raise TimeoutError(f"stream {self.stream_id} did not finish within {timeout} s")
+            out.append(frame)
+            if isinstance(frame, (EndOfStream, ErrorEvent)):
+                return out
+
+    def cancel(self) -> None:
+        """Abandon the stream: queued input is dropped and its state released."""
+        self.engine._cancel(self.stream_id)
+
+    # -- asyncio ---------------------------------------------------------------
+
+    async def _wait(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._e.waiters.append((asyncio.get_running_loop(), fut))
+        self.engine._cond.release()
+        try:
+            await fut
+        finally:
+            self.engine._cond.acquire()
+
+    async def apush(self, frame: Frame) -> None:
+        """Async push: awaits (without blocking the loop) while the input queue is full."""
+        with self.engine._cond:
+            while not self._try_push(frame):
+                await self._wait()
+
+    async def aend(self) -> None:
+        await self.apush(EndOfStream())
+
+    async def aget(self) -> Frame | None:
+        """Next output frame, or None once the stream is over."""
+        with self.engine._cond:
+            while not self._e.out:
+                if self._e.finished:
+                    return None
+                await self._wait()
+            frame = self._e.out.popleft()
+            self.engine._cond.notify_all()
+            return frame
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Frame:
+        frame = await self.aget()
+        if frame is None:
+            raise StopAsyncIteration
+        return frame

@@ -1,0 +1,123 @@
+"""Metrics: fixed-bucket histograms per stage, readable at any time.
+
+Histograms never grow: a latency histogram has log-spaced buckets from 1 us
+to 100 s (20 per decade, so a quantile is within about 12 % of the truth), a
+batch-size histogram one bucket per size. Reading them is a cheap snapshot.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from dataclasses import dataclass, field
+
+MIN_LATENCY_S = 1e-6
+MAX_LATENCY_S = 100.0
+BUCKETS_PER_DECADE = 20
+
+
+def _log_edges(lo: float, hi: float, per_decade: int) -> list[float]:
+    decades = math.log10(hi / lo)
+    n = int(round(decades * per_decade))
+    return [lo * 10 ** (i / per_decade) for i in range(n + 1)]
+
+
+class Histogram:
+    """Counts of values in buckets with upper edges ``edges`` (plus an overflow bucket)."""
+
+    def __init__(self, edges: list[float]):
+        self.edges = list(edges)
+        self.counts = [0] * (len(self.edges) + 1)
+        self.count = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+        self._lock = threading.Lock()
+
+    @classmethod
+    def latency(cls) -> "Histogram":
+        return cls(_log_edges(MIN_LATENCY_S, MAX_LATENCY_S, BUCKETS_PER_DECADE))
+
+    @classmethod
+    def sizes(cls, largest: int) -> "Histogram":
+        return cls([float(i) for i in range(1, largest + 1)])
+
+    def record(self, value: float) -> None:
+        with self._lock:
+            self.counts[bisect.bisect_left(self.edges, value)] += 1
+            self.count += 1
+            self.total += value
+            self.min = min(self.min, value)
+            self.max = max(self.max, value)
+
+    def quantile(self, q: float) -> float:
+        """Upper edge of the bucket holding the q-quantile, clipped to the observed range."""
+        with self._lock:
+            if not self.count:
+                return math.nan
+            rank = q * self.count
+            seen = 0
+            for i, c in enumerate(self.counts):
+                seen += c
+                if seen >= rank and c:
+                    edge = self.edges[i] if i < len(self.edges) else self.max
+                    return min(max(edge, self.min), self.max)
+            return self.max
+
+    def summary(self) -> dict[str, float]:
+        if not self.count:
+            return {"count": 0}
+        return {
+            "count": self.count,
+            "mean": self.total / self.count,
+            "p50": self.quantile(0.5),
+            "p90": self.quantile(0.9),
+            "p99": self.quantile(0.99),
+            "min": self.min,
+            "max": self.max,
+        }
+
+
+@dataclass
+class StageMetrics:
+    """What one stage did: how long frames waited, how long steps took, how big batches were."""
+
+    max_batch: int
+    queue_wait_s: Histogram = field(default_factory=Histogram.latency)
+    compute_s: Histogram = field(default_factory=Histogram.latency)
+    batch_size: Histogram = field(init=False)
+    frames_in: int = 0
+    frames_out: int = 0
+    failures: int = 0
+
+    def __post_init__(self) -> None:
+        self.batch_size = Histogram.sizes(self.max_batch)
+
+    def summary(self) -> dict:
+        return {
+            "queue_wait_s": self.queue_wait_s.summary(),
+            "compute_s": self.compute_s.summary(),
+            "batch_size": self.batch_size.summary(),
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "failures": self.failures,
+        }
+
+
+def format_metrics(snapshot: dict) -> str:
+    """A readable table of an engine metrics snapshot (milliseconds for latencies)."""
+    lines = [f"{'stage':<20} {'what':<13} {'count':>7} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}"]
+
+    def row(stage: str, what: str, h: dict, scale: float, unit: str) -> None:
+        if not h.get("count"):
+            return
+        vals = " ".join(f"{h[k] * scale:>8.2f}{unit}" for k in ("p50", "p90", "p99", "max"))
+        lines.append(f"{stage:<20} {what:<13} {h['count']:>7} {vals}")
+
+    for name, s in snapshot.get("stages", {}).items():
+        row(name, "queue wait", s["queue_wait_s"], 1e3, "m")
+        row(name, "compute", s["compute_s"], 1e3, "m")
+        row(name, "batch size", s["batch_size"], 1.0, " ")
+    row("engine", "end-to-end", snapshot.get("end_to_end_s", {}), 1e3, "m")
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""Built-in stages: resample, rechunk, streaming front-end, and batched model steps.
+
+``ModelStage`` is the bridge between the engine and a :class:`StreamingModule`:
+it owns the module's :class:`StatePool`, gives each stream a slot on open,
+stacks one chunk per stream into a batch, steps the pool, and splits the
+result back into per-stream frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from legato.stream.audio_io import to_mono
+from legato.stream.errors import SampleRateError
+from legato.stream.frames import AudioChunk, EndOfStream, FeatureChunk, Frame
+from legato.stream.graph import BatchItem, PerStreamStage, Stage, StreamInfo
+from legato.stream.module import StreamingModule
+from legato.stream.pool import StatePool
+from legato.stream.resample import Resampler
+
+
+class ResampleStage(PerStreamStage):
+    """Any sample rate in, ``target_rate`` out (optionally down-mixed to mono)."""
+
+    accepts = (AudioChunk,)
+
+    def __init__(self, target_rate: int, mono: bool = True, name: str = "resample"):
+        self.target_rate, self.mono, self.name = target_rate, mono, name
+        self._resamplers: dict[int, Resampler] = {}
+
+    def open(self, stream: StreamInfo) -> dict:
+        return {"stream": None, "rate": None, "emitted": 0}
+
+    def _resampler(self, rate: int) -> Resampler:
+        if rate not in self._resamplers:
+            self._resamplers[rate] = Resampler(rate, self.target_rate)
+        return self._resamplers[rate]
+
+    def handle(self, ctx: dict, chunk: AudioChunk) -> list[Frame]:
+        if ctx["rate"] is None:
+            ctx["rate"], ctx["stream"] = chunk.sample_rate, self._resampler(chunk.sample_rate).stream()
+        elif chunk.sample_rate != ctx["rate"]:
+            raise SampleRateError(f"sample rate changed mid-stream from {ctx['rate']} to {chunk.sample_rate} Hz")
+        samples = to_mono(chunk.samples) if self.mono else chunk.samples
+        return self._emit(ctx, ctx["stream"].push(samples))
+
+    def finish(self, ctx: dict) -> list[Frame]:
+        return self._emit(ctx, ctx["stream"].flush()) if ctx["stream"] is not None else []
+
+    def _emit(self, ctx: dict, samples: torch.Tensor) -> list[Frame]:
+        if samples.shape[0] == 0:
+            return []
+        out = AudioChunk(samples.contiguous(), self.target_rate, ctx["emitted"])
+        ctx["emitted"] += samples.shape[0]
+        return [out]
+
+
+class RechunkStage(PerStreamStage):
+    """Regroup audio into chunks of exactly ``chunk_samples`` (the last one may be short).
+
+    Batched stages need equal chunk lengths across streams; clients send
+    whatever sizes they like.
+    """
+
+    accepts = (AudioChunk,)
+
+    def __init__(self, chunk_samples: int, name: str = "rechunk"):
+        if chunk_samples <= 0:
+            raise ValueError("chunk_samples must be positive")
+        self.chunk_samples, self.name = chunk_samples, name
+
+    def open(self, stream: StreamInfo) -> dict:
+        return {"pending": [], "held": 0, "start": None, "rate": None}
+
+    def handle(self, ctx: dict, chunk: AudioChunk) -> list[Frame]:
+        if ctx["start"] is None:
+            ctx["start"], ctx["rate"] = chunk.start_sample, chunk.sample_rate
+        ctx["pending"].append(chunk.samples)
+        ctx["held"] += chunk.num_samples
+        out: list[Frame] = []
+        if ctx["held"] >= self.chunk_samples:
+            buf = torch.cat(ctx["pending"])
+            whole = buf.shape[0] // self.chunk_samples * self.chunk_samples
+            for lo in range(0, whole, self.chunk_samples):
+                out.append(AudioChunk(buf[lo : lo + self.chunk_samples].contiguous(), ctx["rate"], ctx["start"]))
+                ctx["start"] += self.chunk_samples
+            ctx["pending"], ctx["held"] = [buf[whole:]], buf.shape[0] - whole
+        return out
+
+    def finish(self, ctx: dict) -> list[Frame]:
+        if not ctx["held"]:
+            return []
+        return [AudioChunk(torch.cat(ctx["pending"]).contiguous(), ctx["rate"], ctx["start"])]
+
+
+class ModelStage(Stage):
+    """Batched steps of a streaming module over pooled per-stream state.
+
+    ``to_input(frame) -> tensor`` turns one stream's frame into its batch row
+    (without the batch axis); ``to_output(frame, row) -> frame`` wraps one row of
+    the module's output. Items whose inputs differ in shape are stepped in
+    separate sub-batches (for example a stream's short last chunk).
+    """
+
+    def __init__(
+        self,
+        module: StreamingModule,
+        *,
+        name: str,
+        capacity: int,
+        max_batch: int,
+        accepts: tuple[type, ...] = (FeatureChunk,),
+        to_input: Callable[[Frame], torch.Tensor] | None = None,
+        to_output: Callable[[Frame, torch.Tensor], Frame] | None = None,
+        device: str | torch.device | None = None,
+    ):
+        self.module, self.name, self.max_batch, self.accepts = module, name, max_batch, accepts
+        self.pool = StatePool(module, capacity, device)
+        self.device = str(self.pool.device)
+        self.to_input = to_input or (lambda f: f.features)
+        self.to_output = to_output or _feature_output
+
+    def open(self, stream: StreamInfo) -> dict:
+        return {"slot": self.pool.acquire(), "last": None}
+
+    def close(self, ctx: dict) -> None:
+        self.pool.release(ctx["slot"])
+
+    @torch.inference_mode()
+    def process(self, batch: Sequence[BatchItem]) -> list[list[Frame]]:
+        out: list[list[Frame]] = [[] for _ in batch]
+        groups: dict[tuple, list[int]] = {}
+        inputs: dict[int, torch.Tensor] = {}
+        for i, (ctx, frame) in enumerate(batch):
+            if isinstance(frame, self.accepts):
+                inputs[i] = self.to_input(frame)
+                groups.setdefault(tuple(inputs[i].shape), []).append(i)
+        commits = []  # saved state is written back only once every step has succeeded
+        for rows in groups.values():
+            slots = [batch[i][0]["slot"] for i in rows]
+            work = self.pool.gather(slots)
+            y = self.module.step(torch.stack([inputs[i] for i in rows]).to(self.pool.device), work)
+            commits.append((slots, work))
+            for j, i in enumerate(rows):
+                out[i].append(self.to_output(batch[i][1], y[j]))
+                batch[i][0]["last"] = batch[i][1]
+        for i, (ctx, frame) in enumerate(batch):
+            if isinstance(frame, EndOfStream):
+                work = self.pool.gather([ctx["slot"]])
+                tail = self.module.flush(work)
+                commits.append(([ctx["slot"]], work))
+                if tail is not None and tail.shape[self.module.time_axis] > 0 and ctx["last"] is not None:
+                    out[i].append(self.to_output(ctx["last"], tail[0]))
+                out[i].append(frame)
+            elif i not in inputs:
+                out[i].append(frame)  # not ours: pass through
+        for slots, work in commits:
+            self.pool.scatter(slots, work)
+        return out
+
+
+def _feature_output(frame: Frame, row: torch.Tensor) -> Frame:
+    assert isinstance(frame, FeatureChunk)
+    return FeatureChunk(row.detach().cpu(), frame.start_frame, frame.hop_samples, frame.sample_rate)
+
+
+class FunctionStage(PerStreamStage):
+    """Wrap a per-frame function ``fn(frame) -> list[Frame]`` (tests, small adapters)."""
+
+    def __init__(self, fn: Callable[[Frame], list[Frame]], accepts: tuple[type, ...] = (Frame,), name: str = "function"):
+        self.fn, self.accepts, self.name = fn, accepts, name
+
+    def handle(self, context: Any, frame: Frame) -> list[Frame]:
+        return self.fn(frame)
