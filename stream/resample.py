@@ -24,11 +24,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from legato.kernels import dispatch, polyphase
 from legato.stream.errors import SampleRateError
 
 KAISER_BETA = 5.0
 HALF_LENGTH_PER_RATE = 10  # half filter length = this x max(up, down), as resample_poly
-OUTPUTS_PER_BLOCK = 8192  # bounds the (outputs x taps x channels) gather on long inputs
 
 
 def _design(up: int, down: int) -> np.ndarray:
@@ -78,18 +78,7 @@ class Resampler:
 
     def _outputs(self, buf: torch.Tensor, buf_start: int, m0: int, m1: int) -> torch.Tensor:
         """Outputs m0..m1-1 from ``buf`` (holding input samples buf_start.. onward)."""
-        chunks = []
-        taps = torch.arange(self.taps_per_phase)
-        for lo in range(m0, m1, OUTPUTS_PER_BLOCK):
-            m = torch.arange(lo, min(lo + OUTPUTS_PER_BLOCK, m1))
-            t = m * self.down + self.delay
-            i0 = torch.div(t, self.up, rounding_mode="floor")
-            index = i0[:, None] - taps[None, :] - buf_start  # (M, J) positions in buf
-            windows = buf[index]  # (M, J, C)
-            chunks.append(torch.einsum("mjc,mj->mc", windows, self.phases[t % self.up]))
-        if not chunks:
-            return buf.new_zeros((0, buf.shape[1]))
-        return torch.cat(chunks)
+        return dispatch.call(polyphase.NAME, buf.device, buf, buf_start, m0, m1, self.phases, self.up, self.down, self.delay)
 
     def __call__(self, audio: torch.Tensor) -> torch.Tensor:
         """Offline: (n, C) -> (ceil(n * up / down), C)."""

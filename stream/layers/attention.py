@@ -81,10 +81,13 @@ class RelPositionBias(nn.Module):
         emb[:, 1::2] = angles.cos()
         return emb
 
-    def scores(self, q: torch.Tensor, k: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-        """q: (B, H, T, D); k: (B, H, S, D); rel: (B, T, S) int64 = p_q - p_k -> (B, H, T, S) unscaled."""
+    def scores(self, q: torch.Tensor, k: torch.Tensor, rel: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """q: (B, H, T, D); k: (B, H, S, D); rel: (B, T, S) int64 = p_q - p_k, all in [lo, hi].
+
+        Returns (B, H, T, S) unscaled scores. The distance range is given, not
+        read from ``rel``, so a step never syncs with the device (graph capture).
+        """
         content = torch.matmul(q + self.pos_bias_u[:, None, :].to(q.dtype), k.transpose(-1, -2))
-        lo, hi = int(rel.min()), int(rel.max())
         dist = torch.arange(lo, hi + 1, device=q.device)
         p = self.linear_pos(self.sinusoid(dist).to(q.dtype))  # (R, d_model)
         p = p.view(-1, self.n_heads, self.d_head).transpose(0, 1)  # (H, R, D)
@@ -159,10 +162,11 @@ class CachedAttention(StreamingModule):
         seen = (kp >= 0) & (kp >= qp - self.left_context)
         return seen & ((kp <= qp) if self.causal else (kp < chunk_end[:, :, None]))
 
-    def _attend(self, q, k, v, q_pos, k_pos, chunk_end) -> torch.Tensor:
+    def _attend(self, q, k, v, q_pos, k_pos, chunk_end, rel_range: tuple[int, int]) -> torch.Tensor:
         visible = self._visible(q_pos, k_pos, chunk_end)[:, None]
         if self.rel_pos is not None:
-            scores = self.rel_pos.scores(q, k, q_pos[:, :, None] - k_pos[:, None, :]) / math.sqrt(self.d_head)
+            rel = q_pos[:, :, None] - k_pos[:, None, :]
+            scores = self.rel_pos.scores(q, k, rel, *rel_range) / math.sqrt(self.d_head)
             scores = scores.masked_fill(~visible, NEG_INF)
             weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a query that sees nothing outputs 0
             out = torch.matmul(weights, v)
@@ -177,7 +181,7 @@ class CachedAttention(StreamingModule):
         q, k, v = self._project(x, pos)
         chunk = self.chunk_size or 1
         chunk_end = (pos // chunk + 1) * chunk
-        return self._attend(q, k, v, pos, pos, chunk_end)
+        return self._attend(q, k, v, pos, pos, chunk_end, (-(t - 1), t - 1))
 
     def step(self, x: torch.Tensor, state: KVCacheState) -> torch.Tensor:
         b, t, _ = x.shape
@@ -192,7 +196,8 @@ class CachedAttention(StreamingModule):
         values = torch.cat([state.values, v], dim=2)
         k_pos = torch.cat([ring_pos, pos], dim=1)
         chunk_end = (start + t)[:, None].expand(b, t)
-        out = self._attend(q, keys, values, pos, k_pos, chunk_end)
+        # Ring slots hold positions in [start - cap, start): distances span [-(t-1), cap + t - 1].
+        out = self._attend(q, keys, values, pos, k_pos, chunk_end, (-(t - 1), cap + t - 1))
         # Write the chunk's newest min(t, cap) tokens into the ring.
         keep = min(t, cap)
         write = torch.remainder(pos[:, t - keep :], cap)[:, None, :, None].expand(-1, self.n_heads, -1, self.d_head)
