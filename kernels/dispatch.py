@@ -15,6 +15,7 @@ bisecting a numerical difference).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -35,14 +36,15 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def available_backends() -> list[str]:
-    """Backends usable on this machine, reference first."""
+@functools.cache
+def available_backends() -> tuple[str, ...]:
+    """Backends usable on this machine, reference first (looked up once: it is on the hot path)."""
     found = [REFERENCE]
     if _importable("numba"):
         found.append("numba")
     if _importable("triton") and torch.cuda.is_available():
         found.append("triton")
-    return found
+    return tuple(found)
 
 
 def register(name: str, backend: str) -> Callable[[Callable], Callable]:
