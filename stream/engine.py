@@ -157,7 +157,7 @@ class Engine:
     def _cancel(self, stream_id: str) -> None:
         with self._cond:
             entry = self._streams.get(stream_id)
-            if entry is None:
+            if entry is None:  # unknown, or still opening
                 return
             entry.input_closed = True
             self._end(entry, None)
