@@ -1,4 +1,4 @@
-"""Built-in stages: resample, rechunk, streaming front-end, and batched model steps.
+"""Built-in stages: resample, rechunk, batched model steps, batched streaming front-ends.
 
 ``ModelStage`` is the bridge between the engine and a :class:`StreamingModule`:
 it owns the module's :class:`StatePool`, gives each stream a slot on open,
@@ -98,35 +98,33 @@ class RechunkStage(PerStreamStage):
 class ModelStage(Stage):
     """Batched steps of a streaming module over pooled per-stream state.
 
-    ``to_input(frame) -> tensor`` turns one stream's frame into its batch row
-    (without the batch axis); ``to_output(frame, row) -> frame`` wraps one row of
-    the module's output. Items whose inputs differ in shape are stepped in
-    separate sub-batches (for example a stream's short last chunk).
+    ``model_input(ctx, frame)`` turns one stream's frame into its batch row
+    (without the batch axis); ``model_output(ctx, frame, row)`` wraps one row of
+    the module's output as frames. The defaults map ``FeatureChunk`` to
+    ``FeatureChunk``; subclasses override both for other frame types. Items
+    whose inputs differ in shape are stepped in separate sub-batches (for
+    example a stream's short last chunk).
     """
 
-    def __init__(
-        self,
-        module: StreamingModule,
-        *,
-        name: str,
-        capacity: int,
-        max_batch: int,
-        accepts: tuple[type, ...] = (FeatureChunk,),
-        to_input: Callable[[Frame], torch.Tensor] | None = None,
-        to_output: Callable[[Frame, torch.Tensor], Frame] | None = None,
-        device: str | torch.device | None = None,
-    ):
-        self.module, self.name, self.max_batch, self.accepts = module, name, max_batch, accepts
+    accepts: tuple[type, ...] = (FeatureChunk,)
+
+    def __init__(self, module: StreamingModule, *, name: str, capacity: int, max_batch: int, device: str | torch.device | None = None):
+        self.module, self.name, self.max_batch = module, name, max_batch
         self.pool = StatePool(module, capacity, device)
         self.device = str(self.pool.device)
-        self.to_input = to_input or (lambda f: f.features)
-        self.to_output = to_output or _feature_output
 
     def open(self, stream: StreamInfo) -> dict:
         return {"slot": self.pool.acquire(), "last": None}
 
     def close(self, ctx: dict) -> None:
         self.pool.release(ctx["slot"])
+
+    def model_input(self, ctx: dict, frame: Frame) -> torch.Tensor:
+        return frame.features  # type: ignore[attr-defined]
+
+    def model_output(self, ctx: dict, frame: Frame, row: torch.Tensor) -> list[Frame]:
+        assert isinstance(frame, FeatureChunk)
+        return [FeatureChunk(row.detach().cpu(), frame.start_frame, frame.hop_samples, frame.sample_rate)]
 
     @torch.inference_mode()
     def process(self, batch: Sequence[BatchItem]) -> list[list[Frame]]:
@@ -135,7 +133,7 @@ class ModelStage(Stage):
         inputs: dict[int, torch.Tensor] = {}
         for i, (ctx, frame) in enumerate(batch):
             if isinstance(frame, self.accepts):
-                inputs[i] = self.to_input(frame)
+                inputs[i] = self.model_input(ctx, frame)
                 groups.setdefault(tuple(inputs[i].shape), []).append(i)
         commits = []  # saved state is written back only once every step has succeeded
         for rows in groups.values():
@@ -144,7 +142,7 @@ class ModelStage(Stage):
             y = self.module.step(torch.stack([inputs[i] for i in rows]).to(self.pool.device), work)
             commits.append((slots, work))
             for j, i in enumerate(rows):
-                out[i].append(self.to_output(batch[i][1], y[j]))
+                out[i].extend(self.model_output(batch[i][0], batch[i][1], y[j]))
                 batch[i][0]["last"] = batch[i][1]
         for i, (ctx, frame) in enumerate(batch):
             if isinstance(frame, EndOfStream):
@@ -152,7 +150,7 @@ class ModelStage(Stage):
                 tail = self.module.flush(work)
                 commits.append(([ctx["slot"]], work))
                 if tail is not None and tail.shape[self.module.time_axis] > 0 and ctx["last"] is not None:
-                    out[i].append(self.to_output(ctx["last"], tail[0]))
+                    out[i].extend(self.model_output(ctx, ctx["last"], tail[0]))
                 out[i].append(frame)
             elif i not in inputs:
                 out[i].append(frame)  # not ours: pass through
@@ -161,9 +159,37 @@ class ModelStage(Stage):
         return out
 
 
-def _feature_output(frame: Frame, row: torch.Tensor) -> Frame:
-    assert isinstance(frame, FeatureChunk)
-    return FeatureChunk(row.detach().cpu(), frame.start_frame, frame.hop_samples, frame.sample_rate)
+class FrontendStage(ModelStage):
+    """Mono audio in, features out, for many streams at once (a streaming front-end over pooled state).
+
+    ``frontend`` maps (B, samples) to (B, frames, features) and advances
+    ``hop_samples`` per frame. Put a :class:`RechunkStage` before it so streams
+    share chunk lengths and batch together.
+    """
+
+    accepts = (AudioChunk,)
+
+    def __init__(self, frontend: StreamingModule, *, hop_samples: int, sample_rate: int, name: str = "frontend", capacity: int = 256, max_batch: int = 64, device=None):
+        super().__init__(frontend, name=name, capacity=capacity, max_batch=max_batch, device=device)
+        self.hop_samples, self.sample_rate = hop_samples, sample_rate
+
+    def open(self, stream: StreamInfo) -> dict:
+        ctx = super().open(stream)
+        ctx["frames"] = 0
+        return ctx
+
+    def model_input(self, ctx: dict, frame: Frame) -> torch.Tensor:
+        assert isinstance(frame, AudioChunk)
+        if frame.sample_rate != self.sample_rate:
+            raise SampleRateError(f"{self.name} needs {self.sample_rate} Hz audio, got {frame.sample_rate} Hz (resample first)")
+        return to_mono(frame.samples)[:, 0]
+
+    def model_output(self, ctx: dict, frame: Frame, row: torch.Tensor) -> list[Frame]:
+        if row.shape[0] == 0:
+            return []
+        chunk = FeatureChunk(row.detach().cpu(), ctx["frames"], self.hop_samples, self.sample_rate)
+        ctx["frames"] += row.shape[0]
+        return [chunk]
 
 
 class FunctionStage(PerStreamStage):
