@@ -71,3 +71,21 @@ def test_unreadable_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(AudioFormatError, match="cannot read audio file"):
         read_audio(str(bad))
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=256), encoding=st.sampled_from(["s16le", "f32le"]), channels=st.integers(1, 8))
+def test_decode_never_fails_other_than_documented(data, encoding, channels):
+    """Any bytes: either decoded into whole frames of finite samples, or a coded AudioFormatError."""
+    fmt = PcmFormat(encoding, 16000, channels)
+    try:
+        audio = decode_pcm(data, fmt)
+    except AudioFormatError as e:
+        assert e.code in ("bad_audio", "non_finite_audio")
+        return
+    assert audio.shape == (len(data) // fmt.bytes_per_frame, channels)
+    assert torch.isfinite(audio).all()
