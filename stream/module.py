@@ -12,6 +12,10 @@ memory lives in an explicit :class:`~legato.stream.state.StreamState`:
   transposed conv's overlap tail, a centred STFT's last frames). Empty by default.
 * ``reset(state, mask)``: restart the streams whose ``mask`` row is true,
   leaving the others untouched.
+* ``batch_key(state, row)``: rows whose keys are equal (and whose chunks have
+  equal shapes) may share one step. ``None`` by default: any rows may. Modules
+  whose output length depends on a per-stream phase (a strided conv's skip, a
+  framer's buffered samples) return that phase, and the engine groups by it.
 * ``forward(x)``: the offline (whole-sequence) computation. The contract every
   implementation is tested against: concatenating ``step`` outputs over any
   chunking, then ``flush``, equals ``forward`` on the whole input.
@@ -19,7 +23,7 @@ memory lives in an explicit :class:`~legato.stream.state.StreamState`:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Hashable, Sequence
 
 import torch
 from torch import nn
@@ -40,6 +44,9 @@ class StreamingModule(nn.Module):
         raise NotImplementedError
 
     def flush(self, state: StreamState) -> torch.Tensor | None:
+        return None
+
+    def batch_key(self, state: StreamState, row: int) -> Hashable:
         return None
 
     def reset(self, state: StreamState, mask: torch.Tensor) -> None:

@@ -102,8 +102,9 @@ class ModelStage(Stage):
     (without the batch axis); ``model_output(ctx, frame, row)`` wraps one row of
     the module's output as frames. The defaults map ``FeatureChunk`` to
     ``FeatureChunk``; subclasses override both for other frame types. Items
-    whose inputs differ in shape are stepped in separate sub-batches (for
-    example a stream's short last chunk).
+    whose inputs differ in shape, or whose state rows differ in the module's
+    ``batch_key``, are stepped in separate sub-batches (a stream's short last
+    chunk; a stream in its first chunk beside streams in steady state).
     """
 
     accepts: tuple[type, ...] = (FeatureChunk,)
@@ -134,7 +135,8 @@ class ModelStage(Stage):
         for i, (ctx, frame) in enumerate(batch):
             if isinstance(frame, self.accepts):
                 inputs[i] = self.model_input(ctx, frame)
-                groups.setdefault(tuple(inputs[i].shape), []).append(i)
+                key = (tuple(inputs[i].shape), self.module.batch_key(self.pool.state, ctx["slot"]))
+                groups.setdefault(key, []).append(i)
         commits = []  # saved state is written back only once every step has succeeded
         for rows in groups.values():
             slots = [batch[i][0]["slot"] for i in rows]

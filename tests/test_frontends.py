@@ -259,14 +259,43 @@ def test_step_checks_rows_against_the_state(name):
 
 
 @pytest.mark.parametrize("name", sorted(FRONTENDS))
-def test_rows_at_different_positions_are_refused(name):
-    """A step's output is one tensor, so every row must have seen the same number of samples."""
+def test_rows_in_different_phases_are_refused(name):
+    """A step's output is one tensor, so every row must cut the same number of frames."""
     module = FRONTENDS[name]()
     state, solo = module.init_state(2), module.init_state(1)
     module.step(_audio(500, batch=1), solo)
     state.scatter_(torch.tensor([0]), solo)
+    assert module.batch_key(state, 0) != module.batch_key(state, 1)
     with pytest.raises(ValueError, match="different"):
         module.step(_audio(160), state)
+
+
+@pytest.mark.parametrize("name", sorted(FRONTENDS))
+def test_rows_at_different_positions_in_one_phase_batch_together(name):
+    """Streams that started at different times share steps once their batch_key agrees."""
+    module = FRONTENDS[name]()
+    chunk = 1600  # 10 hops; 3 chunks = 30 hops = 5 LFR outputs, so every phase repeats
+    a, b = _audio(chunk * 7, batch=1, seed=5), _audio(chunk * 4, batch=1, seed=6)
+    state = module.init_state(2)
+    solo = module.init_state(1)
+    head = [module.step(a[:, i * chunk : (i + 1) * chunk], solo) for i in range(3)]
+    state.scatter_(torch.tensor([0]), solo)  # a is 3 chunks in, b has not started
+    out_a, out_b = head, []
+    for i in range(4):
+        if i == 0:  # b's first chunk is in a different phase: it steps alone
+            solo_b = state.gather(torch.tensor([1]))
+            out_b.append(module.step(b[:, :chunk], solo_b))
+            state.scatter_(torch.tensor([1]), solo_b)
+            out_a.append(module.step(a[:, 3 * chunk : 4 * chunk], solo))
+            state.scatter_(torch.tensor([0]), solo)
+            continue
+        assert module.batch_key(state, 0) == module.batch_key(state, 1)
+        y = module.step(torch.cat([a[:, (3 + i) * chunk : (4 + i) * chunk], b[:, i * chunk : (i + 1) * chunk]]), state)
+        out_a.append(y[:1])
+        out_b.append(y[1:])
+    for rows, x, out in ((torch.tensor([0]), a, out_a), (torch.tensor([1]), b, out_b)):
+        own = state.gather(rows)
+        _close(torch.cat(out + [module.flush(own)], dim=1), module(x))
 
 
 @pytest.mark.parametrize("name", sorted(FRONTENDS))

@@ -19,8 +19,11 @@ mirrored head. A reflect stream also keeps one sample before the next frame
 start: the end mirror of the last frame can reach one sample further back than
 that frame itself. ``flush`` appends the end padding and cuts the last frames.
 
-Every row of a streaming batch must be at the same position (same samples seen):
-the frame count of a step depends on it and the output is one tensor.
+Rows of one streaming batch may be at different positions, but must share a
+*phase* (``batch_key``): the buffered sample count, and for reflect padding
+whether the head mirror is still pending and whether a lead sample is kept.
+The frame count of a step depends only on that phase and the chunk length, and
+the output is one tensor. The engine groups streams by ``batch_key``.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def uniform_count(counter: torch.Tensor, what: str) -> int:
     if counter.numel() > 1 and bool((counter != first).any()):
         raise ValueError(
             f"batch rows are at different {what}; a front-end steps streams together only "
-            "when every row has seen the same number of samples (step them separately)"
+            "when their batch_key agrees (group them by it, or step them separately)"
         )
     return first
 
@@ -148,7 +151,22 @@ class Framer:
         emitted = frames_in(seen + self.pad, self.frame_length, self.hop)
         return min(self.lead, emitted * self.hop)
 
-    def _emit(self, state: FramingState, padded: torch.Tensor, lead: int, seen: int, drop_last: bool = False) -> torch.Tensor:
+    def phase(self, state: FramingState) -> torch.Tensor:
+        """(B,) int64: rows with equal values cut the same frames from equal chunks."""
+        key = state.count * 4
+        if self.reflect:
+            key = key + (state.seen <= self.pad).long() * 2 + (state.seen + self.pad >= self.frame_length).long()
+        return key
+
+    def batch_key(self, state: FramingState, row: int) -> int:
+        return int(self.phase(state)[row])
+
+    def _uniform_phase(self, state: FramingState) -> tuple[int, int]:
+        """(seen, count) of row 0, after checking every row shares its phase."""
+        uniform_count(self.phase(state), "framing phases")
+        return int(state.seen[0]), int(state.count[0])
+
+    def _emit(self, state: FramingState, padded: torch.Tensor, lead: int, added: int, drop_last: bool = False) -> torch.Tensor:
         """Cut the complete frames of ``padded[:, lead:]``; keep the rest (and a new lead) in ``state``."""
         body = padded.shape[1] - lead
         count = frames_in(body, self.frame_length, self.hop)
@@ -158,25 +176,25 @@ class Framer:
         rest = padded[:, keep_from:]
         state.samples[:, : rest.shape[1]].copy_(rest)
         state.count.fill_(rest.shape[1])
-        state.seen.fill_(seen)
+        state.seen.add_(added)
         return frames
 
     def step(self, chunk: torch.Tensor, state: FramingState) -> torch.Tensor:
         """(B, c) samples -> (B, t, frame_length): every frame whose samples are all here now."""
-        seen = uniform_count(state.seen, "stream positions")
-        count = int(state.count[0])  # follows from `seen`, so the rows agree
+        seen, count = self._uniform_phase(state)  # row 0's position stands for the phase all rows share
         held = state.samples[:, :count]
-        total = seen + chunk.shape[1]
+        added = chunk.shape[1]
+        total = seen + added
         if self.reflect and seen <= self.pad:
             # The head mirrors samples 1..pad: hold raw samples until sample `pad` is here.
             raw = torch.cat([held, chunk], dim=1)
             if total <= self.pad:
                 state.samples[:, :total].copy_(raw)
                 state.count.fill_(total)
-                state.seen.fill_(total)
+                state.seen.add_(added)
                 return chunk.new_zeros(chunk.shape[0], 0, self.frame_length)
-            return self._emit(state, torch.cat([self._mirror_head(raw), raw], dim=1), 0, total)
-        return self._emit(state, torch.cat([held, chunk], dim=1), self._lead_before(seen), total)
+            return self._emit(state, torch.cat([self._mirror_head(raw), raw], dim=1), 0, added)
+        return self._emit(state, torch.cat([held, chunk], dim=1), self._lead_before(seen), added)
 
     def flush(self, state: FramingState, drop_last: bool = False) -> torch.Tensor:
         """(B, t, frame_length): the frames that reach into the end padding (none for ``"none"``).
@@ -191,7 +209,7 @@ class Framer:
         held = state.samples[:, :count]
         if not self.reflect:
             padded = torch.cat([held, held.new_zeros(batch, self.pad)], dim=1)
-            return self._emit(state, padded, 0, seen, drop_last)
+            return self._emit(state, padded, 0, 0, drop_last)
         if seen <= self.pad:
             raise ValueError(f"reflect padding of {self.pad} samples needs more than {self.pad} samples, stream has {seen}")
         lead = self._lead_before(seen)
@@ -200,4 +218,4 @@ class Framer:
             if frames_in(count - lead + self.pad, self.frame_length, self.hop) > drop_last:
                 raise RuntimeError("framing buffer lost samples the end mirror needs (frame_length < 2 * pad?)")
             return held.new_zeros(batch, 0, self.frame_length)
-        return self._emit(state, torch.cat([held, self._mirror_tail(held)], dim=1), lead, seen, drop_last)
+        return self._emit(state, torch.cat([held, self._mirror_tail(held)], dim=1), lead, 0, drop_last)

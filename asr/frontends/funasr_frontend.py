@@ -78,6 +78,9 @@ class FunasrFrontend(StreamingModule):
         device = device or self.param_device()
         return FunasrFrontendState(fbank=self.fbank.init_state(batch_size, device), lfr=self.lfr.init_state(batch_size, device))
 
+    def batch_key(self, state: FunasrFrontendState, row: int) -> tuple[int, int]:
+        return (self.fbank.batch_key(state.fbank, row), self.lfr.batch_key(state.lfr, row))
+
     def step(self, chunk: torch.Tensor, state: FunasrFrontendState) -> torch.Tensor:
         """(B, c) samples -> (B, k, lfr_m * n_mels): every output whose fbank frames all exist."""
         return self._normalize(self.lfr.step(self.fbank.step(chunk, state.fbank), state.lfr))

@@ -101,11 +101,18 @@ class Lfr(StreamingModule):
             seen=torch.zeros(batch_size, dtype=torch.long, device=device),
         )
 
+    def phase(self, state: LfrState) -> torch.Tensor:
+        """(B,) int64: rows with equal values stack the same outputs from equal inputs."""
+        return state.count * 2 + (state.seen == 0).long()
+
+    def batch_key(self, state: LfrState, row: int) -> int:
+        return int(self.phase(state)[row])
+
     def step(self, x: torch.Tensor, state: LfrState) -> torch.Tensor:
         """(B, t, D) frames -> (B, k, m * D): every output whose ``m`` rows are all here."""
         self._check(x)
-        seen = uniform_count(state.seen, "LFR positions")
-        count = int(state.count[0])  # follows from `seen`, so the rows agree
+        uniform_count(self.phase(state), "LFR phases")
+        seen, count = int(state.seen[0]), int(state.count[0])  # row 0 stands for the shared phase
         if x.shape[1] == 0:
             return self._stack(x, 0)
         c = self.config
@@ -118,7 +125,7 @@ class Lfr(StreamingModule):
         rest = padded[:, ready * c.lfr_n :]
         state.rows[:, : rest.shape[1]].copy_(rest)
         state.count.fill_(rest.shape[1])
-        state.seen.fill_(seen + frames)
+        state.seen.add_(frames)
         return out
 
     def flush(self, state: LfrState) -> torch.Tensor:

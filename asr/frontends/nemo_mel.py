@@ -212,6 +212,9 @@ class NemoMel(StreamingModule):
             last_sample=torch.zeros(batch_size, device=device),
         )
 
+    def batch_key(self, state: NemoMelState, row: int) -> int:
+        return self.framer.batch_key(state.framing, row)
+
     def step(self, chunk: torch.Tensor, state: NemoMelState) -> torch.Tensor:
         """(B, c) samples -> (B, t, n_mels): each frame whose 400 samples are all here."""
         check_chunk(chunk, state.last_sample.shape[0])

@@ -114,6 +114,9 @@ class WhisperMel(StreamingModule):
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> FramingState:
         return self.framer.init_state(batch_size, device or self.param_device())
 
+    def batch_key(self, state: FramingState, row: int) -> int:
+        return self.framer.batch_key(state, row)
+
     def step(self, chunk: torch.Tensor, state: FramingState) -> torch.Tensor:
         """(B, c) samples -> (B, t, n_mels) raw log10 mel frames whose samples are all here."""
         check_chunk(chunk, state.count.shape[0])

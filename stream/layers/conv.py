@@ -13,9 +13,9 @@ With ``left_pad = kernel - 1`` and ``right_pad = stride - 1`` this is NeMo's
 it is the moshi convention. Time is axis 2 for both 1-D (B, C, T) and 2-D
 (B, C, T, F) layouts.
 
-Rows of one batch must be at the same ``skip`` phase when ``stride > 1``:
-true whenever streams are fed chunks that are multiples of the stride, or
-run alone.
+Rows of one batch must be at the same ``skip`` phase when ``stride > 1``
+(``batch_key``): true whenever streams are fed chunks that are multiples of the
+stride; the engine groups streams by it otherwise.
 """
 
 from __future__ import annotations
@@ -69,6 +69,11 @@ class _TimeCachedConv(StreamingModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = [0, 0] * (x.dim() - 3) + [self.left_pad, self.right_pad]
         return self.conv(F.pad(x, pad))
+
+    def batch_key(self, state: ConvState, row: int) -> int | None:
+        if self.stride == 1 and self.first_skip == 0:
+            return None
+        return int(state.skip[row])
 
     def _skip(self, state: ConvState) -> int:
         if self.stride == 1 and self.first_skip == 0:
