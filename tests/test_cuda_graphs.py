@@ -6,28 +6,13 @@ Skipped without CUDA (CI has none); run on the device machine.
 import pytest
 import torch
 
+from legato.stream.cuda_graphs import CapturedStep
 from legato.stream.layers import CachedAttention, CausalConv1d
 from legato.stream.module import run_streaming
 from legato.stream.pool import StatePool
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 pytestmark = [cuda, pytest.mark.gpu]
-
-
-def _capture(module, state, x_static):
-    """Capture ``module.step(x_static, state)`` without disturbing ``state``."""
-    saved = state.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):  # warm-up (kernels chosen, workspaces allocated)
-            module.step(x_static, state)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y_static = module.step(x_static, state)
-    state.copy_(saved)
-    return graph, y_static
 
 
 @pytest.mark.parametrize(
@@ -50,14 +35,8 @@ def test_step_replays_as_cuda_graph(make):
     axis = 2 if conv else 1
     with torch.no_grad():
         eager = run_streaming(module, xin, chunk, flush=False)
-        state = module.init_state(b, "cuda")
-        x_static = xin.narrow(axis, 0, chunk).clone()
-        graph, y_static = _capture(module, state, x_static)
-        outs = []
-        for start in range(0, total, chunk):
-            x_static.copy_(xin.narrow(axis, start, chunk))
-            graph.replay()
-            outs.append(y_static.clone())
+        step = CapturedStep(module, module.init_state(b, "cuda"), xin.narrow(axis, 0, chunk))
+        outs = [step(xin.narrow(axis, start, chunk)).clone() for start in range(0, total, chunk)]
     torch.testing.assert_close(torch.cat(outs, dim=axis), eager, rtol=1e-4, atol=1e-4)
 
 

@@ -1,0 +1,48 @@
+"""Capture a streaming step in a CUDA graph.
+
+A step of a fixed-shape state over a fixed-shape chunk launches the same
+kernels every time; capturing it once and replaying it removes the per-kernel
+launch cost, which dominates small batches (docs/PERFORMANCE.md). The state is
+the graph's memory: replays update it in place, exactly as ``step`` does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from legato.stream.module import StreamingModule
+from legato.stream.state import StreamState
+
+WARMUP_STEPS = 2  # lets kernels pick algorithms and allocate workspaces before capture
+
+
+class CapturedStep:
+    """``module.step(x, state)`` as a replayable CUDA graph over static buffers.
+
+    ``state`` must live on the GPU and stays the one the graph updates; it is
+    left exactly as it was before capture. ``example`` fixes the chunk shape
+    and dtype. Calling returns the graph's static output buffer, which the next
+    call overwrites: clone it to keep it.
+    """
+
+    def __init__(self, module: StreamingModule, state: StreamState, example: torch.Tensor):
+        if example.device.type != "cuda":
+            raise ValueError("CUDA graph capture needs CUDA tensors")
+        self.module, self.state = module, state
+        self.input = example.clone()
+        saved = state.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                module.step(self.input, state)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = module.step(self.input, state)
+        state.copy_(saved)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.input.copy_(x)
+        self.graph.replay()
+        return self.output
