@@ -36,7 +36,7 @@ from typing import Any, Callable
 from legato.stream import scheduler
 from legato.stream.errors import CapacityError, ClosedError, LegatoError
 from legato.stream.frames import EndOfStream, ErrorEvent, Frame
-from legato.stream.graph import Stage, StreamInfo
+from legato.stream.graph import Pipeline, Stage, StreamInfo
 from legato.stream.metrics import Histogram, StageMetrics
 
 DEFAULT_MAX_STREAMS = 256
@@ -80,6 +80,7 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.stages = pipeline.flatten()
+        self._flat = Pipeline(self.stages)
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique within an engine, got {names}")
@@ -138,13 +139,9 @@ class Engine:
             if info.stream_id in self._streams:
                 raise ValueError(f"stream id {info.stream_id!r} is already open")
             self._streams[info.stream_id] = None  # type: ignore[assignment]  # reserve the id and the seat
-        contexts: list[Any] = []
         try:
-            for stage in self.stages:
-                contexts.append(stage.open(info))
+            contexts = self._flat.open(info)  # all stages, or none: a failed open closes the rest
         except BaseException:
-            for stage, ctx in zip(self.stages, contexts):
-                stage.close(ctx)
             with self._cond:
                 del self._streams[info.stream_id]
             raise
