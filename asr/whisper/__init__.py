@@ -1,0 +1,5 @@
+"""Whisper: encoder-decoder ASR (legato's embedded default, tiny.en).
+
+* ``model``: the network (OpenAI module names), with a decoder KV cache.
+* ``ct2``: reader for CTranslate2 ``model.bin`` folders.
+"""

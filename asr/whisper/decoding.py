@@ -1,0 +1,176 @@
+"""Whisper decoding for one 30 s window: greedy or beam search, with Whisper's logit rules.
+
+Rules applied to every step's logits, in this order (as OpenAI's and
+CTranslate2's decoders do):
+
+1. suppress tokens: non-speech symbols and control tokens, always;
+2. suppress blank: at the first sampled position, the space and end-of-text;
+3. timestamp rules (unless ``without_timestamps``): timestamps come in pairs,
+   never decrease, the first token is a timestamp no later than
+   ``max_initial_timestamp_s``, and a timestamp is forced when the timestamp
+   tokens together outweigh the best text token.
+
+``no_speech_prob`` is the probability of ``<|nospeech|>`` at the
+``<|startoftranscript|>`` position, before any rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from legato.asr.whisper.model import Whisper
+from legato.asr.whisper.tokenizer import SECONDS_PER_TIMESTAMP, WhisperTokenizer
+
+NEG_INF = float("-inf")
+MAX_NEW_TOKENS = 224  # half the decoder context, as OpenAI's sample_len
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    beam_size: int = 1  # 1 = greedy
+    patience: float = 1.0  # beam search: stop after beam_size * patience finished hypotheses
+    length_penalty: float | None = None  # None: rank by sum logprob / length
+    without_timestamps: bool = False
+    max_initial_timestamp_s: float = 1.0
+    suppress_blank: bool = True
+    max_new_tokens: int = MAX_NEW_TOKENS
+
+
+@dataclass
+class DecodingResult:
+    tokens: list[int]  # sampled tokens, without the prompt and without end-of-text
+    sum_logprob: float
+    no_speech_prob: float
+    avg_logprob: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.avg_logprob = self.sum_logprob / (len(self.tokens) + 1)
+
+
+class LogitRules:
+    """Whisper's suppression and timestamp rules over a (B, V) logits batch."""
+
+    def __init__(self, tok: WhisperTokenizer, options: DecodingOptions, sample_begin: int, n_vocab: int):
+        self.tok, self.options, self.sample_begin = tok, options, sample_begin
+        self.suppress = torch.tensor(tok.suppressed_tokens(), dtype=torch.long)
+        self.blank = torch.tensor(tok.encode(" ") + [tok.eot], dtype=torch.long)
+        self.max_initial = round(options.max_initial_timestamp_s / SECONDS_PER_TIMESTAMP)
+        self.n_vocab = n_vocab
+
+    def apply(self, logits: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
+        logits = logits.clone()
+        logits[:, self.suppress.to(logits.device)] = NEG_INF
+        if self.options.suppress_blank and len(sequences[0]) == self.sample_begin:
+            logits[:, self.blank.to(logits.device)] = NEG_INF
+        if not self.options.without_timestamps:
+            for row, seq in enumerate(sequences):
+                self._timestamps(logits[row], seq)
+        return logits
+
+    def _timestamps(self, logits: torch.Tensor, seq: list[int]) -> None:
+        tb, eot = self.tok.timestamp_begin, self.tok.eot
+        logits[self.tok.no_timestamps] = NEG_INF
+        sampled = seq[self.sample_begin :]
+        last_ts = len(sampled) >= 1 and sampled[-1] >= tb
+        penultimate_ts = len(sampled) < 2 or sampled[-2] >= tb
+        if last_ts:
+            if penultimate_ts:
+                logits[tb:] = NEG_INF  # a pair just closed: text (or end) next
+            else:
+                logits[:eot] = NEG_INF  # a lone timestamp: another timestamp or end next
+        stamps = [t for t in sampled if t >= tb]
+        if stamps:
+            # Never go back in time; after a closed pair, strictly forward.
+            floor = stamps[-1] if (last_ts and not penultimate_ts) else stamps[-1] + 1
+            logits[tb:floor] = NEG_INF
+        if not sampled:
+            logits[:tb] = NEG_INF  # the first token is a timestamp
+            logits[tb + self.max_initial + 1 :] = NEG_INF
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        if logprobs[tb:].logsumexp(dim=-1) > logprobs[:tb].max():
+            logits[:tb] = NEG_INF
+
+
+@torch.inference_mode()
+def decode_window(model: Whisper, tok: WhisperTokenizer, mel: torch.Tensor, prompt: list[int], options: DecodingOptions = DecodingOptions()) -> DecodingResult:
+    """Decode one (n_mels, 3000) window given a prompt (sot sequence, maybe preceded by previous text)."""
+    audio = model.encoder(mel[None].to(next(model.parameters()).dtype))
+    if options.beam_size > 1:
+        return _beam_search(model, tok, audio, prompt, options)
+    return _greedy(model, tok, audio, prompt, options)
+
+
+def _start(model: Whisper, tok: WhisperTokenizer, audio: torch.Tensor, prompt: list[int], batch: int):
+    cache = model.decoder.new_cache(audio.expand(batch, -1, -1))
+    logits = model.decoder(torch.tensor([prompt] * batch, device=audio.device), cache)
+    sot_index = prompt.index(tok.sot)
+    no_speech = torch.softmax(logits[0, sot_index], dim=-1)[tok.no_speech].item()
+    return cache, logits[:, -1], no_speech
+
+
+def _greedy(model, tok, audio, prompt, options) -> DecodingResult:
+    rules = LogitRules(tok, options, len(prompt), model.dims.n_vocab)
+    cache, logits, no_speech = _start(model, tok, audio, prompt, 1)
+    seq, total = list(prompt), 0.0
+    for _ in range(options.max_new_tokens):
+        filtered = rules.apply(logits, [seq])
+        token = int(filtered[0].argmax())
+        total += float(torch.log_softmax(filtered[0].float(), dim=-1)[token])
+        if token == tok.eot:
+            break
+        seq.append(token)
+        if len(seq) >= model.dims.n_text_ctx:
+            break
+        logits = model.decoder(torch.tensor([[token]], device=audio.device), cache)[:, -1]
+    return DecodingResult(seq[len(prompt) :], total, no_speech)
+
+
+def _beam_search(model, tok, audio, prompt, options) -> DecodingResult:
+    beam = options.beam_size
+    rules = LogitRules(tok, options, len(prompt), model.dims.n_vocab)
+    cache, logits, no_speech = _start(model, tok, audio, prompt, beam)
+    seqs = [list(prompt)]  # the first step expands one hypothesis
+    scores = torch.zeros(1, device=audio.device)
+    logits = logits[:1]
+    finished: list[tuple[list[int], float]] = []
+    max_finished = round(beam * options.patience)
+    for _ in range(options.max_new_tokens):
+        logprobs = torch.log_softmax(rules.apply(logits, seqs).float(), dim=-1)  # (n, V)
+        total = (scores[:, None] + logprobs).flatten()
+        top = torch.topk(total, k=min(2 * beam, total.numel()))
+        keep_rows, new_seqs, new_scores = [], [], []
+        for value, index in zip(top.values.tolist(), top.indices.tolist()):
+            row, token = divmod(index, logprobs.shape[1])
+            if value == NEG_INF:
+                break
+            if token == tok.eot:
+                if len(finished) < max_finished:
+                    finished.append((seqs[row][len(prompt) :], value))
+                continue
+            keep_rows.append(row)
+            new_seqs.append(seqs[row] + [token])
+            new_scores.append(value)
+            if len(new_seqs) == beam:
+                break
+        if len(finished) >= max_finished or not new_seqs or len(new_seqs[0]) >= model.dims.n_text_ctx:
+            break
+        rows = torch.tensor(keep_rows, device=audio.device)
+        if len(seqs) == 1:  # cache still holds `beam` identical copies: take the first n
+            rows = torch.zeros(len(keep_rows), dtype=torch.long, device=audio.device)
+        cache.reorder(rows)
+        seqs, scores = new_seqs, torch.tensor(new_scores, device=audio.device)
+        logits = model.decoder(torch.tensor([[s[-1]] for s in seqs], device=audio.device), cache)[:, -1]
+    if not finished:
+        finished = [(s[len(prompt) :], float(v)) for s, v in zip(seqs, scores.tolist())]
+
+    def rank(item: tuple[list[int], float]) -> float:
+        tokens, score = item
+        length = len(tokens) + 1  # the end-of-text counts
+        if options.length_penalty is None:
+            return score / length
+        return score / (((5 + length) / 6) ** options.length_penalty)
+
+    tokens, score = max(finished, key=rank)
+    return DecodingResult(tokens, score, no_speech)

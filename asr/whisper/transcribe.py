@@ -1,0 +1,110 @@
+"""Long-form Whisper transcription: 30 s windows, seek by timestamps, text conditioning.
+
+Follows faster-whisper's schedule so transcripts can be compared token for
+token: features of the audio plus one hop of zeros, normalised over the whole
+input; each window is the next ``<= 3000`` frames, zero-padded; the decoder is
+prompted with ``<|startofprev|>`` and the previous window's tokens; the
+window's tokens are split into segments at paired timestamps, and the next
+window starts at the last timestamp (or after the window when the text ended
+without one). A window judged silent (high no-speech probability and low
+average log-probability) is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from legato.asr.frontends.whisper_mel import HOP_SAMPLES, N_FRAMES, WhisperMel, normalize_window
+from legato.asr.whisper.decoding import DecodingOptions, decode_window
+from legato.asr.whisper.model import Whisper
+from legato.asr.whisper.tokenizer import SECONDS_PER_TIMESTAMP, WhisperTokenizer
+
+FRAMES_PER_TIMESTAMP = 2  # one timestamp (20 ms) spans two 10 ms mel frames
+SECONDS_PER_FRAME = HOP_SAMPLES / 16000  # 0.01
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+
+
+@dataclass(frozen=True)
+class Segment:
+    start_s: float
+    end_s: float
+    text: str
+    tokens: tuple[int, ...]
+
+
+def window_features(mel: WhisperMel, audio: torch.Tensor) -> torch.Tensor:
+    """(n,) 16 kHz audio -> (n_mels, n // 160) normalised log-mel, as faster-whisper computes it."""
+    padded = F.pad(audio, (0, HOP_SAMPLES))
+    feats = normalize_window(mel(padded[None]))[0].T  # (n_mels, (n + 160) // 160)
+    return feats[:, :-1]
+
+
+def split_segments(tok: WhisperTokenizer, tokens: list[int], time_offset: float, window_frames: int) -> tuple[list[Segment], int]:
+    """Segments of one window's tokens, and how many mel frames to advance."""
+    tb = tok.timestamp_begin
+    single_ending = len(tokens) >= 2 and tokens[-2] < tb <= tokens[-1]
+    pairs = [i for i in range(1, len(tokens)) if tokens[i] >= tb and tokens[i - 1] >= tb]
+    segments: list[Segment] = []
+
+    def add(piece: list[int], start: float, end: float) -> None:
+        segments.append(Segment(start, end, tok.decode(piece), tuple(piece)))
+
+    if pairs:
+        cuts = pairs + ([len(tokens)] if single_ending else [])
+        last = 0
+        for cut in cuts:
+            piece = tokens[last:cut]
+            add(piece, time_offset + tok.timestamp_seconds(piece[0]), time_offset + tok.timestamp_seconds(piece[-1]))
+            last = cut
+        advance = window_frames if single_ending else (tokens[last - 1] - tb) * FRAMES_PER_TIMESTAMP
+    else:
+        duration = window_frames * SECONDS_PER_FRAME
+        stamps = [t for t in tokens if t >= tb]
+        if stamps and stamps[-1] != tb:
+            duration = tok.timestamp_seconds(stamps[-1])
+        add(tokens, time_offset, time_offset + duration)
+        advance = window_frames
+    return segments, advance
+
+
+def transcribe(
+    model: Whisper,
+    tok: WhisperTokenizer,
+    audio: torch.Tensor,
+    options: DecodingOptions = DecodingOptions(),
+    condition_on_previous_text: bool = True,
+    mel: WhisperMel | None = None,
+) -> list[Segment]:
+    """(n,) float32 16 kHz mono -> segments with times in seconds."""
+    mel = mel or WhisperMel()
+    feats = window_features(mel, audio)
+    content = feats.shape[1]
+    seek, all_tokens, reset_since = 0, [], 0
+    out: list[Segment] = []
+    max_prompt = model.dims.n_text_ctx // 2 - 1
+    while seek < content:
+        size = min(N_FRAMES, content - seek)
+        window = F.pad(feats[:, seek : seek + size], (0, N_FRAMES - size))
+        previous = all_tokens[reset_since:]
+        prompt = ([tok.sot_prev] + previous[-max_prompt:] if previous else []) + tok.sot_sequence
+        if options.without_timestamps:
+            prompt.append(tok.no_timestamps)
+        result = decode_window(model, tok, window, prompt, options)
+        offset = seek * SECONDS_PER_FRAME
+        if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob <= LOGPROB_THRESHOLD:
+            seek += size
+            continue
+        segments, advance = split_segments(tok, result.tokens, offset, size)
+        seek += advance
+        for s in segments:
+            if s.start_s == s.end_s or not s.text.strip():
+                continue
+            out.append(s)
+            all_tokens.extend(s.tokens)
+        if not condition_on_previous_text:
+            reset_since = len(all_tokens)
+    return out
