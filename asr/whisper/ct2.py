@@ -74,12 +74,16 @@ def read_model_bin(path: str | Path) -> Ct2Model:
         offset += struct.calcsize("<" + fmt)
         return value[0]
 
-    def string() -> str:
+    def raw(n: int) -> bytes:
         nonlocal offset
-        n = take("H")
-        text = data[offset : offset + n].rstrip(b"\0").decode("utf-8")
+        if offset + n > len(data):
+            raise struct.error(f"needs {n} bytes at offset {offset}, file has {len(data)}")
+        chunk = data[offset : offset + n]
         offset += n
-        return text
+        return chunk
+
+    def string() -> str:
+        return raw(take("H")).rstrip(b"\0").decode("utf-8")
 
     try:
         version = take("I")
@@ -91,12 +95,11 @@ def read_model_bin(path: str | Path) -> Ct2Model:
             name = string()
             dims = [take("I") for _ in range(take("B"))]
             dtype, size = take("B"), take("I")
-            raw = data[offset : offset + size]
-            offset += size
+            payload = raw(size)
             if dtype == BFLOAT16:
-                array = torch.frombuffer(bytearray(raw), dtype=torch.bfloat16)
+                array = torch.frombuffer(bytearray(payload), dtype=torch.bfloat16)
             elif dtype in DTYPES:
-                array = torch.from_numpy(np.frombuffer(raw, dtype=DTYPES[dtype]).copy())
+                array = torch.from_numpy(np.frombuffer(payload, dtype=DTYPES[dtype]).copy())
             else:
                 raise Ct2FormatError(f"{path}: variable {name} has unknown dtype code {dtype}")
             variables[name] = array.reshape(dims)
