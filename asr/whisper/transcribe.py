@@ -78,12 +78,18 @@ def transcribe(
     options: DecodingOptions = DecodingOptions(),
     condition_on_previous_text: bool = True,
     mel: WhisperMel | None = None,
+    prompt_tokens: list[int] | None = None,
 ) -> list[Segment]:
-    """(n,) float32 16 kHz mono -> segments with times in seconds."""
+    """(n,) float32 16 kHz mono -> segments with times in seconds.
+
+    ``prompt_tokens``: text tokens said before this audio (streaming passes its
+    committed text), given to the first window as previous text.
+    """
     mel = mel or WhisperMel()
     feats = window_features(mel, audio)
     content = feats.shape[1]
-    seek, all_tokens, reset_since = 0, [], 0
+    seek, reset_since = 0, 0
+    all_tokens: list[int] = list(prompt_tokens or [])
     out: list[Segment] = []
     max_prompt = model.dims.n_text_ctx // 2 - 1
     while seek < content:

@@ -1,0 +1,188 @@
+"""Streaming an encoder-decoder model: re-decode a growing buffer, commit what two passes agree on.
+
+The local-agreement policy (as in Macháček et al., "Turning Whisper into
+Real-Time Transcription System", 2023):
+
+* audio accumulates in a buffer; every ``update_interval_s`` of new audio the
+  whole buffer is transcribed again, prompted with the committed text that
+  lies before the buffer;
+* words already committed are dropped from the new hypothesis (by position:
+  the buffer's committed words lead every hypothesis of it);
+* the longest prefix on which this hypothesis and the previous one agree is
+  committed (``final``); the rest is reported as ``partial``;
+* once the buffer is longer than ``max_buffer_s``, it is cut at the end of the
+  last fully committed segment, so memory and compute stay bounded however
+  long the stream runs;
+* ``flush`` (end of stream) and ``endpoint`` (VAD silence) commit the last
+  hypothesis whole and start afresh.
+
+Word times are the segment's time span shared out in proportion to word
+length (Whisper's segment timestamps are exact; word boundaries inside a
+segment are an estimate).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from legato.asr.whisper.transcribe import Segment
+from legato.stream.frames import TextEvent, TextKind, WordTiming
+
+SAMPLE_RATE = 16000
+
+Recognise = Callable[[torch.Tensor, list[int]], list[Segment]]  # (audio (n,), prompt tokens) -> segments
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    update_interval_s: float = 1.0  # re-decode after this much new audio
+    max_buffer_s: float = 15.0  # trim at a committed segment end once the buffer is longer
+    prompt_chars: int = 200  # committed text (before the buffer) used as the decoder prompt
+    interim_results: bool = True
+
+
+def normalise(word: str) -> str:
+    return re.sub(r"[^\w']", "", word.lower())
+
+
+def segment_words(seg: Segment, offset_s: float) -> list[WordTiming]:
+    """Split a segment into words; share its time span out by word length."""
+    words = seg.text.split()
+    if not words:
+        return []
+    total = sum(len(w) for w in words)
+    span = max(seg.end_s - seg.start_s, 0.0)
+    out, t = [], offset_s + seg.start_s
+    for w in words:
+        d = span * len(w) / total
+        out.append(WordTiming(w, t, t + d))
+        t += d
+    return out
+
+
+@dataclass
+class _Hypothesis:
+    words: list[WordTiming]  # every word heard in the buffer
+    boundaries: list[tuple[int, float]]  # (words before the segment end, segment end in buffer seconds)
+
+
+@dataclass
+class LocalAgreement:
+    """One stream's streaming transcription state and policy.
+
+    Alignment is by position: the first ``in_buffer`` words of a hypothesis of
+    the buffer are the ones already committed from it (allowing for a word
+    split or merged differently this time: the committed tail word is looked
+    for a couple of positions either side).
+    """
+
+    recognise: Recognise
+    encode_prompt: Callable[[str], list[int]]
+    config: StreamingConfig = field(default_factory=StreamingConfig)
+
+    def __post_init__(self) -> None:
+        self.committed: list[WordTiming] = []
+        self.pending: list[WordTiming] = []
+        self._buffer = torch.zeros(0)
+        self.buffer_start_s = 0.0
+        self.in_buffer = 0  # committed words that the buffer's audio still holds
+        self.context_start = 0  # committed words before this index belong to an ended utterance
+        self._since_update = 0
+        self.samples_seen = 0
+
+    @property
+    def buffer_s(self) -> float:
+        return self._buffer.shape[0] / SAMPLE_RATE
+
+    def push(self, audio: torch.Tensor) -> list[TextEvent]:
+        """(n,) float32 16 kHz -> events (finals for newly committed words, then a partial)."""
+        self._buffer = torch.cat([self._buffer, audio])
+        self._since_update += audio.shape[0]
+        self.samples_seen += audio.shape[0]
+        if self._since_update < self.config.update_interval_s * SAMPLE_RATE:
+            return []
+        self._since_update = 0
+        return self._update(final=False)
+
+    def flush(self) -> list[TextEvent]:
+        """End of stream: commit everything heard."""
+        events = self._update(final=True) if self._buffer.numel() else []
+        self.buffer_start_s += self.buffer_s
+        self._buffer = torch.zeros(0)
+        self.pending, self.in_buffer, self._since_update = [], 0, 0
+        return events
+
+    def endpoint(self) -> list[TextEvent]:
+        """End of an utterance (VAD): commit it and forget its context."""
+        events = self.flush()
+        self.context_start = len(self.committed)
+        return events
+
+    def _prompt(self) -> list[int]:
+        before = [w.word for w in self.committed[self.context_start : len(self.committed) - self.in_buffer]]
+        text = " ".join(before)[-self.config.prompt_chars :].strip()
+        return self.encode_prompt(" " + text) if text else []
+
+    def _hypothesis(self) -> _Hypothesis:
+        words: list[WordTiming] = []
+        boundaries = []
+        for seg in self.recognise(self._buffer, self._prompt()):
+            words += segment_words(seg, self.buffer_start_s)
+            boundaries.append((len(words), seg.end_s))
+        return _Hypothesis(words, boundaries)
+
+    def _skip(self, words: list[WordTiming]) -> int:
+        """How many leading hypothesis words are the committed ones."""
+        k = self.in_buffer
+        if k == 0:
+            return 0
+        last = normalise(self.committed[-1].word)
+        for j in sorted(range(max(1, k - 2), min(len(words), k + 2) + 1), key=lambda j: abs(j - k)):
+            if normalise(words[j - 1].word) == last:
+                return j
+        return min(k, len(words))
+
+    def _update(self, final: bool) -> list[TextEvent]:
+        hyp = self._hypothesis()
+        skip = self._skip(hyp.words)
+        fresh = hyp.words[skip:]
+        if final:
+            agreed = fresh
+        else:
+            agreed = []
+            for old, new in zip(self.pending, fresh):
+                if normalise(old.word) != normalise(new.word):
+                    break
+                agreed.append(new)
+        self.pending = fresh[len(agreed) :]
+        self.committed += agreed
+        self.in_buffer = skip + len(agreed)
+        events: list[TextEvent] = []
+        if agreed:
+            events.append(_event(TextKind.FINAL, agreed))
+        if self.config.interim_results and self.pending and not final:
+            events.append(_event(TextKind.PARTIAL, self.pending))
+        if not final:
+            self._trim(hyp)
+        return events
+
+    def _trim(self, hyp: _Hypothesis) -> None:
+        """Cut the buffer at the end of the last segment whose words are all committed."""
+        if self.buffer_s <= self.config.max_buffer_s:
+            return
+        done = [(n, end) for n, end in hyp.boundaries if 0 < n <= self.in_buffer]
+        if not done:
+            return
+        n, end_s = done[-1]
+        cut = min(int(round(end_s * SAMPLE_RATE)), self._buffer.shape[0])
+        self._buffer = self._buffer[cut:]
+        self.buffer_start_s += cut / SAMPLE_RATE
+        self.in_buffer -= n
+
+
+def _event(kind: TextKind, words: list[WordTiming]) -> TextEvent:
+    return TextEvent(kind, " ".join(w.word for w in words), words[0].start_s, words[-1].end_s, tuple(words))
