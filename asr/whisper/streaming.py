@@ -159,6 +159,7 @@ class LocalAgreement:
                     break
                 agreed.append(new)
         self.pending = fresh[len(agreed) :]
+        agreed = self._monotonic(agreed)
         self.committed += agreed
         self.in_buffer = skip + len(agreed)
         events: list[TextEvent] = []
@@ -169,6 +170,16 @@ class LocalAgreement:
         if not final:
             self._trim(hyp)
         return events
+
+    def _monotonic(self, words: list[WordTiming]) -> list[WordTiming]:
+        """Committed times never go back: each hypothesis estimates word times afresh."""
+        floor = self.committed[-1].end_s if self.committed else 0.0
+        out = []
+        for w in words:
+            start = max(w.start_s, floor)
+            floor = max(w.end_s, start)
+            out.append(WordTiming(w.word, start, floor))
+        return out
 
     def _trim(self, hyp: _Hypothesis) -> None:
         """Cut the buffer at the end of the last segment whose words are all committed."""

