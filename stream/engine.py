@@ -19,8 +19,10 @@ Shape of the machine::
   frames one step emits.
 * A frame's deadline is the time its input was pushed plus the stream's
   latency budget; outputs inherit it.
-* If a stage raises on a batch, each stream of the batch is retried alone;
-  a stream that still fails gets an ``ErrorEvent`` and ends; the others go on.
+* A stage reports one stream's failure by returning the exception in that
+  stream's place; if a stage raises on a whole batch, each stream of the
+  batch is retried alone. A stream that fails gets an ``ErrorEvent`` and
+  ends; the others go on.
 """
 
 from __future__ import annotations
@@ -245,7 +247,7 @@ class Engine:
         start = self.clock()
         for it in items:
             metrics.queue_wait_s.record(start - it.enqueued)
-        results: list[list[Frame] | BaseException]
+        results: list[list[Frame] | BaseException]  # an exception in an item's place fails that stream
         try:
             results = list(stage.process([(e.contexts[k], it.frame) for e, it in zip(entries, items)]))
             if len(results) != len(items):

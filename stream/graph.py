@@ -11,9 +11,12 @@ Contract for ``process``:
   empty, possibly several);
 * an :class:`EndOfStream` input means: flush, then emit ``EndOfStream`` last;
 * frames a stage does not handle are passed through unchanged, in order;
-* if it raises, no stream's saved state may have changed (pool stages commit
-  state only after a successful step), so the engine can retry streams one
-  by one and end only the stream that fails.
+* a stage that handles streams one by one reports a stream's failure by
+  putting the exception in that item's place in the result list; the other
+  items' outputs stand, and only that stream ends;
+* a stage that raises must leave every stream's saved state unchanged (pool
+  stages commit state only after a successful step), so the engine can retry
+  the streams one by one and end only the stream that fails.
 
 A :class:`Pipeline` is a list of stages and is itself a stage: run directly it
 pushes each item through its stages in turn; given to the engine, it is
@@ -81,15 +84,18 @@ class PerStreamStage(Stage):
     def finish(self, context: Any) -> list[Frame]:
         return []
 
-    def process(self, batch: Sequence[BatchItem]) -> list[list[Frame]]:
-        out = []
+    def process(self, batch: Sequence[BatchItem]) -> list[list[Frame] | Exception]:
+        out: list[list[Frame] | Exception] = []
         for context, frame in batch:
-            if isinstance(frame, EndOfStream):
-                out.append(self.finish(context) + [frame])
-            elif isinstance(frame, self.accepts):
-                out.append(self.handle(context, frame))
-            else:
-                out.append([frame])
+            try:
+                if isinstance(frame, EndOfStream):
+                    out.append(self.finish(context) + [frame])
+                elif isinstance(frame, self.accepts):
+                    out.append(self.handle(context, frame))
+                else:
+                    out.append([frame])
+            except Exception as exc:  # this stream alone fails; the others' work stands
+                out.append(exc)
         return out
 
 
@@ -134,6 +140,8 @@ class Pipeline(Stage):
                 rows = [r for r, frames in enumerate(pending) if frames]
                 items = [(batch[r][0][i], pending[r].pop(0)) for r in rows]
                 for r, out in zip(rows, stage.process(items)):
+                    if isinstance(out, BaseException):
+                        raise out
                     produced[r].extend(out)
             pending = produced
         return pending

@@ -35,7 +35,10 @@ class StageHarness:
             raise RuntimeError("harness already ended")
         out: list[Frame] = []
         for frame in frames:
-            out.extend(self.stage.process([(self.context, frame)])[0])
+            result = self.stage.process([(self.context, frame)])[0]
+            if isinstance(result, BaseException):
+                raise result
+            out.extend(result)
         return out
 
     def end(self) -> list[Frame]:

