@@ -1,0 +1,69 @@
+"""``legato serve``: the live-transcription WebSocket server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve live transcription over WebSocket",
+        description="Start the live-transcription WebSocket server (protocol: docs/PROTOCOL.md). "
+        "Streams are batched by one engine per model; SIGTERM or Ctrl-C drains: in-flight streams get their finals.",
+    )
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    net.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
+    net.add_argument("--certfile", help="TLS certificate (PEM); serves wss:// with --keyfile")
+    net.add_argument("--keyfile", help="TLS private key (PEM)")
+    net.add_argument("--auth-token-file", help="file holding a bearer token clients must send (Authorization header)")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", action="append", dest="models", metavar="SPEC",
+                       help="model to load, repeatable: whisper-tiny.en (default, embedded) or whisper-ct2:FOLDER; the first is the default")
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--max-connections", type=int, default=64, help="concurrent streams; more get HTTP 503 (default 64)")
+    limits.add_argument("--max-message-bytes", type=int, default=1 << 20, help="largest audio message (default 1 MiB)")
+    limits.add_argument("--idle-timeout", type=float, default=30.0, help="seconds without a client message before the stream is closed (default 30)")
+    limits.add_argument("--latency-budget", type=float, default=1.0, help="per-stream latency budget for batching, seconds (default 1.0)")
+    limits.add_argument("--max-batch", type=int, default=8, help="streams per model step (default 8)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return asyncio.run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from legato.server.models import DEFAULT_MODEL, build_engine
+    from legato.server.ws_server import ServerConfig, TranscriptionServer
+
+    token = None
+    if args.auth_token_file:
+        with open(args.auth_token_file) as f:
+            token = f.read().strip()
+    engines = {}
+    for spec in args.models or [DEFAULT_MODEL]:
+        print(f"legato: loading {spec} ...", flush=True)
+        name, engine = build_engine(spec, max_streams=args.max_connections, max_batch=args.max_batch, budget_s=args.latency_budget)
+        engines[name] = engine
+    config = ServerConfig(
+        host=args.host, port=args.port, max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
+        idle_timeout_s=args.idle_timeout, latency_budget_s=args.latency_budget, auth_token=token,
+        certfile=args.certfile, keyfile=args.keyfile,
+    )
+    server = await TranscriptionServer(engines, next(iter(engines)), config).start()
+    print(f"legato: serving live transcription on {server.url} (models: {', '.join(engines)}); health at {server.url.replace('ws', 'http', 1)}/healthz", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("legato: draining: no new streams; finishing the open ones", flush=True)
+    await server.drain()
+    print("legato: stopped", flush=True)
+    return 0

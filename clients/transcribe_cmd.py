@@ -1,0 +1,71 @@
+"""``legato transcribe FILE``: transcribe a file in-process or through a server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "transcribe",
+        help="transcribe an audio file (locally, or streamed to a server)",
+        description="Transcribe FILE (any format soundfile reads, any sample rate). Without --server the default "
+        "model runs in this process; with --server the file is streamed over WebSocket and finals print as they commit.",
+    )
+    p.add_argument("file", help="audio file (wav, flac, ogg, ...)")
+    p.add_argument("--server", metavar="URL", help="stream to a legato server, e.g. ws://127.0.0.1:8765")
+    p.add_argument("--realtime", action="store_true", help="with --server: send at the speed of speech instead of as fast as possible")
+    p.add_argument("--chunk-ms", type=int, default=100, help="with --server: audio per message (default 100 ms)")
+    p.add_argument("--partials", action="store_true", help="with --server: also print partial results")
+    p.add_argument("--model", help="model name or spec (default whisper-tiny.en)")
+    p.add_argument("--beam-size", type=int, default=1, help="local only: beam search width (default 1 = greedy)")
+    p.add_argument("--timestamps", action="store_true", help="print segment start/end times")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from legato.stream.audio_io import read_audio
+    from legato.stream.errors import LegatoError
+
+    try:
+        if args.server:
+            audio, rate = read_audio(args.file, mono=False)
+            return asyncio.run(_remote(args, audio, rate))
+        audio, _ = read_audio(args.file, sample_rate=16000)
+    except LegatoError as exc:
+        print(f"legato transcribe: {exc}", file=sys.stderr)
+        return 2
+    return _local(args, audio[:, 0])
+
+
+def _local(args: argparse.Namespace, audio) -> int:
+    from dataclasses import replace
+
+    from legato.server.models import DEFAULT_MODEL, load_recognizer
+
+    _, rec = load_recognizer(args.model or DEFAULT_MODEL)
+    rec.options = replace(rec.options, beam_size=args.beam_size)
+    t0 = time.perf_counter()
+    segments = rec.transcribe(audio)
+    for s in segments:
+        print(f"[{s.start_s:7.2f} -> {s.end_s:7.2f}]{s.text}" if args.timestamps else s.text.strip())
+    elapsed = time.perf_counter() - t0
+    print(f"({audio.shape[0] / 16000:.1f} s of audio in {elapsed:.1f} s)", file=sys.stderr)
+    return 0
+
+
+async def _remote(args: argparse.Namespace, audio, rate: int) -> int:
+    from legato.clients.ws_client import stream_audio
+
+    async for msg in stream_audio(args.server, audio, rate, chunk_ms=args.chunk_ms, realtime=args.realtime, interim_results=args.partials, model=args.model):
+        if msg["type"] == "final":
+            print(f"[{msg['start']:7.2f} -> {msg['end']:7.2f}] {msg['text']}" if args.timestamps else msg["text"], flush=True)
+        elif msg["type"] == "partial" and args.partials:
+            print(f"  ... {msg['text']}", file=sys.stderr, flush=True)
+        elif msg["type"] == "error":
+            print(f"legato transcribe: server error {msg['code']}: {msg['message']}", file=sys.stderr)
+            return 1
+    return 0

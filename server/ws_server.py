@@ -1,0 +1,234 @@
+"""Live-transcription WebSocket server: thin asyncio wrapper over ProtocolSession and the engine.
+
+One engine per loaded model runs the pipeline ``resample -> whisper`` for
+every connection; model work happens on the engine's worker threads, never on
+this event loop. Limits (docs/PROTOCOL.md, docs/ERRORS.md): message size,
+connections (HTTP 503 past the limit, before the upgrade), idle timeout,
+keepalive pings, no compression. ``/healthz`` answers 200 while serving.
+``drain()`` (SIGTERM) stops accepting, ends every stream so its finals are
+sent, then closes with 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import ssl
+import uuid
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from legato.server.protocol import (
+    Audio,
+    CloseCode,
+    End,
+    ProtocolSession,
+    Reject,
+    Start,
+    end_message,
+    error_message,
+    ready_message,
+    text_message,
+)
+from legato.stream.engine import Engine, StreamHandle
+from legato.stream.errors import CapacityError
+from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, TextEvent
+
+log = logging.getLogger("legato.server")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_connections: int = 64
+    max_message_bytes: int = 1 << 20  # 1 MiB: about 32 s of 16 kHz s16le mono
+    idle_timeout_s: float = 30.0  # no message from the client for this long ends the stream
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    latency_budget_s: float = 1.0
+    auth_token: str | None = None  # bearer token; never logged
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+class TranscriptionServer:
+    def __init__(self, engines: dict[str, Engine], default_model: str, config: ServerConfig = ServerConfig()):
+        if default_model not in engines:
+            raise ValueError(f"default model {default_model!r} is not among {sorted(engines)}")
+        self.engines, self.default_model, self.config = engines, default_model, config
+        self._sessions: set[_Connection] = set()
+        self._server: Server | None = None
+        self.draining = False
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.config.certfile else "ws"
+        port = self.port
+        return f"{scheme}://{self.config.host}:{port}"
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.config.port
+        return self._server.sockets[0].getsockname()[1] if self._server.sockets else self.config.port
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?")[0]
+        if path == "/healthz":
+            status = HTTPStatus.SERVICE_UNAVAILABLE if self.draining else HTTPStatus.OK
+            return connection.respond(status, "draining\n" if self.draining else "ok\n")
+        if self.draining or len(self._sessions) >= self.config.max_connections:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server at capacity, try again later\n")
+        if self.config.auth_token is not None:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.config.auth_token}".encode()):
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n")
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return connection.respond(HTTPStatus.NOT_FOUND, "legato live transcription: connect with a WebSocket\n")
+        return None
+
+    async def start(self) -> "TranscriptionServer":
+        for engine in self.engines.values():
+            engine.start()
+        ssl_ctx = None
+        if self.config.certfile:
+            ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
+        self._server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+            max_size=self.config.max_message_bytes,
+            compression=None,  # binary audio does not compress; deflate costs CPU and memory per connection
+            ping_interval=self.config.ping_interval_s,
+            ping_timeout=self.config.ping_timeout_s,
+            ssl=ssl_ctx,
+        )
+        return self
+
+    async def drain(self) -> None:
+        """Stop accepting; end every stream (its finals are still sent); close with 1001."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        await asyncio.gather(*(s.drain() for s in list(self._sessions)), return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        for engine in self.engines.values():
+            engine.stop()
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        conn = _Connection(self, ws)
+        self._sessions.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._sessions.discard(conn)
+
+
+class _Connection:
+    def __init__(self, server: TranscriptionServer, ws: ServerConnection):
+        self.server, self.ws = server, ws
+        self.protocol = ProtocolSession(server.config.max_message_bytes)
+        self.handle: StreamHandle | None = None
+        self.pump: asyncio.Task | None = None
+        self.samples = 0
+        self.rate = 16000
+        self.ended = False
+
+    async def send(self, message: dict) -> None:
+        import json
+
+        await self.ws.send(json.dumps(message))
+
+    async def reject(self, code: str, message: str, close: CloseCode) -> None:
+        log.info("stream %s rejected: %s (%s)", self.handle.stream_id if self.handle else "-", code, message)
+        try:
+            await self.send(error_message(code, message))
+            await self.ws.close(int(close), code)
+        except ConnectionClosed:
+            pass
+
+    async def run(self) -> None:
+        try:
+            while not self.ended:
+                try:
+                    message = await asyncio.wait_for(self.ws.recv(), self.server.config.idle_timeout_s)
+                except asyncio.TimeoutError:
+                    await self.reject("idle_timeout", f"no message for {self.server.config.idle_timeout_s:g} s", CloseCode.POLICY_VIOLATION)
+                    return
+                actions = self.protocol.receive_binary(message) if isinstance(message, bytes) else self.protocol.receive_text(message)
+                for action in actions:
+                    if not await self._act(action):
+                        return
+            if self.pump is not None:
+                await self.pump
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.pump is not None and not self.pump.done():
+                self.pump.cancel()
+            if self.handle is not None and not self.handle.finished:
+                self.handle.cancel()
+
+    async def _act(self, action) -> bool:
+        if isinstance(action, Reject):
+            await self.reject(action.code, action.message, action.close_code)
+            return False
+        if isinstance(action, Start):
+            req = action.request
+            name = req.model or self.server.default_model
+            engine = self.server.engines.get(name)
+            if engine is None:
+                await self.reject("unknown_model", f"unknown model {name!r}; loaded: {', '.join(sorted(self.server.engines))}", CloseCode.INVALID_PAYLOAD)
+                return False
+            try:
+                self.handle = engine.open_stream(self.server.config.latency_budget_s, {"interim_results": req.interim_results, "language": req.language}, uuid.uuid4().hex[:12])
+            except CapacityError as exc:
+                await self.reject("capacity", str(exc), CloseCode.TRY_AGAIN_LATER)
+                return False
+            self.rate = req.pcm.sample_rate
+            await self.send(ready_message(self.handle.stream_id, name, self.rate))
+            self.pump = asyncio.create_task(self._pump())
+            return True
+        if isinstance(action, Audio):
+            await self.handle.apush(AudioChunk(action.samples, self.rate, self.samples))
+            self.samples += action.samples.shape[0]
+            return True
+        if isinstance(action, End):
+            await self.handle.aend()
+            self.ended = True
+            return True
+        return True
+
+    async def _pump(self) -> None:
+        """Engine output -> client messages; the last one is ``end`` (or an error), then close."""
+        async for frame in self.handle:
+            if isinstance(frame, TextEvent):
+                await self.send(text_message(frame))
+            elif isinstance(frame, ErrorEvent):
+                await self.reject(frame.code, frame.message, CloseCode.INTERNAL_ERROR if frame.code == "stage_failed" else CloseCode.INVALID_PAYLOAD)
+                return
+            elif isinstance(frame, EndOfStream):
+                await self.send(end_message())
+                await self.ws.close(int(CloseCode.GOING_AWAY if self.server.draining else CloseCode.NORMAL), "end")
+                return
+
+    async def drain(self) -> None:
+        if self.handle is not None and not self.ended:
+            self.ended = True
+            try:
+                await self.handle.aend()
+            except Exception:  # already ended or failed: nothing to flush
+                pass
+        if self.pump is not None:
+            await asyncio.wait({self.pump}, timeout=30)
+        else:
+            await self.ws.close(int(CloseCode.GOING_AWAY), "server shutting down")
