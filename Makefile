@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 .PHONY: test run venv deb clean help
 
 help:
-	@echo "make run   - start the live transcription server (default model)"
+	@echo "make run   - start the live transcription server (Whisper tiny.en) on ws://\$$HOST:\$$PORT (default 127.0.0.1:8765)"
 	@echo "make test  - create/reuse .venv, install, run the test suite"
 
 deb:
@@ -42,10 +42,11 @@ venv: deb $(STAMP)
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+HOST ?= 127.0.0.1
+PORT ?= 8765
+
 run: venv
-	@echo "make run: the live transcription server arrives with issue 3 (WebSocket server + Whisper tiny.en)."
-	@echo "Until then, here is what the CLI offers:"
-	$(VENV)/bin/legato --help
+	$(VENV)/bin/legato serve --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

