@@ -192,7 +192,11 @@ class _Connection:
                 await self.reject("unknown_model", f"unknown model {name!r}; loaded: {', '.join(sorted(self.server.engines))}", CloseCode.INVALID_PAYLOAD)
                 return False
             try:
-                self.handle = engine.open_stream(self.server.config.latency_budget_s, {"interim_results": req.interim_results, "language": req.language}, uuid.uuid4().hex[:12])
+                self.handle = engine.open_stream(self.server.config.latency_budget_s, {
+                        "interim_results": req.interim_results,
+                        "language": req.language,
+                        "endpointing": {"enabled": req.endpointing.enabled, "threshold": req.endpointing.threshold, "min_silence_ms": req.endpointing.min_silence_ms},
+                    }, uuid.uuid4().hex[:12])
             except CapacityError as exc:
                 await self.reject("capacity", str(exc), CloseCode.TRY_AGAIN_LATER)
                 return False

@@ -76,3 +76,29 @@ def test_endpoint_commits_and_resets_context():
     assert [e.text for e in la.endpoint()] == ["hello there"]
     la.push(torch.zeros(16000))
     assert calls[-1] == []  # a new utterance is not prompted with the last one
+
+
+def test_endpointing_finalises_each_utterance(speech_dir):
+    from legato.asr.whisper.stage import WhisperRecognizer, WhisperStage
+    from legato.stream.frames import AudioChunk, EndOfStream
+    from legato.stream.graph import StreamInfo
+    from legato.stream.testing import StageHarness
+
+    clip = read_audio(str(speech_dir / "en_goforward.wav"), sample_rate=16000)[0][:, 0]
+    silence = torch.zeros(16000)
+    audio = torch.cat([silence, clip, silence, clip, silence])
+    stage = WhisperStage(WhisperRecognizer.default())
+    h = StageHarness(stage, StreamInfo("s", options={"endpointing": {"min_silence_ms": 400}}))
+    finals_before_second = None
+    out = []
+    second_starts = 2 * 16000 + clip.shape[0]
+    for i in range(0, audio.shape[0], CHUNK):
+        out += h.push(AudioChunk(audio[i : i + CHUNK, None].contiguous(), 16000, i))
+        if i + CHUNK >= second_starts and finals_before_second is None:
+            finals_before_second = [e.text for e in out if getattr(e, "kind", None) == TextKind.FINAL]
+    out += h.end()
+    assert isinstance(out[-1], EndOfStream)
+    words = [normalise(w) for e in out if getattr(e, "kind", None) == TextKind.FINAL for w in e.text.split()]
+    once = [normalise(w) for w in "Go forward 10 meters.".split()]
+    assert words == once + once
+    assert [normalise(w) for t in finals_before_second for w in t.split()] == once  # the endpoint, not the end, finalised it

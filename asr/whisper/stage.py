@@ -1,20 +1,21 @@
 """Whisper as an engine stage: 16 kHz audio in, partial and final TextEvents out.
 
 Each stream keeps its own :class:`LocalAgreement` state (audio buffer,
-committed words); the model is shared. Streams' updates in one batch run one
+committed words) and Silero VAD state for endpointing; the models are shared. Streams' updates in one batch run one
 after another on the engine's worker thread (batching their encoder windows
 into one forward pass is the next step for throughput).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from legato.asr.frontends import WhisperMel
+from legato.asr.frontends import WhisperMel, WhisperMelConfig
+from legato.asr.silero_vad import Endpointer, SileroVad, VadState
 from legato.asr.whisper.ct2 import load_ct2_whisper
 from legato.asr.whisper.decoding import DecodingOptions
 from legato.asr.whisper.model import Whisper
@@ -57,37 +58,62 @@ class WhisperRecognizer:
         return LocalAgreement(lambda audio, prompt: self.transcribe(audio, prompt), self.tokenizer.encode, config)
 
 
-def _mel_config(model: Whisper):
-    from legato.asr.frontends import WhisperMelConfig
-
+def _mel_config(model: Whisper) -> WhisperMelConfig:
     return WhisperMelConfig(n_mels=model.dims.n_mels)
 
 
+@dataclass
+class _StreamContext:
+    streamer: LocalAgreement
+    vad_state: VadState | None
+    endpointer: Endpointer | None
+
+
 class WhisperStage(Stage):
-    """Streaming transcription of 16 kHz mono AudioChunks (put a ResampleStage before it)."""
+    """Streaming transcription of 16 kHz mono AudioChunks (put a ResampleStage before it).
 
-    def __init__(self, recognizer: WhisperRecognizer, config: StreamingConfig = StreamingConfig(), max_batch: int = 8, name: str = "whisper"):
+    With endpointing (stream option ``endpointing``: ``{"enabled", "threshold",
+    "min_silence_ms"}``, on by default), Silero VAD watches the audio; when
+    enough silence follows speech the utterance is finalised and the decoder's
+    context starts afresh.
+    """
+
+    def __init__(self, recognizer: WhisperRecognizer, config: StreamingConfig = StreamingConfig(), max_batch: int = 8, name: str = "whisper", vad: SileroVad | None = None):
         self.recognizer, self.config, self.max_batch, self.name = recognizer, config, max_batch, name
+        self.vad = vad
 
-    def open(self, stream: StreamInfo) -> LocalAgreement:
+    def open(self, stream: StreamInfo) -> _StreamContext:
         interim = bool(stream.options.get("interim_results", self.config.interim_results))
-        return self.recognizer.streamer(replace(self.config, interim_results=interim))
+        streamer = self.recognizer.streamer(replace(self.config, interim_results=interim))
+        ep = stream.options.get("endpointing", {})
+        if not ep.get("enabled", True):
+            return _StreamContext(streamer, None, None)
+        if self.vad is None:
+            self.vad = SileroVad()
+        endpointer = Endpointer(float(ep.get("threshold", 0.5)), int(ep.get("min_silence_ms", 500)))
+        return _StreamContext(streamer, self.vad.init_state(1), endpointer)
 
     @torch.inference_mode()
     def process(self, batch: Sequence[BatchItem]) -> list[list[Frame] | Exception]:
         out: list[list[Frame] | Exception] = []
-        for streamer, frame in batch:
+        for ctx, frame in batch:
             try:
-                out.append(self._one(streamer, frame))
+                out.append(self._one(ctx, frame))
             except Exception as exc:  # this stream fails alone; the others' updates stand
                 out.append(exc)
         return out
 
-    def _one(self, streamer: LocalAgreement, frame: Frame) -> list[Frame]:
+    def _one(self, ctx: _StreamContext, frame: Frame) -> list[Frame]:
         if isinstance(frame, AudioChunk):
             if frame.sample_rate != SAMPLE_RATE:
                 raise SampleRateError(f"{self.name} needs {SAMPLE_RATE} Hz audio, got {frame.sample_rate} Hz")
-            return list(streamer.push(frame.samples.mean(dim=1)))
+            audio = frame.samples.mean(dim=1)
+            events = list(ctx.streamer.push(audio))
+            if ctx.endpointer is not None:
+                probs = self.vad.step(audio[None], ctx.vad_state)[0].tolist()
+                if "end" in ctx.endpointer.update(probs):
+                    events += ctx.streamer.endpoint()
+            return events
         if isinstance(frame, EndOfStream):
-            return list(streamer.flush()) + [frame]
+            return list(ctx.streamer.flush()) + [frame]
         return [frame]
