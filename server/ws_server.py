@@ -18,8 +18,10 @@ import ssl
 import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -57,6 +59,21 @@ class ServerConfig:
     keyfile: str | None = None
 
 
+STATIC = Path(__file__).resolve().parent / "static"
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+
+
+def _static(connection: ServerConnection, path: str) -> Response:
+    """The browser page and its scripts (server/static), or 404."""
+    name = "index.html" if path in ("/", "") else path.lstrip("/")
+    file = (STATIC / name).resolve()
+    if file.parent != STATIC or file.suffix not in STATIC_TYPES or not file.is_file():
+        return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+    body = file.read_bytes()
+    headers = Headers([("Content-Type", STATIC_TYPES[file.suffix]), ("Content-Length", str(len(body))), ("Cache-Control", "no-cache")])
+    return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
+
+
 class TranscriptionServer:
     def __init__(self, engines: dict[str, Engine], default_model: str, config: ServerConfig = ServerConfig()):
         if default_model not in engines:
@@ -90,7 +107,7 @@ class TranscriptionServer:
             if not hmac.compare_digest(given.encode(), f"Bearer {self.config.auth_token}".encode()):
                 return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n")
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            return connection.respond(HTTPStatus.NOT_FOUND, "legato live transcription: connect with a WebSocket\n")
+            return _static(connection, path)
         return None
 
     async def start(self) -> "TranscriptionServer":
