@@ -209,3 +209,29 @@ def test_sigterm_drains_in_flight_streams(speech_dir, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_tls_from_cert_paths(recognizer, tmp_path):
+    import shutil
+    import ssl
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def main():
+        server = await _server(recognizer, certfile=str(cert), keyfile=str(key)).start()
+        try:
+            assert server.url.startswith("wss://")
+            async with connect(server.url, ssl=client_ctx) as ws:
+                await ws.send(START)
+                return json.loads(await ws.recv())
+        finally:
+            await server.drain()
+
+    assert _run(main())["type"] == "ready"
