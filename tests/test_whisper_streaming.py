@@ -102,3 +102,16 @@ def test_endpointing_finalises_each_utterance(speech_dir):
     once = [normalise(w) for w in "Go forward 10 meters.".split()]
     assert words == once + once
     assert [normalise(w) for t in finals_before_second for w in t.split()] == once  # the endpoint, not the end, finalised it
+
+
+def test_batched_recognition_equals_one_by_one(speech_dir):
+    """Several streams' buffers (different lengths and prompts) decoded as one batch give each its own result."""
+    from legato.asr.whisper.stage import WhisperRecognizer
+
+    rec = WhisperRecognizer.default()
+    clips = ["en_goforward.wav", "en_cards_002.wav", "en_mr_quilter.wav", "en_LDC93S1.wav"]
+    audios = [read_audio(str(speech_dir / c), sample_rate=16000)[0][:, 0] for c in clips]
+    prompts = [[], rec.tokenizer.encode(" The cards are"), [], rec.tokenizer.encode(" Listen.")]
+    batched = rec.transcribe_many(list(zip(audios, prompts)))
+    for audio, prompt, got in zip(audios, prompts, batched):
+        assert [s.tokens for s in got] == [s.tokens for s in rec.transcribe(audio, prompt)]

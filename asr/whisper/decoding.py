@@ -174,3 +174,52 @@ def _beam_search(model, tok, audio, prompt, options) -> DecodingResult:
 
     tokens, score = max(finished, key=rank)
     return DecodingResult(tokens, score, no_speech)
+
+
+@torch.inference_mode()
+def decode_windows(model: Whisper, tok: WhisperTokenizer, mels: torch.Tensor, prompts: list[list[int]], options: DecodingOptions = DecodingOptions()) -> list[DecodingResult]:
+    """Greedy-decode many windows (B, n_mels, 3000) at once, each with its own prompt.
+
+    One encoder pass and one decoder step per token for the whole batch;
+    prompts of different lengths are left-padded (the cache masks the padding
+    and keeps each row's positions), finished rows idle until all are done.
+    Beam search falls back to one window at a time.
+    """
+    if options.beam_size > 1 or len(prompts) == 1:
+        return [decode_window(model, tok, mel, p, options) for mel, p in zip(mels, prompts)]
+    device = next(model.parameters()).device
+    audio = model.encoder(mels.to(device=device, dtype=next(model.parameters()).dtype))
+    longest = max(len(p) for p in prompts)
+    pad = torch.tensor([longest - len(p) for p in prompts], device=device)
+    cache = model.decoder.new_cache(audio, pad=pad)
+    tokens = torch.tensor([[tok.eot] * (longest - len(p)) + p for p in prompts], device=device)
+    logits = model.decoder(tokens, cache)
+    results = []
+    no_speech = [torch.softmax(logits[b, int(pad[b]) + p.index(tok.sot)], dim=-1)[tok.no_speech].item() for b, p in enumerate(prompts)]
+    rules = [LogitRules(tok, options, len(p), model.dims.n_vocab) for p in prompts]
+    seqs = [list(p) for p in prompts]
+    totals = [0.0] * len(prompts)
+    done = [False] * len(prompts)
+    last = logits[:, -1]
+    for _ in range(options.max_new_tokens):
+        step = []
+        for b in range(len(prompts)):
+            if done[b]:
+                step.append(tok.eot)
+                continue
+            filtered = rules[b].apply(last[b : b + 1], [seqs[b]])[0]
+            token = int(filtered.argmax())
+            totals[b] += float(torch.log_softmax(filtered.float(), dim=-1)[token])
+            if token == tok.eot or len(seqs[b]) + 1 >= model.dims.n_text_ctx:
+                done[b] = True
+                if token != tok.eot:
+                    seqs[b].append(token)
+            else:
+                seqs[b].append(token)
+            step.append(token)
+        if all(done) or cache.length + 1 > model.dims.n_text_ctx:
+            break
+        last = model.decoder(torch.tensor(step, device=device)[:, None], cache)[:, -1]
+    for b, p in enumerate(prompts):
+        results.append(DecodingResult(seqs[b][len(p) :], totals[b], no_speech[b]))
+    return results

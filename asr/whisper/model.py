@@ -121,11 +121,17 @@ class DecoderCache:
     self_kv: list[tuple[torch.Tensor, torch.Tensor]]
     cross_kv: list[tuple[torch.Tensor, torch.Tensor]]
     length: int = 0
+    # Rows of different prompt lengths are left-padded: row b's first ``pad[b]``
+    # positions hold no token (never attended), and its token at cache index i
+    # sits at position i - pad[b]. None: no padding.
+    pad: torch.Tensor | None = None
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep hypotheses ``rows`` (beam search), in that order."""
         self.self_kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.self_kv]
         self.cross_kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.cross_kv]
+        if self.pad is not None:
+            self.pad = self.pad.index_select(0, rows)
 
 
 class TextDecoder(nn.Module):
@@ -138,8 +144,11 @@ class TextDecoder(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(d, dims.n_text_head, cross_attention=True) for _ in range(dims.n_text_layer))
         self.ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
 
-    def new_cache(self, audio_features: torch.Tensor) -> DecoderCache:
-        """Project the audio features for every layer's cross-attention; empty self-attention cache."""
+    def new_cache(self, audio_features: torch.Tensor, pad: torch.Tensor | None = None) -> DecoderCache:
+        """Project the audio features for every layer's cross-attention; empty self-attention cache.
+
+        ``pad`` (B,) int64: left padding of each row's prompt (batches of streams with different prompts).
+        """
         b = audio_features.shape[0]
         self_kv = []
         cross_kv = []
@@ -148,21 +157,28 @@ class TextDecoder(nn.Module):
             shape = (b, h, self.n_ctx, dh)
             self_kv.append((audio_features.new_zeros(shape), audio_features.new_zeros(shape)))
             cross_kv.append(block.cross_attn.project_kv(audio_features))
-        return DecoderCache(self_kv, cross_kv, 0)
+        return DecoderCache(self_kv, cross_kv, 0, pad)
 
     def forward(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """tokens (B, T) continuing the cached positions -> logits (B, T, n_vocab) float32."""
         start, t = cache.length, tokens.shape[1]
         if start + t > self.n_ctx:
             raise ValueError(f"decoder context is {self.n_ctx} tokens; {start + t} requested")
-        x = self.token_embedding(tokens) + self.positional_embedding[start : start + t]
+        index = torch.arange(start, start + t, device=tokens.device)
+        if cache.pad is None:
+            x = self.token_embedding(tokens) + self.positional_embedding[start : start + t]
+            mask = None if t == 1 else index[:, None] >= torch.arange(start + t, device=tokens.device)[None, :]
+        else:
+            positions = (index[None, :] - cache.pad[:, None]).clamp(min=0)  # (B, t)
+            x = self.token_embedding(tokens) + self.positional_embedding[positions]
+            mask = _padded_causal_mask(index, start + t, cache.pad)
         for i, block in enumerate(self.blocks):
             h = block.attn_ln(x)
             k_new, v_new = block.attn.project_kv(h)
             keys, values = cache.self_kv[i]
             keys[:, :, start : start + t] = k_new
             values[:, :, start : start + t] = v_new
-            x = x + self._self_attend(block.attn, h, keys[:, :, : start + t], values[:, :, : start + t], start)
+            x = x + self._self_attend(block.attn, h, keys[:, :, : start + t], values[:, :, : start + t], mask)
             x = x + block.cross_attn.attend(block.cross_attn_ln(x), *cache.cross_kv[i])
             x = block._mlp(x)
         cache.length = start + t
@@ -170,16 +186,23 @@ class TextDecoder(nn.Module):
         return (x @ self.token_embedding.weight.to(x.dtype).T).float()
 
     @staticmethod
-    def _self_attend(attn: MultiHeadAttention, h: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int) -> torch.Tensor:
-        t, s = h.shape[1], keys.shape[2]
-        if t == 1:
+    def _self_attend(attn: MultiHeadAttention, h: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
             return attn.attend(h, keys, values)
-        # Query i (absolute start + i) sees keys up to start + i.
-        mask = torch.arange(s, device=h.device)[None, :] <= (start + torch.arange(t, device=h.device))[:, None]
         q = attn.heads(attn.query(h))
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        b, nh, _, dh = y.shape
+        b, nh, t, dh = y.shape
         return attn.out(y.transpose(1, 2).reshape(b, t, nh * dh))
+
+
+def _padded_causal_mask(index: torch.Tensor, keys: int, pad: torch.Tensor) -> torch.Tensor:
+    """(B, 1, t, keys) bool: query i sees keys j <= i that hold tokens; a padding query sees itself
+    (its output is unused, but must stay finite: masked keys' values are multiplied by 0)."""
+    j = torch.arange(keys, device=index.device)
+    causal = j[None, None, :] <= index[None, :, None]  # (1, t, keys)
+    real = j[None, None, :] >= pad[:, None, None]  # (B, 1, keys)
+    itself = j[None, None, :] == index[None, :, None]
+    return ((causal & real) | itself)[:, None]
 
 
 class Whisper(nn.Module):

@@ -1,9 +1,9 @@
 """Whisper as an engine stage: 16 kHz audio in, partial and final TextEvents out.
 
 Each stream keeps its own :class:`LocalAgreement` state (audio buffer,
-committed words) and Silero VAD state for endpointing; the models are shared. Streams' updates in one batch run one
-after another on the engine's worker thread (batching their encoder windows
-into one forward pass is the next step for throughput).
+committed words) and Silero VAD state for endpointing; the models are shared.
+The streams of one engine step whose updates are due are recognised together:
+one encoder pass over their windows and one decoder step per token for all.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from legato.asr.whisper.decoding import DecodingOptions
 from legato.asr.whisper.model import Whisper
 from legato.asr.whisper.streaming import LocalAgreement, StreamingConfig
 from legato.asr.whisper.tokenizer import WhisperTokenizer
-from legato.asr.whisper.transcribe import Segment, transcribe
+from legato.asr.frontends.whisper_mel import HOP_SAMPLES, N_SAMPLES
+from legato.asr.whisper.transcribe import Segment, transcribe, transcribe_short
 from legato.stream.errors import SampleRateError
 from legato.stream.frames import AudioChunk, EndOfStream, Frame
 from legato.stream.graph import BatchItem, Stage, StreamInfo
@@ -53,6 +54,20 @@ class WhisperRecognizer:
     def transcribe(self, audio: torch.Tensor, prompt_tokens: list[int] | None = None) -> list[Segment]:
         """(n,) float32 16 kHz mono -> segments."""
         return transcribe(self.model, self.tokenizer, audio, self.options, mel=self.mel, prompt_tokens=prompt_tokens)
+
+    def transcribe_many(self, requests: list[tuple[torch.Tensor, list[int]]]) -> list[list[Segment]]:
+        """Several streams' buffers at once: one encoder pass and one decoder step per token for all
+        that fit a window; longer ones one by one. Same segments as ``transcribe`` on each."""
+        short = [i for i, (audio, _) in enumerate(requests) if audio.shape[0] <= N_SAMPLES - HOP_SAMPLES]
+        out: list[list[Segment]] = [[] for _ in requests]
+        if short:
+            batch = transcribe_short(self.model, self.tokenizer, [requests[i][0] for i in short], [requests[i][1] for i in short], self.options, self.mel)
+            for i, segments in zip(short, batch):
+                out[i] = segments
+        for i, (audio, prompt) in enumerate(requests):
+            if i not in short:
+                out[i] = self.transcribe(audio, prompt)
+        return out
 
     def streamer(self, config: StreamingConfig = StreamingConfig()) -> LocalAgreement:
         return LocalAgreement(lambda audio, prompt: self.transcribe(audio, prompt), self.tokenizer.encode, config)
@@ -95,25 +110,31 @@ class WhisperStage(Stage):
 
     @torch.inference_mode()
     def process(self, batch: Sequence[BatchItem]) -> list[list[Frame] | Exception]:
-        out: list[list[Frame] | Exception] = []
-        for ctx, frame in batch:
+        """Buffer every stream's audio, then run all due updates as one batched recognition."""
+        out: list[list[Frame] | Exception] = [[] for _ in batch]
+        due, endpoints = [], set()
+        for i, (ctx, frame) in enumerate(batch):
             try:
-                out.append(self._one(ctx, frame))
-            except Exception as exc:  # this stream fails alone; the others' updates stand
-                out.append(exc)
+                if isinstance(frame, AudioChunk):
+                    if frame.sample_rate != SAMPLE_RATE:
+                        raise SampleRateError(f"{self.name} needs {SAMPLE_RATE} Hz audio, got {frame.sample_rate} Hz")
+                    audio = frame.samples.mean(dim=1)
+                    if ctx.streamer.feed(audio):
+                        due.append(i)
+                    if ctx.endpointer is not None and "end" in ctx.endpointer.update(self.vad.step(audio[None], ctx.vad_state)[0].tolist()):
+                        endpoints.add(i)
+                elif isinstance(frame, EndOfStream):
+                    out[i] = list(ctx.streamer.flush()) + [frame]
+                else:
+                    out[i] = [frame]
+            except Exception as exc:  # this stream fails alone; the others' work stands
+                out[i] = exc
+        due = [i for i in due if not isinstance(out[i], Exception) and i not in endpoints]  # an endpoint decodes anyway
+        if due:
+            segments = self.recognizer.transcribe_many([batch[i][0].streamer.request() for i in due])
+            for i, segs in zip(due, segments):
+                out[i] = batch[i][0].streamer.update(segs)
+        for i in endpoints:
+            if not isinstance(out[i], Exception):
+                out[i] = list(out[i]) + batch[i][0].streamer.endpoint()
         return out
-
-    def _one(self, ctx: _StreamContext, frame: Frame) -> list[Frame]:
-        if isinstance(frame, AudioChunk):
-            if frame.sample_rate != SAMPLE_RATE:
-                raise SampleRateError(f"{self.name} needs {SAMPLE_RATE} Hz audio, got {frame.sample_rate} Hz")
-            audio = frame.samples.mean(dim=1)
-            events = list(ctx.streamer.push(audio))
-            if ctx.endpointer is not None:
-                probs = self.vad.step(audio[None], ctx.vad_state)[0].tolist()
-                if "end" in ctx.endpointer.update(probs):
-                    events += ctx.streamer.endpoint()
-            return events
-        if isinstance(frame, EndOfStream):
-            return list(ctx.streamer.flush()) + [frame]
-        return [frame]

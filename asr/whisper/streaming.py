@@ -100,17 +100,28 @@ class LocalAgreement:
 
     def push(self, audio: torch.Tensor) -> list[TextEvent]:
         """(n,) float32 16 kHz -> events (finals for newly committed words, then a partial)."""
+        if not self.feed(audio):
+            return []
+        return self.update(self.recognise(*self.request()), final=False)
+
+    def feed(self, audio: torch.Tensor) -> bool:
+        """Buffer audio; True when an update is due (the caller may batch updates of many streams:
+        ``request()`` gives the recogniser's input, ``update(segments)`` applies its output)."""
         self._buffer = torch.cat([self._buffer, audio])
         self._since_update += audio.shape[0]
         self.samples_seen += audio.shape[0]
         if self._since_update < self.config.update_interval_s * SAMPLE_RATE:
-            return []
+            return False
         self._since_update = 0
-        return self._update(final=False)
+        return True
+
+    def request(self) -> tuple[torch.Tensor, list[int]]:
+        """(buffer audio, prompt tokens) to recognise for the next update."""
+        return self._buffer, self._prompt()
 
     def flush(self) -> list[TextEvent]:
         """End of stream: commit everything heard."""
-        events = self._update(final=True) if self._buffer.numel() else []
+        events = self.update(self.recognise(*self.request()), final=True) if self._buffer.numel() else []
         self.buffer_start_s += self.buffer_s
         self._buffer = torch.zeros(0)
         self.pending, self.in_buffer, self._since_update = [], 0, 0
@@ -127,10 +138,10 @@ class LocalAgreement:
         text = " ".join(before)[-self.config.prompt_chars :].strip()
         return self.encode_prompt(" " + text) if text else []
 
-    def _hypothesis(self) -> _Hypothesis:
+    def _hypothesis(self, segments: list[Segment]) -> _Hypothesis:
         words: list[WordTiming] = []
         boundaries = []
-        for seg in self.recognise(self._buffer, self._prompt()):
+        for seg in segments:
             words += segment_words(seg, self.buffer_start_s)
             boundaries.append((len(words), seg.end_s))
         return _Hypothesis(words, boundaries)
@@ -146,8 +157,9 @@ class LocalAgreement:
                 return j
         return min(k, len(words))
 
-    def _update(self, final: bool) -> list[TextEvent]:
-        hyp = self._hypothesis()
+    def update(self, segments: list[Segment], final: bool = False) -> list[TextEvent]:
+        """Apply a recognition of ``request()``: commit what agrees, report the rest as partial."""
+        hyp = self._hypothesis(segments)
         skip = self._skip(hyp.words)
         fresh = hyp.words[skip:]
         if final:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from legato.asr.frontends.whisper_mel import HOP_SAMPLES, N_FRAMES, WhisperMel, normalize_window
-from legato.asr.whisper.decoding import DecodingOptions, decode_window
+from legato.asr.whisper.decoding import DecodingOptions, DecodingResult, decode_window, decode_windows
 from legato.asr.whisper.model import Whisper
 from legato.asr.whisper.tokenizer import SECONDS_PER_TIMESTAMP, WhisperTokenizer
 
@@ -71,6 +71,20 @@ def split_segments(tok: WhisperTokenizer, tokens: list[int], time_offset: float,
     return segments, advance
 
 
+def window_prompt(tok: WhisperTokenizer, previous: list[int], options: DecodingOptions, max_prompt: int) -> list[int]:
+    """<|startofprev|> + the last previous tokens (if any) + the task prompt."""
+    prompt = ([tok.sot_prev] + previous[-max_prompt:] if previous else []) + tok.sot_sequence
+    return prompt + [tok.no_timestamps] if options.without_timestamps else prompt
+
+
+def window_segments(tok: WhisperTokenizer, result: DecodingResult, offset_s: float, size: int) -> tuple[list[Segment], int]:
+    """The kept segments of one decoded window (none if judged silent) and the frames to advance."""
+    if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob <= LOGPROB_THRESHOLD:
+        return [], size
+    segments, advance = split_segments(tok, result.tokens, offset_s, size)
+    return [s for s in segments if s.start_s != s.end_s and s.text.strip()], advance
+
+
 def transcribe(
     model: Whisper,
     tok: WhisperTokenizer,
@@ -95,22 +109,41 @@ def transcribe(
     while seek < content:
         size = min(N_FRAMES, content - seek)
         window = F.pad(feats[:, seek : seek + size], (0, N_FRAMES - size))
-        previous = all_tokens[reset_since:]
-        prompt = ([tok.sot_prev] + previous[-max_prompt:] if previous else []) + tok.sot_sequence
-        if options.without_timestamps:
-            prompt.append(tok.no_timestamps)
+        prompt = window_prompt(tok, all_tokens[reset_since:], options, max_prompt)
         result = decode_window(model, tok, window, prompt, options)
-        offset = seek * SECONDS_PER_FRAME
-        if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob <= LOGPROB_THRESHOLD:
-            seek += size
-            continue
-        segments, advance = split_segments(tok, result.tokens, offset, size)
+        segments, advance = window_segments(tok, result, seek * SECONDS_PER_FRAME, size)
         seek += advance
         for s in segments:
-            if s.start_s == s.end_s or not s.text.strip():
-                continue
             out.append(s)
             all_tokens.extend(s.tokens)
         if not condition_on_previous_text:
             reset_since = len(all_tokens)
+    return out
+
+
+def transcribe_short(
+    model: Whisper,
+    tok: WhisperTokenizer,
+    audios: list[torch.Tensor],
+    prompts: list[list[int]],
+    options: DecodingOptions = DecodingOptions(),
+    mel: WhisperMel | None = None,
+) -> list[list[Segment]]:
+    """Many clips of at most one window (30 s) each, decoded as one batch; same result as ``transcribe`` on each."""
+    mel = mel or WhisperMel()
+    max_prompt = model.dims.n_text_ctx // 2 - 1
+    windows, sizes = [], []
+    for audio in audios:
+        feats = window_features(mel, audio)
+        if feats.shape[1] > N_FRAMES:
+            raise ValueError(f"transcribe_short takes at most {N_FRAMES} frames (30 s); got {feats.shape[1]}")
+        sizes.append(feats.shape[1])
+        windows.append(F.pad(feats, (0, N_FRAMES - feats.shape[1])))
+    results = decode_windows(model, tok, torch.stack(windows), [window_prompt(tok, list(p), options, max_prompt) for p in prompts], options)
+    out = []
+    for audio, prompt, result, size in zip(audios, prompts, results, sizes):
+        segments, advance = window_segments(tok, result, 0.0, size) if size else ([], 0)
+        if advance < size:  # the text stopped before the audio did: transcribe reads on in another window
+            segments = transcribe(model, tok, audio, options, mel=mel, prompt_tokens=list(prompt))
+        out.append(segments)
     return out
