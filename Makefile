@@ -8,7 +8,8 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 # The CPU build of torch that lies on this machine's disk; the GPU machine has 2.11.
 TORCH_SPEC  ?= torch==2.13.0
-DEB_PACKAGES := libportaudio2 libsndfile1
+# libportaudio2: sounddevice (legato mic); pulseaudio + ALSA's pulse plugin: the virtual microphone of the mic test.
+DEB_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
@@ -24,7 +25,7 @@ deb:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 $(PY):

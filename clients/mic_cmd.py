@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import signal
 import sys
 
 import numpy as np
-import torch
+from websockets.exceptions import InvalidHandshake, InvalidURI
 
 MIC_QUEUE_CHUNKS = 100  # 10 s of 100 ms chunks waiting to be sent; past that the transcriber is too slow
 STOP_GRACE_S = 0.8  # after Ctrl-C, wait this long for the last final, then leave
@@ -46,15 +47,27 @@ def run(args: argparse.Namespace) -> int:
         return 2
     rate = args.sample_rate or int(info["default_samplerate"])
     print(f"legato mic: listening on {info['name']!r} at {rate} Hz; Ctrl-C to stop", file=sys.stderr, flush=True)
-    return asyncio.run(_main(args, device, rate))
+    code = asyncio.run(_main(args, device, rate))
+    # Everything is closed (device, connection, engine input); skip the interpreter's slow torch
+    # teardown so Ctrl-C returns within a second.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _Display:
     """Partials rewrite the current line; finals end it."""
 
     def __init__(self, partials: bool):
-        self.partials, self.shown = partials, 0
+        self.partials, self.shown, self.failed = partials, 0, False
         self.width = shutil.get_terminal_size((100, 20)).columns - 1
+
+    def finish(self) -> None:
+        """End a partial line left on screen."""
+        if self.shown:
+            sys.stdout.write("\n")
+            self.shown = 0
+        sys.stdout.flush()
 
     def show(self, msg: dict) -> None:
         if msg["type"] == "partial" and self.partials:
@@ -65,6 +78,7 @@ class _Display:
             sys.stdout.write("\r" + " " * self.shown + "\r" + msg["text"] + "\n")
             self.shown = 0
         elif msg["type"] == "error":
+            self.failed = True
             sys.stdout.write(f"\nlegato mic: error {msg['code']}: {msg['message']}\n")
         sys.stdout.flush()
 
@@ -91,9 +105,16 @@ async def _main(args: argparse.Namespace, device, rate: int) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     display = _Display(not args.no_partials)
     blocksize = max(1, rate * args.chunk_ms // 1000)
-    with sd.InputStream(device=device, samplerate=rate, channels=1, dtype="float32", blocksize=blocksize, callback=on_audio):
-        session = _RemoteSession(args.server, rate) if args.server else _LocalSession(rate)
+    # Connect (or load the model) before opening the device, so no audio piles up meanwhile.
+    session = _RemoteSession(args.server, rate) if args.server else _LocalSession(rate)
+    try:
         await session.open(not args.no_partials)
+    except (OSError, InvalidURI, InvalidHandshake) as exc:
+        if not args.server:
+            raise
+        print(f"legato mic: cannot connect to {args.server}: {exc}", file=sys.stderr)
+        return 2
+    with sd.InputStream(device=device, samplerate=rate, channels=1, dtype="float32", blocksize=blocksize, callback=on_audio):
         reader = asyncio.create_task(session.read(display))
         stopper = asyncio.create_task(stop.wait())
         while not stop.is_set():
@@ -110,9 +131,10 @@ async def _main(args: argparse.Namespace, device, rate: int) -> int:
     except asyncio.TimeoutError:
         reader.cancel()
     await session.close()
+    display.finish()
     if dropped:
         print(f"legato mic: {dropped} chunk(s) dropped: transcription could not keep up", file=sys.stderr)
-    return 0
+    return 1 if display.failed else 0
 
 
 class _RemoteSession:
@@ -157,6 +179,8 @@ class _LocalSession:
         self.handle = self.engine.open_stream(options={"interim_results": partials})
 
     async def send(self, block: np.ndarray) -> None:
+        import torch
+
         from legato.stream.frames import AudioChunk
 
         await self.handle.apush(AudioChunk(torch.from_numpy(block), self.rate, self.samples))
@@ -176,4 +200,4 @@ class _LocalSession:
         await self.handle.aend()
 
     async def close(self) -> None:
-        await asyncio.to_thread(self.engine.stop)
+        pass  # the engine's worker threads are daemons; the process is about to end
