@@ -8,8 +8,9 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 # The CPU build of torch that lies on this machine's disk; the GPU machine has 2.11.
 TORCH_SPEC  ?= torch==2.13.0
-# libportaudio2: sounddevice (legato mic); pulseaudio + ALSA's pulse plugin: the virtual microphone of the mic test.
-DEB_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins
+# libportaudio2: sounddevice (legato mic); pulseaudio + ALSA's pulse plugin: the virtual microphone of the mic test;
+# chromium: the browser-page test (headless, fake microphone).
+DEB_PACKAGES := libportaudio2 libsndfile1 pulseaudio pulseaudio-utils libasound2-plugins chromium
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 

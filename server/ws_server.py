@@ -100,14 +100,14 @@ class TranscriptionServer:
         if path == "/healthz":
             status = HTTPStatus.SERVICE_UNAVAILABLE if self.draining else HTTPStatus.OK
             return connection.respond(status, "draining\n" if self.draining else "ok\n")
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return _static(connection, path)  # the page and its scripts: not counted as streams
         if self.draining or len(self._sessions) >= self.config.max_connections:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server at capacity, try again later\n")
         if self.config.auth_token is not None:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.config.auth_token}".encode()):
                 return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n")
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return _static(connection, path)
         return None
 
     async def start(self) -> "TranscriptionServer":
