@@ -50,47 +50,62 @@ class DecodingResult:
 
 
 class LogitRules:
-    """Whisper's suppression and timestamp rules over a (B, V) logits batch."""
+    """Whisper's suppression and timestamp rules over a (B, V) logits batch, as batched tensor ops.
 
-    def __init__(self, tok: WhisperTokenizer, options: DecodingOptions, sample_begin: int, n_vocab: int):
-        self.tok, self.options, self.sample_begin = tok, options, sample_begin
+    Per-row decisions (is the last token a timestamp? the first sampled position?)
+    are read off each row's short token list in Python; the masking itself is a
+    few whole-batch operations, so a batch of streams costs about what one does.
+    ``sample_begin``: where sampling starts in each row's sequence (its prompt length).
+    """
+
+    def __init__(self, tok: WhisperTokenizer, options: DecodingOptions, sample_begin: int | list[int], n_vocab: int):
+        self.tok, self.options = tok, options
+        self.sample_begin = sample_begin
         self.suppress = torch.tensor(tok.suppressed_tokens(), dtype=torch.long)
         self.blank = torch.tensor(tok.encode(" ") + [tok.eot], dtype=torch.long)
         self.max_initial = round(options.max_initial_timestamp_s / SECONDS_PER_TIMESTAMP)
         self.n_vocab = n_vocab
 
+    def _begin(self, row: int) -> int:
+        return self.sample_begin if isinstance(self.sample_begin, int) else self.sample_begin[row]
+
     def apply(self, logits: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
         logits = logits.clone()
-        logits[:, self.suppress.to(logits.device)] = NEG_INF
-        if self.options.suppress_blank and len(sequences[0]) == self.sample_begin:
-            logits[:, self.blank.to(logits.device)] = NEG_INF
+        dev = logits.device
+        logits[:, self.suppress.to(dev)] = NEG_INF
+        sampled = [seq[self._begin(r) :] for r, seq in enumerate(sequences)]
+        if self.options.suppress_blank:
+            first = [r for r, s in enumerate(sampled) if not s]
+            if first:
+                logits[torch.tensor(first, device=dev)[:, None], self.blank.to(dev)[None, :]] = NEG_INF
         if not self.options.without_timestamps:
-            for row, seq in enumerate(sequences):
-                self._timestamps(logits[row], seq)
+            self._timestamps(logits, sampled)
         return logits
 
-    def _timestamps(self, logits: torch.Tensor, seq: list[int]) -> None:
+    def _timestamps(self, logits: torch.Tensor, sampled: list[list[int]]) -> None:
         tb, eot = self.tok.timestamp_begin, self.tok.eot
-        logits[self.tok.no_timestamps] = NEG_INF
-        sampled = seq[self.sample_begin :]
-        last_ts = len(sampled) >= 1 and sampled[-1] >= tb
-        penultimate_ts = len(sampled) < 2 or sampled[-2] >= tb
-        if last_ts:
-            if penultimate_ts:
-                logits[tb:] = NEG_INF  # a pair just closed: text (or end) next
-            else:
-                logits[:eot] = NEG_INF  # a lone timestamp: another timestamp or end next
-        stamps = [t for t in sampled if t >= tb]
-        if stamps:
+        logits[:, self.tok.no_timestamps] = NEG_INF
+        no_text, no_stamp, floor, first = [], [], [], []
+        for s in sampled:
+            last_ts = len(s) >= 1 and s[-1] >= tb
+            penultimate_ts = len(s) < 2 or s[-2] >= tb
+            no_stamp.append(last_ts and penultimate_ts)  # a pair just closed: text (or end) next
+            no_text.append(last_ts and not penultimate_ts)  # a lone timestamp: another or the end next
+            stamps = [t for t in s if t >= tb]
             # Never go back in time; after a closed pair, strictly forward.
-            floor = stamps[-1] if (last_ts and not penultimate_ts) else stamps[-1] + 1
-            logits[tb:floor] = NEG_INF
-        if not sampled:
-            logits[:tb] = NEG_INF  # the first token is a timestamp
-            logits[tb + self.max_initial + 1 :] = NEG_INF
+            floor.append((stamps[-1] if (last_ts and not penultimate_ts) else stamps[-1] + 1) if stamps else tb)
+            first.append(not s)  # the first token is a timestamp, no later than max_initial
+        dev = logits.device
+        v = torch.arange(logits.shape[1], device=dev)[None, :]
+        is_stamp = v >= tb
+        flag = lambda values: torch.tensor(values, device=dev)[:, None]  # noqa: E731
+        mask = (flag(no_stamp) & is_stamp) | (flag(no_text) & (v < eot))
+        mask |= is_stamp & (v < flag(floor))
+        mask |= flag(first) & (~is_stamp | (v > tb + self.max_initial))
+        logits.masked_fill_(mask, NEG_INF)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        if logprobs[tb:].logsumexp(dim=-1) > logprobs[:tb].max():
-            logits[:tb] = NEG_INF
+        force = logprobs[:, tb:].logsumexp(dim=-1) > logprobs[:, :tb].max(dim=-1).values
+        logits.masked_fill_(force[:, None] & ~is_stamp, NEG_INF)
 
 
 @torch.inference_mode()
@@ -196,30 +211,31 @@ def decode_windows(model: Whisper, tok: WhisperTokenizer, mels: torch.Tensor, pr
     logits = model.decoder(tokens, cache)
     results = []
     no_speech = [torch.softmax(logits[b, int(pad[b]) + p.index(tok.sot)], dim=-1)[tok.no_speech].item() for b, p in enumerate(prompts)]
-    rules = [LogitRules(tok, options, len(p), model.dims.n_vocab) for p in prompts]
+    rules = LogitRules(tok, options, [len(p) for p in prompts], model.dims.n_vocab)
     seqs = [list(p) for p in prompts]
-    totals = [0.0] * len(prompts)
+    totals = torch.zeros(len(prompts), dtype=torch.float64)
     done = [False] * len(prompts)
     last = logits[:, -1]
     for _ in range(options.max_new_tokens):
-        step = []
-        for b in range(len(prompts)):
+        filtered = rules.apply(last, seqs)
+        chosen = filtered.argmax(dim=-1)
+        logprob = torch.log_softmax(filtered.float(), dim=-1).gather(1, chosen[:, None])[:, 0]
+        step = chosen.tolist()
+        for b, token in enumerate(step):
             if done[b]:
-                step.append(tok.eot)
+                step[b] = tok.eot
                 continue
-            filtered = rules[b].apply(last[b : b + 1], [seqs[b]])[0]
-            token = int(filtered.argmax())
-            totals[b] += float(torch.log_softmax(filtered.float(), dim=-1)[token])
+            totals[b] += float(logprob[b])
             if token == tok.eot or len(seqs[b]) + 1 >= model.dims.n_text_ctx:
                 done[b] = True
                 if token != tok.eot:
                     seqs[b].append(token)
             else:
                 seqs[b].append(token)
-            step.append(token)
         if all(done) or cache.length + 1 > model.dims.n_text_ctx:
             break
         last = model.decoder(torch.tensor(step, device=device)[:, None], cache)[:, -1]
+    totals = totals.tolist()
     for b, p in enumerate(prompts):
         results.append(DecodingResult(seqs[b][len(p) :], totals[b], no_speech[b]))
     return results
