@@ -68,6 +68,7 @@ class StartRequest:
     language: str = "en"
     endpointing: Endpointing = field(default_factory=Endpointing)
     options: dict[str, Any] = field(default_factory=dict)
+    token: str | None = field(default=None, repr=False)  # bearer token for clients that cannot set headers (browsers)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
-START_FIELDS = {"type", "sample_rate", "encoding", "channels", "interim_results", "model", "language", "endpointing", "options"}
+START_FIELDS = {"type", "sample_rate", "encoding", "channels", "interim_results", "model", "language", "endpointing", "options", "token"}
 ENDPOINT_FIELDS = {"enabled", "threshold", "min_silence_ms"}
 
 
@@ -172,6 +173,7 @@ def parse_start(obj: dict) -> StartRequest:
         language=_typed(obj, "language", str, "en"),
         endpointing=endpointing,
         options=_typed(obj, "options", dict, {}),
+        token=_typed(obj, "token", str, None),
     )
 
 

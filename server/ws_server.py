@@ -5,6 +5,9 @@ every connection; model work happens on the engine's worker threads, never on
 this event loop. Limits (docs/PROTOCOL.md, docs/ERRORS.md): message size,
 connections (HTTP 503 past the limit, before the upgrade), idle timeout,
 keepalive pings, no compression. ``/healthz`` answers 200 while serving.
+With ``auth_token`` set, a client proves it with an ``Authorization: Bearer``
+header (checked at the handshake) or, for browsers, which cannot set headers on
+a WebSocket, the start message's ``token`` (checked before the stream opens).
 ``drain()`` (SIGTERM) stops accepting, ends every stream so its finals are
 sent, then closes with 1001.
 """
@@ -104,11 +107,15 @@ class TranscriptionServer:
             return _static(connection, path)  # the page and its scripts: not counted as streams
         if self.draining or len(self._sessions) >= self.config.max_connections:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server at capacity, try again later\n")
-        if self.config.auth_token is not None:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.config.auth_token}".encode()):
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n")
+        given = request.headers.get("Authorization")
+        if self.config.auth_token is not None and given is not None and not self.token_ok(given.removeprefix("Bearer ")):
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "wrong bearer token\n")
         return None
+
+    def token_ok(self, token: str | None) -> bool:
+        """Constant-time check of a client's token against --auth-token-file (never logged)."""
+        expected = self.config.auth_token
+        return expected is None or (token is not None and hmac.compare_digest(token.encode(), expected.encode()))
 
     async def start(self) -> "TranscriptionServer":
         for engine in self.engines.values():
@@ -203,6 +210,10 @@ class _Connection:
             return False
         if isinstance(action, Start):
             req = action.request
+            header = self.ws.request.headers.get("Authorization") if self.ws.request else None
+            if not self.server.token_ok(header.removeprefix("Bearer ") if header else req.token):
+                await self.reject("unauthorized", "a bearer token is required: Authorization header or the start message's token", CloseCode.POLICY_VIOLATION)
+                return False
             name = req.model or self.server.default_model
             engine = self.server.engines.get(name)
             if engine is None:

@@ -110,8 +110,15 @@ def test_healthz_capacity_and_auth(recognizer):
             body = await asyncio.to_thread(lambda: urllib.request.urlopen(server.url.replace("ws", "http", 1) + "/healthz").read())
             assert body == b"ok\n"
             with pytest.raises(InvalidStatus) as e:
-                await _exchange(server.url, START)
-            assert e.value.response.status_code == 401
+                await _exchange(server.url, START, headers={"Authorization": "Bearer wrong"})
+            assert e.value.response.status_code == 401  # a wrong header is refused at the handshake
+            replies, close = await _exchange(server.url, START)  # no token at all
+            assert replies[-1]["code"] == "unauthorized" and close == 1008
+            replies, close = await _exchange(server.url, json.dumps({"type": "start", "sample_rate": 16000, "token": "nope"}))
+            assert replies[-1]["code"] == "unauthorized" and "nope" not in replies[-1]["message"]
+            async with connect(server.url) as ws:  # a browser's way: the token in the start message
+                await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "token": "s3cret"}))
+                assert json.loads(await ws.recv())["type"] == "ready"
             auth = {"Authorization": "Bearer s3cret"}
             async with connect(server.url, additional_headers=auth) as ws:
                 await ws.send(START)

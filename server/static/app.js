@@ -11,6 +11,7 @@ const ui = {
   status: document.getElementById("status"),
   transcript: document.getElementById("transcript"),
   partial: document.getElementById("partial"),
+  token: document.getElementById("token"),
 };
 
 function setStatus(state, text) {
@@ -102,9 +103,12 @@ class Session {
     this.ws = ws;
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
-      ws.send(JSON.stringify({
+      const start = {
         type: "start", sample_rate: Math.round(this.ctx.sampleRate), encoding: "s16le", channels: 1, interim_results: true,
-      }));
+      };
+      // Browsers cannot put an Authorization header on a WebSocket: the token rides in the start message.
+      if (ui.token && ui.token.value) start.token = ui.token.value;
+      ws.send(JSON.stringify(start));
       this.started = true;
       if (this.stopping) this.sendEnd();
       else this.flush(false);
