@@ -1,6 +1,5 @@
 """Model specs for the server and CLI: the embedded default, CTranslate2 folders, OpenAI checkpoints."""
 
-from pathlib import Path
 
 import pytest
 

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
@@ -11,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from legato.asr.frontends.whisper_mel import HOP_SAMPLES, N_FRAMES, WhisperMel, normalize_window
 from legato.asr.whisper.decoding import DecodingOptions, DecodingResult, decode_window, decode_windows
 from legato.asr.whisper.model import Whisper
-from legato.asr.whisper.tokenizer import SECONDS_PER_TIMESTAMP, WhisperTokenizer
+from legato.asr.whisper.tokenizer import WhisperTokenizer
 
 FRAMES_PER_TIMESTAMP = 2  # one timestamp (20 ms) spans two 10 ms mel frames
 SECONDS_PER_FRAME = HOP_SAMPLES / 16000  # 0.01
