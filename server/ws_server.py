@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import ssl
 import uuid
@@ -170,8 +171,6 @@ class _Connection:
         self.ended = False
 
     async def send(self, message: dict) -> None:
-        import json
-
         await self.ws.send(json.dumps(message))
 
     async def reject(self, code: str, message: str, close: CloseCode) -> None:

@@ -114,7 +114,7 @@ def decode_window(model: Whisper, tok: WhisperTokenizer, mel: torch.Tensor, prom
     audio = model.encoder(mel[None].to(next(model.parameters()).dtype))
     if options.beam_size > 1:
         return _beam_search(model, tok, audio, prompt, options)
-    return _greedy(model, tok, audio, prompt, options)
+    return _greedy(model, tok, audio, [prompt], options)[0]
 
 
 def _start(model: Whisper, tok: WhisperTokenizer, audio: torch.Tensor, prompt: list[int], batch: int):
@@ -123,23 +123,6 @@ def _start(model: Whisper, tok: WhisperTokenizer, audio: torch.Tensor, prompt: l
     sot_index = prompt.index(tok.sot)
     no_speech = torch.softmax(logits[0, sot_index], dim=-1)[tok.no_speech].item()
     return cache, logits[:, -1], no_speech
-
-
-def _greedy(model, tok, audio, prompt, options) -> DecodingResult:
-    rules = LogitRules(tok, options, len(prompt), model.dims.n_vocab)
-    cache, logits, no_speech = _start(model, tok, audio, prompt, 1)
-    seq, total = list(prompt), 0.0
-    for _ in range(options.max_new_tokens):
-        filtered = rules.apply(logits, [seq])
-        token = int(filtered[0].argmax())
-        total += float(torch.log_softmax(filtered[0].float(), dim=-1)[token])
-        if token == tok.eot:
-            break
-        seq.append(token)
-        if len(seq) >= model.dims.n_text_ctx:
-            break
-        logits = model.decoder(torch.tensor([[token]], device=audio.device), cache)[:, -1]
-    return DecodingResult(seq[len(prompt) :], total, no_speech)
 
 
 def _beam_search(model, tok, audio, prompt, options) -> DecodingResult:
@@ -200,17 +183,23 @@ def decode_windows(model: Whisper, tok: WhisperTokenizer, mels: torch.Tensor, pr
     and keeps each row's positions), finished rows idle until all are done.
     Beam search falls back to one window at a time.
     """
-    if options.beam_size > 1 or len(prompts) == 1:
+    if options.beam_size > 1:
         return [decode_window(model, tok, mel, p, options) for mel, p in zip(mels, prompts)]
-    device = next(model.parameters()).device
-    audio = model.encoder(mels.to(device=device, dtype=next(model.parameters()).dtype))
+    audio = model.encoder(mels.to(device=next(model.parameters()).device, dtype=next(model.parameters()).dtype))
+    return _greedy(model, tok, audio, prompts, options)
+
+
+def _greedy(model: Whisper, tok: WhisperTokenizer, audio: torch.Tensor, prompts: list[list[int]], options: DecodingOptions) -> list[DecodingResult]:
+    """Greedy decoding of encoded windows (B, n_audio_ctx, d), one prompt per row."""
+    device = audio.device
     longest = max(len(p) for p in prompts)
-    pad = torch.tensor([longest - len(p) for p in prompts], device=device)
-    cache = model.decoder.new_cache(audio, pad=pad)
-    tokens = torch.tensor([[tok.eot] * (longest - len(p)) + p for p in prompts], device=device)
+    offsets = [longest - len(p) for p in prompts]  # left padding of each row
+    # Equal prompts need no padding, and take the unmasked path.
+    cache = model.decoder.new_cache(audio, pad=torch.tensor(offsets, device=device) if any(offsets) else None)
+    tokens = torch.tensor([[tok.eot] * off + p for off, p in zip(offsets, prompts)], device=device)
     logits = model.decoder(tokens, cache)
     results = []
-    no_speech = [torch.softmax(logits[b, int(pad[b]) + p.index(tok.sot)], dim=-1)[tok.no_speech].item() for b, p in enumerate(prompts)]
+    no_speech = [torch.softmax(logits[b, offsets[b] + p.index(tok.sot)], dim=-1)[tok.no_speech].item() for b, p in enumerate(prompts)]
     rules = LogitRules(tok, options, [len(p) for p in prompts], model.dims.n_vocab)
     seqs = [list(p) for p in prompts]
     totals = torch.zeros(len(prompts), dtype=torch.float64)
