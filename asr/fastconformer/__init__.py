@@ -1,0 +1,1 @@
+"""Cache-aware streaming FastConformer (NeMo-compatible): encoder, CTC/RNNT decoders, .nemo loader, engine stage."""

@@ -1,0 +1,129 @@
+"""NeMo's causal ``dw_striding`` subsampling (x2 per stage), offline and streamed.
+
+Stage 1 is a 3x3 stride-2 conv from 1 to C channels; every later stage a 3x3
+stride-2 depthwise conv then a 1x1 conv; ReLU after each stage. Every 3x3 conv
+is NeMo's ``CausalConv2D``: it pads (2 before, 1 after) on time AND frequency,
+so frequency goes ``F -> F // 2 + 1`` per stage (80 -> 41 -> 21 -> 11) and a
+valid length ``n -> n // 2 + 1``. Before each strided conv (and at the end)
+frames at or past the valid length are zeroed, as NeMo's ``MaskedConvSequential``.
+The result (B, T, C, F') is flattened channel-major and projected to d_model.
+
+Streaming keeps, per stage, the last 2 input frames (the time kernel minus 1).
+Output ``i`` of a stage reads inputs ``[2i - 2, 2i]``, so after ``m`` inputs a
+stage has emitted ``(m + 1) // 2`` outputs, and at the end of the stream
+``m // 2 + 1`` (the one frame of right padding can complete one more window).
+A stream's first step brings ``1 + 8 R`` mel frames and emits ``R + 1``
+encoder frames; every later step ``8 (R + 1)`` frames, the window of the first
+new output starting one frame into the cache (``skip = 1``). So every step is
+one attention chunk, as in NeMo's ``cache_aware_stream_step``, and streaming
+equals offline at every frame (NeMo recomputes a 9-frame mel overlap instead,
+which equals this except at its step 1 when fewer than 9 frames came before).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from legato.asr.fastconformer.config import SUBSAMPLING_KERNEL, SUBSAMPLING_STRIDE, FastConformerConfig
+
+PAD_BEFORE = SUBSAMPLING_KERNEL - 1  # 2
+PAD_AFTER = SUBSAMPLING_STRIDE - 1  # 1
+CONTEXT_FRAMES = SUBSAMPLING_KERNEL - 1  # inputs a stage keeps between steps
+
+
+def freq_after(freq: int, stages: int) -> int:
+    for _ in range(stages):
+        freq = (freq + PAD_BEFORE + PAD_AFTER - SUBSAMPLING_KERNEL) // SUBSAMPLING_STRIDE + 1
+    return freq
+
+
+def emitted(frames_in: torch.Tensor, final: torch.Tensor | bool) -> torch.Tensor:
+    """Outputs a stage has produced after ``frames_in`` inputs (int tensor), mid-stream or at the end (per row)."""
+    at_end = torch.where(frames_in > 0, frames_in // 2 + 1, 0)
+    return torch.where(torch.as_tensor(final, device=frames_in.device), at_end, (frames_in + 1) // 2)
+
+
+def _time_mask(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Zero frames ``>= valid[b]`` of (B, C, T, F)."""
+    keep = torch.arange(x.shape[2], device=x.device)[None, :] < valid[:, None]
+    return x * keep[:, None, :, None].to(x.dtype)
+
+
+class DwStridingSubsampling(nn.Module):
+    """(B, T_mel, F) log-mel -> (B, T_mel / 8, d_model). Keys as NeMo's ``pre_encode``: ``conv.{0,2,3,5,6}``, ``out``."""
+
+    def __init__(self, cfg: FastConformerConfig):
+        super().__init__()
+        ch = cfg.subsampling_conv_channels
+        layers: list[nn.Module] = [nn.Conv2d(1, ch, SUBSAMPLING_KERNEL, SUBSAMPLING_STRIDE), nn.ReLU()]
+        for _ in range(cfg.subsampling_stages - 1):
+            layers += [nn.Conv2d(ch, ch, SUBSAMPLING_KERNEL, SUBSAMPLING_STRIDE, groups=ch), nn.Conv2d(ch, ch, 1), nn.ReLU()]
+        self.conv = nn.Sequential(*layers)
+        self.stages = cfg.subsampling_stages
+        self.channels = ch
+        self.feat_in = cfg.feat_in
+        self.out = nn.Linear(ch * freq_after(cfg.feat_in, self.stages), cfg.d_model)
+
+    def _stage_modules(self) -> list[list[nn.Module]]:
+        """Per stage: [strided conv, (pointwise conv), relu]."""
+        mods = list(self.conv)
+        return [mods[:2]] + [mods[2 + 3 * i : 5 + 3 * i] for i in range(self.stages - 1)]
+
+    def context_shapes(self, batch_size: int) -> list[tuple[int, ...]]:
+        """Per stage: the cached input frames (B, C_in, 2, F_in padded)."""
+        shapes, ch_in, freq = [], 1, self.feat_in
+        for _ in range(self.stages):
+            shapes.append((batch_size, ch_in, CONTEXT_FRAMES, freq + PAD_BEFORE + PAD_AFTER))
+            ch_in, freq = self.channels, freq_after(freq, 1)
+        return shapes
+
+    def _flatten(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, f = x.shape
+        return self.out(x.transpose(1, 2).reshape(b, t, c * f))
+
+    def forward(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Offline. mel (B, T, F), lengths (B,) -> (B, T', d_model), lengths (B,)."""
+        x = mel[:, None]
+        valid = lengths
+        for mods in self._stage_modules():
+            x = _time_mask(x, valid)
+            x = mods[0](F.pad(x, (PAD_BEFORE, PAD_AFTER, PAD_BEFORE, PAD_AFTER)))
+            valid = emitted(valid, final=True)
+            for m in mods[1:]:
+                x = m(_time_mask(x, valid))
+        return self._flatten(_time_mask(x, valid)), valid
+
+    def step(
+        self, mel: torch.Tensor, contexts: list[torch.Tensor], seen: torch.Tensor, valid: torch.Tensor, first: bool, final: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One streaming step for rows in the same phase.
+
+        mel (B, T, F) with ``valid[b]`` real frames (the rest zero padding; only
+        the final step may be short); ``contexts`` per stage (updated in place);
+        ``seen`` (B,) mel frames before this step. ``first``: no step came
+        before (rows' contexts are zeros, the left padding). ``final`` (B,) bool:
+        the row's stream ends with this chunk (None: no row ends). Returns
+        (B, T', d_model) and valid (B,).
+        """
+        x = mel[:, None]
+        done_in, new_in = seen, valid
+        skip = 0 if first else 1
+        masked = final is not None  # mid-stream chunks are all valid: no masks to apply
+        final = False if final is None else final
+        for mods, context in zip(self._stage_modules(), contexts):
+            if masked:
+                x = _time_mask(x, new_in)
+            x = F.pad(x, (PAD_BEFORE, PAD_AFTER))  # frequency only; time context comes from the cache
+            full = torch.cat([context, x], dim=2)
+            context.copy_(full[:, :, -CONTEXT_FRAMES:])
+            x = mods[0](full[:, :, skip:])
+            done_out = emitted(done_in, final=False)
+            new_out = emitted(done_in + new_in, final) - done_out
+            for m in mods[1:]:
+                x = m(_time_mask(x, new_out) if masked else x)
+            done_in, new_in = done_out, new_out
+        if masked:
+            x = _time_mask(x, new_in)
+        return self._flatten(x), new_in
