@@ -4,15 +4,19 @@
 ``whisper-ct2:FOLDER``                  any CTranslate2 Whisper folder (model.bin, tokenizer.json, config.json)
 ``whisper-openai:FILE.pt[,TOKENIZER]``  an OpenAI checkpoint; English-only models use the embedded
                                         tokenizer.json (the same vocabulary), multilingual ones need TOKENIZER
+``fastconformer:FILE.nemo``             a NeMo cache-aware streaming FastConformer (CTC, RNNT or hybrid)
+
+``LEGATO_DEVICE`` (default: cuda when available, else cpu) picks where models run.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from legato.stream.engine import DEFAULT_QUEUE_FRAMES, Engine
 from legato.stream.graph import Pipeline
-from legato.stream.stages import ResampleStage
+from legato.stream.stages import FrontendStage, RechunkStage, ResampleStage
 
 DEFAULT_MODEL = "whisper-tiny.en"
 
@@ -35,7 +39,26 @@ def load_recognizer(spec: str):
         return name, WhisperRecognizer.from_ct2(folder, name=name)
     if kind == "whisper-openai" and path:
         return _openai(spec, path)
-    raise UnknownModelError(f"unknown model spec {spec!r}; use {DEFAULT_MODEL}, whisper-ct2:FOLDER or whisper-openai:FILE.pt[,TOKENIZER.json]")
+    if kind == "fastconformer" and path:
+        return _fastconformer(spec, path)
+    raise UnknownModelError(
+        f"unknown model spec {spec!r}; use {DEFAULT_MODEL}, whisper-ct2:FOLDER, whisper-openai:FILE.pt[,TOKENIZER.json] or fastconformer:FILE.nemo"
+    )
+
+
+def model_device() -> str:
+    import torch
+
+    return os.environ.get("LEGATO_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _fastconformer(spec: str, path: str):
+    from legato.asr.fastconformer.recognizer import FastConformerRecognizer
+
+    if not Path(path).is_file():
+        raise UnknownModelError(f"{spec}: no .nemo file {path}")
+    rec = FastConformerRecognizer.from_nemo(path, device=model_device())
+    return rec.name, rec
 
 
 def _openai(spec: str, path: str):
@@ -57,8 +80,27 @@ def _openai(spec: str, path: str):
     return name, WhisperRecognizer(model, WhisperTokenizer(tokenizer, multilingual=model.dims.is_multilingual), name)
 
 
+MEL_CHUNK_HOPS = 8  # audio reaches the mel front-end in 80 ms chunks (a multiple of the hop: streams stay in phase)
+
+
 def engine_for(recognizer, *, max_streams: int, max_batch: int = 8, budget_s: float = 1.0, queue_frames: int = DEFAULT_QUEUE_FRAMES) -> Engine:
-    """The live-transcription pipeline (any rate in -> 16 kHz -> streaming Whisper) for one recognizer."""
+    """The live-transcription pipeline for one recognizer: any rate in -> 16 kHz -> streaming Whisper, or
+    -> 80 ms chunks -> NeMo mel -> cache-aware FastConformer."""
+    from legato.asr.fastconformer.recognizer import FastConformerRecognizer
+
+    if isinstance(recognizer, FastConformerRecognizer):
+        from legato.asr.fastconformer.stage import FastConformerStage
+        from legato.asr.frontends.nemo_mel import NemoMel
+
+        hop = recognizer.mel.config.hop_samples
+        stages = [
+            ResampleStage(recognizer.sample_rate),
+            RechunkStage(MEL_CHUNK_HOPS * hop),
+            FrontendStage(NemoMel(recognizer.mel.config), hop_samples=hop, sample_rate=recognizer.sample_rate, name="nemo_mel",
+                          capacity=max_streams, max_batch=max(max_batch, 64), device="cpu"),
+            FastConformerStage(recognizer, capacity=max_streams, max_batch=max_batch),
+        ]
+        return Engine(Pipeline(stages, name=recognizer.name), max_streams=max_streams, queue_frames=queue_frames, default_budget_s=budget_s)
     from legato.asr.whisper.stage import WhisperStage
 
     pipeline = Pipeline([ResampleStage(16000), WhisperStage(recognizer, max_batch=max_batch)], name=recognizer.name)

@@ -10,6 +10,7 @@ step marked ``final``; its valid output frames are what offline would give.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
@@ -66,16 +67,14 @@ class MelChunker:
 
 
 @torch.inference_mode()
-def encode_streaming(encoder: FastConformerEncoder, mel: torch.Tensor, lengths: torch.Tensor, lookahead: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stream every row of mel (B, T, F) chunk by chunk, all rows batched, and concatenate.
+def stream_steps(encoder: FastConformerEncoder, mel: torch.Tensor, lengths: torch.Tensor, lookahead: int = 0) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Stream every row of mel (B, T, F) chunk by chunk, the rows still going batched together.
 
-    Returns (B, T', d_model) zero padded and the lengths (B,): equal to
-    ``encoder(mel, lengths, lookahead)`` on the valid frames.
+    Yields per step (batch rows stepped, output (n, right + 1, d_model), valid output frames (n,)).
     """
     b, _, f = mel.shape
     first_w, later_w = encoder.expected_mel(lookahead, True), encoder.expected_mel(lookahead, False)
     state = encoder.init_state(b, device=mel.device)
-    outs: list[list[torch.Tensor]] = [[] for _ in range(b)]
     consumed = [0] * b
     done = [int(n) == 0 for n in lengths.tolist()]
     first = True
@@ -96,10 +95,20 @@ def encode_streaming(encoder: FastConformerEncoder, mel: torch.Tensor, lengths: 
         )
         state.scatter_(sel, work)
         for j, i in enumerate(rows):
-            outs[i].append(y[j, : int(v[j])])
             consumed[i] += valid[j]
             done[i] = final[j]
         first = False
+        yield rows, y, v
+
+
+def encode_streaming(encoder: FastConformerEncoder, mel: torch.Tensor, lengths: torch.Tensor, lookahead: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Streamed encoder output (B, T', d_model), zero padded, and lengths (B,): equal to
+    ``encoder(mel, lengths, lookahead)`` on the valid frames."""
+    b = mel.shape[0]
+    outs: list[list[torch.Tensor]] = [[] for _ in range(b)]
+    for rows, y, v in stream_steps(encoder, mel, lengths, lookahead):
+        for j, i in enumerate(rows):
+            outs[i].append(y[j, : int(v[j])])
     out_len = torch.tensor([sum(o.shape[0] for o in row) for row in outs])
     out = torch.zeros(b, int(out_len.max()) if b else 0, encoder.cfg.d_model, device=mel.device)
     for i, row in enumerate(outs):
