@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--model", action="append", dest="models", metavar="SPEC",
                        help="model to load, repeatable: whisper-tiny.en (default, embedded), whisper-ct2:FOLDER or "
-                       "whisper-openai:FILE.pt[,TOKENIZER.json]; the first is the default")
+                       "whisper-openai:FILE.pt[,TOKENIZER.json] or fastconformer:FILE.nemo (NeMo cache-aware CTC/RNNT/hybrid); "
+                       "the first is the default")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-connections", type=int, default=64, help="concurrent streams; more get HTTP 503 (default 64)")
     limits.add_argument("--max-message-bytes", type=int, default=1 << 20, help="largest audio message (default 1 MiB)")

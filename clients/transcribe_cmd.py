@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--realtime", action="store_true", help="with --server: send at the speed of speech instead of as fast as possible")
     p.add_argument("--chunk-ms", type=int, default=100, help="with --server: audio per message (default 100 ms)")
     p.add_argument("--partials", action="store_true", help="with --server: also print partial results")
-    p.add_argument("--model", help="model name or spec (default whisper-tiny.en)")
+    p.add_argument("--model", help="model name or spec: whisper-tiny.en (default), whisper-ct2:FOLDER, "
+                   "whisper-openai:FILE.pt, fastconformer:FILE.nemo")
+    p.add_argument("--lookahead-ms", type=int, help="cache-aware models: right context in ms (one the model has; default its first)")
+    p.add_argument("--decoder", choices=["rnnt", "ctc"], help="hybrid FastConformer models: which head decodes (default rnnt)")
     p.add_argument("--beam-size", type=int, default=1, help="local only: beam search width (default 1 = greedy)")
     p.add_argument("--timestamps", action="store_true", help="print segment start/end times")
     p.set_defaults(func=run)
@@ -46,10 +49,19 @@ def _local(args: argparse.Namespace, audio) -> int:
 
     from legato.server.models import DEFAULT_MODEL, load_recognizer
 
-    _, rec = load_recognizer(args.model or DEFAULT_MODEL)
-    rec.options = replace(rec.options, beam_size=args.beam_size)
-    t0 = time.perf_counter()
-    segments = rec.transcribe(audio)
+    from legato.asr.fastconformer.recognizer import FastConformerRecognizer
+
+    try:
+        _, rec = load_recognizer(args.model or DEFAULT_MODEL)
+        t0 = time.perf_counter()
+        if isinstance(rec, FastConformerRecognizer):
+            segments = rec.transcribe(audio, args.lookahead_ms, args.decoder)
+        else:
+            rec.options = replace(rec.options, beam_size=args.beam_size)
+            segments = rec.transcribe(audio)
+    except ValueError as exc:  # unknown model, unsupported config, bad lookahead or decoder
+        print(f"legato transcribe: {exc}", file=sys.stderr)
+        return 2
     for s in segments:
         print(f"[{s.start_s:7.2f} -> {s.end_s:7.2f}]{s.text}" if args.timestamps else s.text.strip())
     elapsed = time.perf_counter() - t0
@@ -60,7 +72,8 @@ def _local(args: argparse.Namespace, audio) -> int:
 async def _remote(args: argparse.Namespace, audio, rate: int) -> int:
     from legato.clients.ws_client import stream_audio
 
-    async for msg in stream_audio(args.server, audio, rate, chunk_ms=args.chunk_ms, realtime=args.realtime, interim_results=args.partials, model=args.model):
+    async for msg in stream_audio(args.server, audio, rate, chunk_ms=args.chunk_ms, realtime=args.realtime, interim_results=args.partials, model=args.model,
+                                     lookahead_ms=args.lookahead_ms, decoder=args.decoder):
         if msg["type"] == "final":
             print(f"[{msg['start']:7.2f} -> {msg['end']:7.2f}] {msg['text']}" if args.timestamps else msg["text"], flush=True)
         elif msg["type"] == "partial" and args.partials:

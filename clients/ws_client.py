@@ -23,6 +23,8 @@ async def stream_audio(
     encoding: str = "s16le",
     token: str | None = None,
     model: str | None = None,
+    lookahead_ms: int | None = None,
+    decoder: str | None = None,
 ) -> AsyncIterator[dict]:
     """Send (n, channels) float32 audio; yield every server message until ``end`` or ``error``."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -30,6 +32,10 @@ async def stream_audio(
         start = {"type": "start", "sample_rate": sample_rate, "encoding": encoding, "channels": audio.shape[1], "interim_results": interim_results}
         if model:
             start["model"] = model
+        if lookahead_ms is not None:
+            start["lookahead_ms"] = lookahead_ms
+        if decoder:
+            start["decoder"] = decoder
         await ws.send(json.dumps(start))
         step = max(1, sample_rate * chunk_ms // 1000)
 

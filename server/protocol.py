@@ -68,6 +68,8 @@ class StartRequest:
     language: str = "en"
     endpointing: Endpointing = field(default_factory=Endpointing)
     options: dict[str, Any] = field(default_factory=dict)
+    lookahead_ms: int | None = None  # cache-aware models: which lookahead (right context) to stream with
+    decoder: str | None = None  # hybrid models: "rnnt" or "ctc"
     token: str | None = field(default=None, repr=False)  # bearer token for clients that cannot set headers (browsers)
 
 
@@ -105,7 +107,11 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
-START_FIELDS = {"type", "sample_rate", "encoding", "channels", "interim_results", "model", "language", "endpointing", "options", "token"}
+START_FIELDS = {
+    "type", "sample_rate", "encoding", "channels", "interim_results", "model", "language", "endpointing", "options", "token",
+    "lookahead_ms", "decoder",
+}
+MAX_LOOKAHEAD_MS = 10_000
 ENDPOINT_FIELDS = {"enabled", "threshold", "min_silence_ms"}
 
 
@@ -166,6 +172,9 @@ def parse_start(obj: dict) -> StartRequest:
         if not 0.0 < threshold < 1.0 or not 0 < silence <= 10_000:
             raise _bad("endpointing threshold must lie in (0, 1) and min_silence_ms in 1..10000")
         endpointing = Endpointing(_typed(ep, "enabled", bool, True), float(threshold), silence)
+    lookahead_ms = _typed(obj, "lookahead_ms", int, None)
+    if lookahead_ms is not None and not 0 <= lookahead_ms <= MAX_LOOKAHEAD_MS:
+        raise _bad(f"lookahead_ms must lie in 0..{MAX_LOOKAHEAD_MS}, got {lookahead_ms}")
     return StartRequest(
         pcm=pcm,
         interim_results=_typed(obj, "interim_results", bool, True),
@@ -173,6 +182,8 @@ def parse_start(obj: dict) -> StartRequest:
         language=_typed(obj, "language", str, "en"),
         endpointing=endpointing,
         options=_typed(obj, "options", dict, {}),
+        lookahead_ms=lookahead_ms,
+        decoder=_typed(obj, "decoder", str, None),
         token=_typed(obj, "token", str, None),
     )
 

@@ -218,14 +218,19 @@ class _Connection:
             if engine is None:
                 await self.reject("unknown_model", f"unknown model {name!r}; loaded: {', '.join(sorted(self.server.engines))}", CloseCode.INVALID_PAYLOAD)
                 return False
+            options = {
+                "interim_results": req.interim_results,
+                "language": req.language,
+                "endpointing": {"enabled": req.endpointing.enabled, "threshold": req.endpointing.threshold, "min_silence_ms": req.endpointing.min_silence_ms},
+            }
+            options.update({k: v for k, v in (("lookahead_ms", req.lookahead_ms), ("decoder", req.decoder)) if v is not None})
             try:
-                self.handle = engine.open_stream(self.server.config.latency_budget_s, {
-                        "interim_results": req.interim_results,
-                        "language": req.language,
-                        "endpointing": {"enabled": req.endpointing.enabled, "threshold": req.endpointing.threshold, "min_silence_ms": req.endpointing.min_silence_ms},
-                    }, uuid.uuid4().hex[:12])
+                self.handle = engine.open_stream(self.server.config.latency_budget_s, options, uuid.uuid4().hex[:12])
             except CapacityError as exc:
                 await self.reject("capacity", str(exc), CloseCode.TRY_AGAIN_LATER)
+                return False
+            except ValueError as exc:  # an option this model cannot honour (lookahead, decoder)
+                await self.reject("bad_request", str(exc), CloseCode.INVALID_PAYLOAD)
                 return False
             self.rate = req.pcm.sample_rate
             await self.send(ready_message(self.handle.stream_id, name, self.rate))

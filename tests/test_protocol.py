@@ -41,6 +41,12 @@ def test_happy_path():
     assert s.phase == Phase.ENDED
 
 
+def test_cache_aware_fields():
+    s = started(lookahead_ms=480, decoder="ctc")
+    assert (s.request.lookahead_ms, s.request.decoder) == (480, "ctc")
+    assert (started().request.lookahead_ms, started().request.decoder) == (None, None)
+
+
 def _rejected(actions, code, close):
     (action,) = actions
     assert isinstance(action, Reject), action
@@ -65,6 +71,10 @@ def _rejected(actions, code, close):
         (start(endpointing={"threshold": 2}), "bad_request"),
         (start(endpointing={"silence": 1}), "bad_request"),
         (start(colour="blue"), "bad_request"),
+        (start(lookahead_ms=-80), "bad_request"),
+        (start(lookahead_ms="80"), "bad_request"),
+        (start(lookahead_ms=80.0), "bad_request"),
+        (start(decoder=1), "bad_request"),
     ],
 )
 def test_bad_start_messages(message, code):
