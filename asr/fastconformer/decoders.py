@@ -136,8 +136,8 @@ def rnnt_greedy(
     rows = torch.arange(b, device=enc.device)
     t = torch.zeros(b, dtype=torch.long, device=enc.device)
     symbols = torch.zeros_like(t)
-    tokens: list[list[int]] = [[] for _ in range(b)]
-    frames: list[list[int]] = [[] for _ in range(b)]
+    emitted: list[torch.Tensor] = []  # per label step (B,): the label, or -1 for rows that emitted none
+    emitted_at: list[torch.Tensor] = []  # (B,) their frames
     active = t < valid
     while bool(active.any()):
         label = joint.after_projection(f[rows, t.clamp(max=t_max - 1)], gp).argmax(dim=-1)
@@ -158,14 +158,20 @@ def rnnt_greedy(
         state.c.copy_(torch.where(keep[:, :, None], c, state.c))
         state.g.copy_(torch.where(keep, g, state.g))
         gp = torch.where(keep, joint.pred(g), gp)
-        for r in active.nonzero()[:, 0].tolist():
-            tokens[r].append(int(label[r]))
-            frames[r].append(int(t[r]))
+        emitted.append(torch.where(active, label, -1))  # read back once at the end: no sync per label
+        emitted_at.append(t)
         symbols = symbols + active.long()
         force = active & (symbols >= max_symbols)  # a frame emits at most max_symbols labels
         t = t + force.long()
         symbols = torch.where(force, 0, symbols)
         active = t < valid
+    tokens: list[list[int]] = [[] for _ in range(b)]
+    frames: list[list[int]] = [[] for _ in range(b)]
+    if emitted:
+        labels, at = torch.stack(emitted, 1).cpu(), torch.stack(emitted_at, 1).cpu()
+        for r in range(b):
+            keep = labels[r] >= 0
+            tokens[r], frames[r] = labels[r][keep].tolist(), at[r][keep].tolist()
     return tokens, frames
 
 
