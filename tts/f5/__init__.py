@@ -1,0 +1,1 @@
+"""F5-TTS: DiT, flow-matching sampling, checkpoint loader."""
