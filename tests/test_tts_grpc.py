@@ -1,0 +1,187 @@
+"""The gRPC TTS service end to end on loopback: streaming order and offsets, encodings, resampling, bad input,
+health, reflection, auth, cancellation and deadlines."""
+
+import asyncio
+import io
+
+import grpc
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
+from legato.server.tts_proto import load
+from legato.server.tts_service import TtsService
+from legato.stream.resample import Resampler
+
+from tts_toys import ToneVoice
+
+pb2, pb2_grpc = load()
+
+
+def _run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def _server(voices, **config):
+    return await TtsGrpcServer(TtsService({v.name: v for v in voices}), GrpcConfig(port=0, **config)).start()
+
+
+def test_stream_and_unary_agree_and_tile_the_audio():
+    voice = ToneVoice()
+
+    async def main():
+        server = await _server([voice])
+        try:
+            async with grpc.aio.insecure_channel(server.target) as ch:
+                stub = pb2_grpc.SynthesizerStub(ch)
+                chunks = [c async for c in stub.SynthesizeStream(pb2.SynthesizeRequest(text="hello world", request_id="r1"))]
+                unary = await stub.Synthesize(pb2.SynthesizeRequest(text="hello world", encoding=pb2.WAV))
+                f32 = await stub.Synthesize(pb2.SynthesizeRequest(text="hello world", encoding=pb2.PCM_F32LE))
+                voices = await stub.ListVoices(pb2.ListVoicesRequest())
+            return chunks, unary, f32, voices
+        finally:
+            await server.stop(0)
+
+    chunks, unary, f32, voices = _run(main())
+    assert chunks[-1].last and not any(c.last for c in chunks[:-1]) and len(chunks) > 3
+    offsets = [c.sample_offset for c in chunks]
+    assert offsets == [sum(c.num_samples for c in chunks[:i]) for i in range(len(chunks))]
+    assert all(c.request_id == "r1" and c.sample_rate_hz == 16000 for c in chunks)
+    streamed = np.frombuffer(b"".join(c.audio for c in chunks), "<i2")
+    want = voice.audio(type("R", (), {"text": "hello world", "speed": 1.0})())
+    assert streamed.shape[0] == want.shape[0] == unary.num_samples
+    wav, rate = soundfile.read(io.BytesIO(unary.audio), dtype="int16")
+    assert rate == 16000 and np.array_equal(wav, streamed)
+    assert np.allclose(np.frombuffer(f32.audio, "<f4"), want.numpy(), atol=1e-7)
+    assert [v.name for v in voices.voices] == ["tone"] and voices.default_voice == "tone" and voices.voices[0].native_sample_rate_hz == 16000
+
+
+def test_resampled_on_the_server_and_speed():
+    voice = ToneVoice()
+
+    async def main():
+        server = await _server([voice])
+        try:
+            async with grpc.aio.insecure_channel(server.target) as ch:
+                stub = pb2_grpc.SynthesizerStub(ch)
+                chunks = [c async for c in stub.SynthesizeStream(pb2.SynthesizeRequest(text="abc", sample_rate_hz=48000, encoding=pb2.PCM_F32LE))]
+                fast = await stub.Synthesize(pb2.SynthesizeRequest(text="abcd", speed=2.0))
+            return chunks, fast
+        finally:
+            await server.stop(0)
+
+    chunks, fast = _run(main())
+    got = np.frombuffer(b"".join(c.audio for c in chunks), "<f4")
+    want = Resampler(16000, 48000)(voice.audio(type("R", (), {"text": "abc", "speed": 1.0})())[:, None])[:, 0]
+    assert got.shape[0] == want.shape[0] and np.allclose(got, want.numpy(), atol=1e-6)
+    assert fast.num_samples == 4 * 800 // 2
+
+
+@pytest.mark.parametrize(
+    "request_fields,code,match",
+    [
+        ({"text": ""}, grpc.StatusCode.INVALID_ARGUMENT, "text is empty"),
+        ({"text": "x" * 2001}, grpc.StatusCode.INVALID_ARGUMENT, "limit is 2000"),
+        ({"text": "hi", "voice": "nobody"}, grpc.StatusCode.NOT_FOUND, "unknown voice 'nobody'"),
+        ({"text": "hi", "speed": 9.0}, grpc.StatusCode.INVALID_ARGUMENT, "speed"),
+        ({"text": "hi", "sample_rate_hz": 100}, grpc.StatusCode.INVALID_ARGUMENT, "sample_rate_hz"),
+        ({"text": "hi", "encoding": 7}, grpc.StatusCode.INVALID_ARGUMENT, "unknown encoding"),
+        ({"text": "hi", "reference_audio": b"RIFF garbage", "reference_text": "hi"}, grpc.StatusCode.INVALID_ARGUMENT, "does not take reference audio"),
+        ({"text": "hi", "voice": "zs", "reference_audio": b"RIFF garbage", "reference_text": "hi"}, grpc.StatusCode.INVALID_ARGUMENT, "not a readable audio file"),
+        ({"text": "hi", "voice": "zs", "reference_audio": b"x"}, grpc.StatusCode.INVALID_ARGUMENT, "needs reference_text"),
+    ],
+)
+def test_bad_requests_get_the_right_status(request_fields, code, match):
+    async def main():
+        server = await _server([ToneVoice(), ToneVoice("zs", supports_reference=True)])
+        try:
+            async with grpc.aio.insecure_channel(server.target) as ch:
+                stub = pb2_grpc.SynthesizerStub(ch)
+                errors = []
+                for call in (stub.Synthesize(pb2.SynthesizeRequest(**request_fields)),):
+                    try:
+                        await call
+                    except grpc.aio.AioRpcError as exc:
+                        errors.append(exc)
+                try:
+                    [c async for c in stub.SynthesizeStream(pb2.SynthesizeRequest(**request_fields))]
+                except grpc.aio.AioRpcError as exc:
+                    errors.append(exc)
+                ok = await stub.Synthesize(pb2.SynthesizeRequest(text="still fine"))  # the server goes on
+            return errors, ok
+        finally:
+            await server.stop(0)
+
+    errors, ok = _run(main())
+    assert len(errors) == 2 and all(e.code() == code and match in e.details() for e in errors)
+    assert ok.num_samples > 0
+
+
+def test_wav_is_refused_for_streams():
+    async def main():
+        server = await _server([ToneVoice()])
+        try:
+            async with grpc.aio.insecure_channel(server.target) as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    [c async for c in pb2_grpc.SynthesizerStub(ch).SynthesizeStream(pb2.SynthesizeRequest(text="hi", encoding=pb2.WAV))]
+            return err.value
+        finally:
+            await server.stop(0)
+
+    assert _run(main()).code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_cancel_and_deadline_stop_the_synthesis():
+    slow = ToneVoice(delay_s=0.05)
+
+    async def main():
+        server = await _server([slow])
+        try:
+            async with grpc.aio.insecure_channel(server.target) as ch:
+                stub = pb2_grpc.SynthesizerStub(ch)
+                call = stub.SynthesizeStream(pb2.SynthesizeRequest(text="x" * 400))
+                first = await call.read()
+                call.cancel()
+                await asyncio.sleep(0.5)
+                cancelled_stopped = slow.stopped.is_set()
+                slow.stopped.clear()
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Synthesize(pb2.SynthesizeRequest(text="x" * 400), timeout=0.3)
+                await asyncio.sleep(0.5)
+                return first, cancelled_stopped, err.value.code(), slow.stopped.is_set(), server.service.active
+        finally:
+            await server.stop(0)
+
+    first, cancelled_stopped, code, deadline_stopped, active = _run(main())
+    assert first.num_samples > 0 and cancelled_stopped and deadline_stopped and active == 0
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert slow.chunks_made < 2 * 400 * 800 // 1600  # far fewer chunks than two whole requests
+
+
+def test_health_reflection_and_auth():
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async def main():
+        server = await _server([ToneVoice()], auth_token="s3cret")
+        try:
+            async with grpc.aio.insecure_channel(server.target) as ch:
+                hc = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="legato.tts.v1.Synthesizer"))
+                stub = pb2_grpc.SynthesizerStub(ch)
+                with pytest.raises(grpc.aio.AioRpcError) as denied:
+                    await stub.ListVoices(pb2.ListVoicesRequest())
+                ok = await stub.ListVoices(pb2.ListVoicesRequest(), metadata=(("authorization", "Bearer s3cret"),))
+                refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+                services = []
+                async for resp in refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=(("authorization", "Bearer s3cret"),)):
+                    services = [s.name for s in resp.list_services_response.service]
+            return hc, denied.value.code(), ok, services
+        finally:
+            await server.stop(0)
+
+    hc, denied, ok, services = _run(main())
+    assert hc.status == 1  # SERVING
+    assert denied == grpc.StatusCode.UNAUTHENTICATED and ok.voices
+    assert "legato.tts.v1.Synthesizer" in services and "grpc.health.v1.Health" in services
