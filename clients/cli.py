@@ -19,11 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"legato {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from legato.clients import info_cmd, mic_cmd, serve_cmd, transcribe_cmd
+    from legato.clients import info_cmd, mic_cmd, say_cmd, serve_cmd, transcribe_cmd
 
     serve_cmd.register(sub)
     transcribe_cmd.register(sub)
     mic_cmd.register(sub)
+    say_cmd.register(sub)
     info_cmd.register(sub)
     return parser
 

@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="model to load, repeatable: whisper-tiny.en (default, embedded), whisper-ct2:FOLDER or "
                        "whisper-openai:FILE.pt[,TOKENIZER.json] or fastconformer:FILE.nemo (NeMo cache-aware CTC/RNNT/hybrid); "
                        "the first is the default")
+    tts = p.add_argument_group("text-to-speech (gRPC, docs/TTS.md)")
+    tts.add_argument("--voices", metavar="FILE", help="voices YAML: serve legato.tts.v1 over gRPC with these voices")
+    tts.add_argument("--grpc-port", type=int, default=50051, help="gRPC port for the TTS service (default 50051)")
+    tts.add_argument("--no-asr", action="store_true", help="serve only TTS: no WebSocket transcription server, no ASR model")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-connections", type=int, default=64, help="concurrent streams; more get HTTP 503 (default 64)")
     limits.add_argument("--max-message-bytes", type=int, default=1 << 20, help="largest audio message (default 1 MiB)")
@@ -48,24 +52,51 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.auth_token_file:
         with open(args.auth_token_file) as f:
             token = f.read().strip()
-    engines = {}
-    for spec in args.models or [DEFAULT_MODEL]:
-        print(f"legato: loading {spec} ...", flush=True)
-        name, engine = build_engine(spec, max_streams=args.max_connections, max_batch=args.max_batch, budget_s=args.latency_budget)
-        engines[name] = engine
-    config = ServerConfig(
-        host=args.host, port=args.port, max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
-        idle_timeout_s=args.idle_timeout, latency_budget_s=args.latency_budget, auth_token=token,
-        certfile=args.certfile, keyfile=args.keyfile,
-    )
-    server = await TranscriptionServer(engines, next(iter(engines)), config).start()
-    print(f"legato: serving live transcription on {server.url} (models: {', '.join(engines)}); health at {server.url.replace('ws', 'http', 1)}/healthz", flush=True)
+    if args.no_asr and not args.voices:
+        print("legato serve: --no-asr needs --voices", flush=True)
+        return 2
+    servers = []
+    if args.voices:
+        from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
+        from legato.server.tts_service import TtsService
+        from legato.tts.voices import load_voices
+
+        from legato.tts.voices import VoiceConfigError
+
+        print(f"legato: loading voices from {args.voices} ...", flush=True)
+        try:
+            voices, default = load_voices(args.voices)
+        except (VoiceConfigError, ValueError, OSError) as exc:
+            print(f"legato serve: {exc}", flush=True)
+            return 2
+        grpc_config = GrpcConfig(
+            host=args.host, port=args.grpc_port, max_concurrent_rpcs=args.max_connections, auth_token=token,
+            certfile=args.certfile, keyfile=args.keyfile,
+        )
+        tts_server = await TtsGrpcServer(TtsService(voices, default), grpc_config).start()
+        servers.append(tts_server)
+        print(f"legato: serving text-to-speech (gRPC legato.tts.v1) on {tts_server.target} (voices: {', '.join(voices)}; default {default})", flush=True)
+    if not args.no_asr:
+        engines = {}
+        for spec in args.models or [DEFAULT_MODEL]:
+            print(f"legato: loading {spec} ...", flush=True)
+            name, engine = build_engine(spec, max_streams=args.max_connections, max_batch=args.max_batch, budget_s=args.latency_budget)
+            engines[name] = engine
+        config = ServerConfig(
+            host=args.host, port=args.port, max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
+            idle_timeout_s=args.idle_timeout, latency_budget_s=args.latency_budget, auth_token=token,
+            certfile=args.certfile, keyfile=args.keyfile,
+        )
+        server = await TranscriptionServer(engines, next(iter(engines)), config).start()
+        servers.append(server)
+        print(f"legato: serving live transcription on {server.url} (models: {', '.join(engines)}); health at {server.url.replace('ws', 'http', 1)}/healthz", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("legato: draining: no new streams; finishing the open ones", flush=True)
-    await server.drain()
+    for srv in servers:
+        await (srv.drain() if hasattr(srv, "drain") else srv.stop())
     print("legato: stopped", flush=True)
     return 0

@@ -185,3 +185,41 @@ def test_health_reflection_and_auth():
     assert hc.status == 1  # SERVING
     assert denied == grpc.StatusCode.UNAUTHENTICATED and ok.voices
     assert "legato.tts.v1.Synthesizer" in services and "grpc.health.v1.Health" in services
+
+
+def test_say_cli_streams_from_the_server_to_a_wav(tmp_path):
+    import subprocess
+    import sys
+
+    voice = ToneVoice(sample_rate=22050)
+    out = tmp_path / "hello.wav"
+
+    async def main():
+        server = await _server([voice])
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "legato.clients.cli", "say", "hello there", "--server", server.target, "-o", str(out), "--rate", "16000",
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+            _, err = await proc.communicate()
+            listing = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "legato.clients.cli", "say", "x", "--server", server.target, "--list-voices", stdout=subprocess.PIPE,
+            )
+            names, _ = await listing.communicate()
+            bad = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "legato.clients.cli", "say", "x", "--server", server.target, "--voice", "nobody", "-o", str(tmp_path / "n.wav"),
+                stderr=subprocess.PIPE,
+            )
+            _, bad_err = await bad.communicate()
+            return proc.returncode, err.decode(), names.decode(), bad.returncode, bad_err.decode()
+        finally:
+            await server.stop(0)
+
+    code, err, names, bad_code, bad_err = _run(main())
+    assert code == 0, err
+    assert "first audio after" in err
+    wav, rate = soundfile.read(out, dtype="float32")
+    want = Resampler(22050, 16000)(voice.audio(type("R", (), {"text": "hello there", "speed": 1.0})())[:, None])[:, 0]
+    assert rate == 16000 and wav.shape[0] == want.shape[0] and np.allclose(wav, want.numpy(), atol=1e-4)
+    assert "* tone" in names
+    assert bad_code == 1 and "NOT_FOUND" in bad_err and "unknown voice 'nobody'" in bad_err

@@ -1,0 +1,82 @@
+"""Voices from a small YAML file: name -> model family + checkpoint paths.
+
+::
+
+    default: lj                      # optional; else the first voice
+    voices:
+      lj:
+        model: fastspeech2           # FastSpeech 2 + HiFi-GAN (ming024 / jik876 checkpoints)
+        checkpoint: ckpt/900000.pth.tar
+        config_dir: config/LJSpeech  # preprocess.yaml, model.yaml (+ stats.json)
+        lexicon: lexicon/librispeech-lexicon.txt
+        vocoder: {checkpoint: hifigan/generator_LJSpeech.pth.tar, config: hifigan/config.json}
+      f5:
+        model: f5-tts                # F5-TTS + Vocos
+        checkpoint: F5TTS_v1_Base/model_1250000.safetensors
+        vocab: F5TTS_v1_Base/vocab.txt
+        vocoder: {config: vocos/config.yaml, weights: vocos/pytorch_model.bin}
+        reference_audio: ref.wav     # the voice used when a request brings none
+        reference_text: "Some call me nature."
+
+Relative paths are relative to the YAML file. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from legato.tts.voice import Voice
+
+
+class VoiceConfigError(ValueError):
+    code = "bad_voice_config"
+
+
+def _fastspeech2(name: str, spec: dict[str, Any], path: Callable[[str], Path]) -> Voice:
+    from legato.tts.fastspeech2.voice import FastSpeech2Voice
+
+    return FastSpeech2Voice.from_spec(name, spec, path)
+
+
+def _f5(name: str, spec: dict[str, Any], path: Callable[[str], Path]) -> Voice:
+    from legato.tts.f5.voice import F5Voice
+
+    return F5Voice.from_spec(name, spec, path)
+
+
+BUILDERS: dict[str, Callable[[str, dict[str, Any], Callable[[str], Path]], Voice]] = {
+    "fastspeech2": _fastspeech2,
+    "f5-tts": _f5,
+}
+
+
+def load_voices(file: str | Path) -> tuple[dict[str, Voice], str]:
+    """(voices by name, default voice name)."""
+    file = Path(file)
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise VoiceConfigError(f"{file}: cannot read the voices file: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("voices"), dict) or not doc["voices"]:
+        raise VoiceConfigError(f"{file}: expected a mapping with a non-empty 'voices' mapping")
+    base = file.parent
+
+    def path(p: str) -> Path:
+        q = Path(p).expanduser()
+        q = q if q.is_absolute() else base / q
+        if not q.exists():
+            raise VoiceConfigError(f"{file}: {p} does not exist")
+        return q
+
+    voices: dict[str, Voice] = {}
+    for name, spec in doc["voices"].items():
+        if not isinstance(spec, dict) or spec.get("model") not in BUILDERS:
+            raise VoiceConfigError(f"{file}: voice {name!r} needs 'model' set to one of {sorted(BUILDERS)}")
+        voices[str(name)] = BUILDERS[spec["model"]](str(name), spec, path)
+    default = str(doc.get("default") or next(iter(voices)))
+    if default not in voices:
+        raise VoiceConfigError(f"{file}: default voice {default!r} is not among {sorted(voices)}")
+    return voices, default
