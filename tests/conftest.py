@@ -32,3 +32,23 @@ def transcription_server(recognizer, *, max_streams: int = 32, queue_frames: int
 
     engine = engine_for(recognizer, max_streams=max_streams, queue_frames=queue_frames)
     return TranscriptionServer({recognizer.name: engine}, recognizer.name, ServerConfig(port=0, **config))
+
+
+@pytest.fixture(scope="module")
+def virtual_mic():
+    """A private PulseAudio server with a null sink (tests/mic_env.py); skipped where it cannot run."""
+    import shutil
+    import tempfile
+
+    import mic_env
+
+    why = mic_env.missing()
+    if why:
+        pytest.skip(f"no virtual sound server: {why}")
+    root = tempfile.mkdtemp(prefix="legato-pa-")  # short: the socket path must fit in sun_path (108 bytes)
+    mic = mic_env.VirtualMic(Path(root))
+    try:
+        yield mic.start()
+    finally:
+        mic.stop()
+        shutil.rmtree(root, ignore_errors=True)

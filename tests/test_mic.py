@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,20 +30,6 @@ LOCAL_STOP_LIMIT_S = 10.0
 _LEGATO = Path(sys.executable).with_name("legato")  # the console script; else the same main() through -m
 MIC = [str(_LEGATO), "mic"] if _LEGATO.exists() else [sys.executable, "-m", "legato.clients.cli", "mic"]
 NUMBERS = {"ten": "10", "metres": "meters"}
-
-
-@pytest.fixture(scope="module")
-def virtual_mic():
-    why = mic_env.missing()
-    if why:
-        pytest.skip(f"no virtual microphone: {why}")
-    root = tempfile.mkdtemp(prefix="legato-pa-")  # short: the socket path must fit in sun_path (108 bytes)
-    mic = mic_env.VirtualMic(Path(root))
-    try:
-        yield mic.start()
-    finally:
-        mic.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _words(text: str) -> list[str]:

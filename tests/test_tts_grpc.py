@@ -223,3 +223,39 @@ def test_say_cli_streams_from_the_server_to_a_wav(tmp_path):
     assert rate == 16000 and wav.shape[0] == want.shape[0] and np.allclose(wav, want.numpy(), atol=1e-4)
     assert "* tone" in names
     assert bad_code == 1 and "NOT_FOUND" in bad_err and "unknown voice 'nobody'" in bad_err
+
+
+def test_say_plays_while_streaming(virtual_mic, tmp_path):
+    """`legato say --play` into a PulseAudio null sink; its monitor records what was played."""
+    import subprocess
+    import sys
+
+    import mic_env
+
+    voice = ToneVoice(sample_rate=16000, samples_per_char=1600)
+    raw = tmp_path / "played.f32"
+
+    async def main():
+        server = await _server([voice])
+        rec = subprocess.Popen(
+            ["parec", f"--device={mic_env.SOURCE}", "--raw", "--format=float32le", "--rate=16000", "--channels=1", str(raw)], env=virtual_mic.env,
+        )
+        try:
+            await asyncio.sleep(0.3)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "legato.clients.cli", "say", "a" * 10, "--server", server.target, "--play",
+                env=virtual_mic.env, stderr=subprocess.PIPE,
+            )
+            _, err = await proc.communicate()
+            await asyncio.sleep(0.3)
+            return proc.returncode, err.decode()
+        finally:
+            rec.terminate()
+            rec.wait(5)
+            await server.stop(0)
+
+    code, err = _run(main())
+    assert code == 0, err
+    played = np.fromfile(raw, "<f4")
+    loud = np.abs(played) > 0.1
+    assert loud.sum() > 0.5 * 10 * 1600, (played.shape, loud.sum())  # most of the 1 s tone came out of the sink
