@@ -14,6 +14,8 @@
         model: f5-tts                # F5-TTS + Vocos
         checkpoint: F5TTS_v1_Base/model_1250000.safetensors
         vocab: F5TTS_v1_Base/vocab.txt
+        model_config: F5TTS_v1_Base.yaml   # optional: the architecture (default v1 Base); or arch: {heads: .., dim_head: ..}
+        steps: 32                    # NFE
         vocoder: {config: vocos/config.yaml, weights: vocos/pytorch_model.bin}
         reference_audio: ref.wav     # the voice used when a request brings none
         reference_text: "Some call me nature."

@@ -172,8 +172,12 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D); rope = (cos, sin) each (T, dim_head)."""
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor, mask_keys: bool = False) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); rope = (cos, sin) each (T, dim_head).
+
+        Official F5-TTS configs attend to padded frames too (``attn_mask_enabled: False``), so a padded
+        row differs from the same row alone; ``mask_keys`` hides padding, making each row of a batch
+        equal its unpadded single-row result (what continuous batching needs)."""
         b, t, _ = x.shape
         heads = (b, t, self.heads, self.dim_head)
         q, k, v = (p(x).view(heads).transpose(1, 2) for p in (self.to_q, self.to_k, self.to_v))
@@ -186,7 +190,7 @@ class Attention(nn.Module):
             n = self.rope_heads
             q = torch.cat((apply_rotary(q[:, :n], cos, sin), q[:, n:]), dim=1)
             k = torch.cat((apply_rotary(k[:, :n], cos, sin), k[:, n:]), dim=1)
-        h = F.scaled_dot_product_attention(q, k, v)
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :] if mask_keys else None)
         h = self.to_out(h.transpose(1, 2).reshape(b, t, -1))
         return h.masked_fill(~mask[..., None], 0.0)
 
@@ -208,11 +212,11 @@ class DiTBlock(nn.Module):
         self.attn = Attention(cfg)
         self.ff = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, t_emb: torch.Tensor, rope, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor, rope, mask: torch.Tensor, mask_keys: bool = False) -> torch.Tensor:
         """x (B, T, D), t_emb (B, D) -> (B, T, D)."""
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self.modulation(F.silu(t_emb))[:, None].chunk(6, dim=-1)
         h = F.layer_norm(x, x.shape[-1:], eps=LN_EPS) * (1 + scale_a) + shift_a
-        x = x + gate_a * self.attn(h, rope, mask)
+        x = x + gate_a * self.attn(h, rope, mask, mask_keys)
         h = F.layer_norm(x, x.shape[-1:], eps=LN_EPS) * (1 + scale_f) + shift_f
         return x + gate_f * self.ff(h)
 
@@ -239,14 +243,14 @@ class F5DiT(nn.Module):
             cond = torch.zeros_like(cond)
         return self.input_embed(x, cond, text_emb, mask)
 
-    def transform(self, h: torch.Tensor, time: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Embedded input h (B, T, D), time (B,), mask (B, T) -> predicted flow (B, T, M)."""
+    def transform(self, h: torch.Tensor, time: torch.Tensor, mask: torch.Tensor, mask_keys: bool = False) -> torch.Tensor:
+        """Embedded input h (B, T, D), time (B,), mask (B, T) -> predicted flow (B, T, M) (``mask_keys``: see Attention)."""
         t_emb = self.time_embed(time)
         cos_sin = rotary_angles(h.shape[1], self.cfg.dim_head, h.device)
         rope = (cos_sin.cos().to(h.dtype), cos_sin.sin().to(h.dtype))
         residual = h
         for block in self.blocks:
-            h = block(h, t_emb, rope, mask)
+            h = block(h, t_emb, rope, mask, mask_keys)
         if self.long_skip is not None:
             h = self.long_skip(torch.cat((h, residual), dim=-1))
         scale, shift = self.final_modulation(F.silu(t_emb))[:, None].chunk(2, dim=-1)
