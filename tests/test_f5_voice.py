@@ -59,6 +59,18 @@ def test_batched_jobs_equal_the_reference_sampler(voice):
         assert mel.shape == want.shape and torch.allclose(mel, want, atol=1e-4), float((mel - want).abs().max())
 
 
+def test_epss_schedule_jobs_equal_the_reference_sampler(voice):
+    flow = FlowBatcher(voice.dit, cfg_strength=2.0)
+    try:
+        torch.manual_seed(1)
+        cond, z = torch.randn(10, 100), initial_noise(torch.tensor([24]), 100, seed=3)[0]
+        (got,) = [f.result(30) for f in flow.submit([flow.job(cond, [3, 4, 5], 24, steps=7, noise=z, schedule="epss")], threading.Event())]
+    finally:
+        flow.close()
+    want = sample(voice.dit, cond[None], torch.tensor([[3, 4, 5]]), 24, steps=7, noise=z[None], schedule="epss")[0]
+    assert torch.allclose(got, want, atol=1e-4)
+
+
 def test_split_text_short_first_chunk():
     text = "Hello there, my friend. This is a longer sentence that follows; and one more clause here."
     chunks = split_text(text, max_bytes=60, first_bytes=20)

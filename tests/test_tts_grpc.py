@@ -259,3 +259,33 @@ def test_say_plays_while_streaming(virtual_mic, tmp_path):
     played = np.fromfile(raw, "<f4")
     loud = np.abs(played) > 0.1
     assert loud.sum() > 0.5 * 10 * 1600, (played.shape, loud.sum())  # most of the 1 s tone came out of the sink
+
+
+def test_tls_from_cert_paths(tmp_path):
+    import shutil
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    from legato.clients.tts_client import channel, synthesize_stream
+
+    async def main():
+        server = await _server([ToneVoice()], certfile=str(cert), keyfile=str(key))
+        try:
+            async with channel(server.target, tls=True, root_cert=cert.read_bytes()) as ch:
+                got = [c async for _, c, _ in synthesize_stream(ch, "hi")]
+            async with grpc.aio.insecure_channel(server.target) as plain:  # plaintext to a TLS port fails
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await pb2_grpc.SynthesizerStub(plain).ListVoices(pb2.ListVoicesRequest(), timeout=2)
+            return got
+        finally:
+            await server.stop(0)
+
+    got = _run(main())
+    assert sum(c.shape[0] for c in got) == 2 * 800

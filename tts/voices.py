@@ -16,6 +16,7 @@
         vocab: F5TTS_v1_Base/vocab.txt
         model_config: F5TTS_v1_Base.yaml   # optional: the architecture (default v1 Base); or arch: {heads: .., dim_head: ..}
         steps: 32                    # NFE
+        schedule: uniform            # or epss (F5-TTS's schedule for few steps, e.g. 7 or 16)
         vocoder: {config: vocos/config.yaml, weights: vocos/pytorch_model.bin}
         reference_audio: ref.wav     # the voice used when a request brings none
         reference_text: "Some call me nature."

@@ -95,7 +95,7 @@ class FlowBatcher:
 
     @torch.inference_mode()
     def job(self, cond_mel: torch.Tensor, text_ids: list[int], frames: int, steps: int, noise: torch.Tensor | None = None,
-            seed: int | None = None) -> FlowJob:
+            seed: int | None = None, schedule: str = "uniform") -> FlowJob:
         """cond_mel (T_ref, M) -> a job for ``frames`` total frames (at least text length and reference + 1)."""
         dev = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
@@ -109,7 +109,7 @@ class FlowBatcher:
             noise = initial_noise(torch.tensor([frames], device=dev), channels, seed=seed, dtype=dtype, device=dev)[0]
         return FlowJob(
             x=noise.to(dev, dtype), cond=cond, text=self.model.embed_text(ids, mask)[0], text_drop=self.model.embed_text(ids, mask, drop_text=True)[0],
-            grid=time_grid(steps, "uniform", SWAY, dtype=dtype, device=dev), ref_frames=t_ref,
+            grid=time_grid(steps, schedule, SWAY, dtype=dtype, device=dev), ref_frames=t_ref,
         )
 
     def submit(self, jobs: list[FlowJob], cancelled: threading.Event) -> list[Future]:
@@ -140,10 +140,12 @@ class F5Voice(Voice):
     supports_reference = True
 
     def __init__(self, name: str, dit: F5DiT, vocab: Vocab, vocoder: Vocos, ref_audio: torch.Tensor, ref_text: str, *,
-                 steps: int = NFE_STEPS, cfg_strength: float = CFG_STRENGTH, max_batch: int = MAX_BATCH):
+                 steps: int = NFE_STEPS, schedule: str = "uniform", cfg_strength: float = CFG_STRENGTH, max_batch: int = MAX_BATCH):
         self.name, self.dit, self.vocab, self.vocoder = name, dit, vocab, vocoder
         self.sample_rate = vocoder.cfg.sample_rate
-        self.ref_audio, self.ref_text, self.steps = ref_audio, ref_text, steps
+        if schedule not in ("uniform", "epss"):
+            raise SynthesisError(f"voice {name!r}: schedule must be 'uniform' or 'epss' (F5-TTS's few-step schedule), got {schedule!r}")
+        self.ref_audio, self.ref_text, self.steps, self.schedule = ref_audio, ref_text, steps, schedule
         self.flow = FlowBatcher(dit, cfg_strength, max_batch)
 
     @classmethod
@@ -162,7 +164,8 @@ class F5Voice(Voice):
             raise SynthesisError(f"voice {name!r}: F5-TTS voices need reference_audio and reference_text (the default voice prompt)")
         audio, rate = soundfile.read(path(spec["reference_audio"]), dtype="float32", always_2d=True)
         ref = Resampler(rate, vocoder.cfg.sample_rate)(torch.from_numpy(audio).mean(dim=1, keepdim=True))[:, 0]
-        return cls(name, dit, vocab, vocoder, ref, str(spec["reference_text"]), steps=int(spec.get("steps", NFE_STEPS)))
+        return cls(name, dit, vocab, vocoder, ref, str(spec["reference_text"]), steps=int(spec.get("steps", NFE_STEPS)),
+                   schedule=str(spec.get("schedule", "uniform")))
 
     def _reference(self, request: SynthesisRequest) -> tuple[torch.Tensor, str]:
         if request.reference_audio is None:
@@ -186,7 +189,7 @@ class F5Voice(Voice):
         def job(chunk: str) -> FlowJob:
             ids = text_to_ids(prompt_text(ref_text) + chunk, self.vocab.index)
             frames = total_frames(ref.shape[0], ref_text, chunk, request.speed, hop)
-            return self.flow.job(cond, ids, frames, self.steps)
+            return self.flow.job(cond, ids, frames, self.steps, schedule=self.schedule)
 
         fade = int(CROSS_FADE_S * self.sample_rate)
         futures = self.flow.submit([job(chunks[0])], cancelled)
