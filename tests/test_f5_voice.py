@@ -7,7 +7,7 @@ import soundfile
 import torch
 
 from legato.tts.f5.sampling import initial_noise, sample
-from legato.tts.f5.voice import F5Voice, FlowBatcher, split_text
+from legato.tts.f5.voice import FlowBatcher, split_text
 from legato.tts.voice import SynthesisRequest
 from legato.tts.voices import load_voices
 

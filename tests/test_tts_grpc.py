@@ -8,7 +8,6 @@ import grpc
 import numpy as np
 import pytest
 import soundfile
-import torch
 
 from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
 from legato.server.tts_proto import load
