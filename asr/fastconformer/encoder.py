@@ -80,10 +80,7 @@ class RelPosSelfAttention(nn.Module):
 
     def _attend(self, q, k, v, rel: torch.Tensor, lo: int, hi: int, visible: torch.Tensor) -> torch.Tensor:
         """q (B,H,T,D), k/v (B,H,S,D), rel (B,T,S) query-minus-key distance in [lo, hi], visible (B,T,S)."""
-        scores = self.rel.scores(q, k, rel, lo, hi) / math.sqrt(self.d_head)
-        scores = scores.masked_fill(~visible[:, None], float("-inf"))
-        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a query that sees nothing outputs 0, as NeMo
-        out = torch.matmul(weights, v)
+        out = self.rel.attend(q, k, v, rel, lo, hi, visible[:, None])
         b, _, t, _ = out.shape
         return self.linear_out(out.transpose(1, 2).reshape(b, t, -1))
 

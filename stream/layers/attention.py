@@ -95,6 +95,14 @@ class RelPositionBias(nn.Module):
         index = (rel - lo)[:, None].expand(-1, q.shape[1], -1, -1)
         return content + torch.gather(by_distance, 3, index)
 
+    def attend(self, q, k, v, rel: torch.Tensor, lo: int, hi: int, visible: torch.Tensor) -> torch.Tensor:
+        """Scaled softmax attention with these scores over the ``visible`` (B, 1 or H, T, S) keys -> (B, H, T, D).
+
+        A query that sees no key outputs 0 (NeMo's masked_fill after the softmax)."""
+        scores = self.scores(q, k, rel, lo, hi) / math.sqrt(self.d_head)
+        weights = torch.softmax(scores.masked_fill(~visible, NEG_INF), dim=-1).nan_to_num(0.0)
+        return torch.matmul(weights, v)
+
 
 @dataclass(frozen=True, eq=False)
 class KVCacheState(StreamState):
@@ -165,11 +173,7 @@ class CachedAttention(StreamingModule):
     def _attend(self, q, k, v, q_pos, k_pos, chunk_end, rel_range: tuple[int, int]) -> torch.Tensor:
         visible = self._visible(q_pos, k_pos, chunk_end)[:, None]
         if self.rel_pos is not None:
-            rel = q_pos[:, :, None] - k_pos[:, None, :]
-            scores = self.rel_pos.scores(q, k, rel, *rel_range) / math.sqrt(self.d_head)
-            scores = scores.masked_fill(~visible, NEG_INF)
-            weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a query that sees nothing outputs 0
-            out = torch.matmul(weights, v)
+            out = self.rel_pos.attend(q, k, v, q_pos[:, :, None] - k_pos[:, None, :], *rel_range, visible)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
         b, _, t, _ = out.shape
