@@ -144,7 +144,7 @@ async def _remote(args, reference: bytes, on_chunk) -> int:
 
 def _local(args, reference: bytes, on_chunk) -> int:
     from legato.server.tts_requests import TtsRequestError, parse_request
-    from legato.stream.resample import Resampler
+    from legato.server.tts_service import resampled_chunks
     from legato.tts.voices import VoiceConfigError, load_voices
 
     try:
@@ -160,12 +160,6 @@ def _local(args, reference: bytes, on_chunk) -> int:
     except (VoiceConfigError, TtsRequestError) as exc:
         print(f"legato say: {exc}", file=sys.stderr)
         return 2
-    stream = Resampler(parsed.voice.sample_rate, parsed.sample_rate).stream()
-    for chunk in parsed.voice.stream(parsed.request, threading.Event()):
-        y = stream.push(chunk.float()[:, None])[:, 0]
-        if y.numel():
-            on_chunk(y.numpy(), parsed.sample_rate)
-    tail = stream.flush()[:, 0]
-    if tail.numel():
-        on_chunk(tail.numpy(), parsed.sample_rate)
+    for chunk in resampled_chunks(parsed, threading.Event()):
+        on_chunk(chunk.numpy(), parsed.sample_rate)
     return 0

@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from legato.stream.audio_io import check_finite
+from legato.stream.audio_io import check_finite, encode_pcm
 from legato.stream.errors import LegatoError
 from legato.tts.voice import SynthesisRequest, Voice
 
@@ -124,15 +124,15 @@ def parse_request(
 
 
 def encode_audio(audio: torch.Tensor, encoding: int, sample_rate: int) -> bytes:
-    """(n,) float32 -> bytes of ``encoding`` (WAV: a whole 16-bit file)."""
-    samples = audio.detach().to(torch.float32).clamp(-1.0, 1.0).cpu().numpy()
+    """(n,) float32, clamped to [-1, 1] -> bytes of ``encoding`` (WAV: a whole 16-bit file); PCM as the WebSocket side."""
+    samples = audio.detach().to(torch.float32).clamp(-1.0, 1.0)[:, None]
     if encoding == PCM_F32LE:
-        return samples.astype("<f4").tobytes()
-    pcm = np.round(samples * 32767.0).astype("<i2")
+        return encode_pcm(samples, "f32le")
+    pcm = encode_pcm(samples, "s16le")
     if encoding != WAV:
-        return pcm.tobytes()
+        return pcm
     import soundfile
 
     buf = io.BytesIO()
-    soundfile.write(buf, pcm, sample_rate, format="WAV", subtype="PCM_16")
+    soundfile.write(buf, np.frombuffer(pcm, "<i2"), sample_rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()

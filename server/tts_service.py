@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator, Iterator, Mapping
 
 import torch
 
@@ -24,6 +24,29 @@ from legato.tts.voice import Voice
 QUEUE_CHUNKS = 8  # chunks a request may run ahead of its client
 PUT_POLL_S = 0.1  # how often a blocked worker looks for cancellation
 _DONE = object()
+
+
+def resampled_chunks(parsed: ParsedRequest, cancelled: threading.Event) -> Iterator[torch.Tensor]:
+    """The voice's chunks for this request at the requested rate, (n,) float32; stops when ``cancelled`` is set.
+
+    Closing it closes the voice's generator too, so a voice releases its model work at once."""
+    voice = parsed.voice
+    stream = Resampler(voice.sample_rate, parsed.sample_rate).stream()
+    chunks = voice.stream(parsed.request, cancelled)
+    try:
+        for chunk in chunks:
+            if cancelled.is_set():
+                return
+            y = stream.push(chunk.detach().to(torch.float32).cpu()[:, None])[:, 0]
+            if y.numel():
+                yield y
+        tail = stream.flush()[:, 0]
+        if tail.numel():
+            yield tail
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 class TtsService:
@@ -52,26 +75,16 @@ class TtsService:
             fut.cancel()
             return False
 
-        voice = parsed.voice
-        stream = Resampler(voice.sample_rate, parsed.sample_rate).stream()
-        chunks = voice.stream(parsed.request, cancelled)
+        chunks = resampled_chunks(parsed, cancelled)
         try:
-            for chunk in chunks:
-                if cancelled.is_set():
+            for y in chunks:
+                if not put(y):
                     return
-                y = stream.push(chunk.detach().to(torch.float32).cpu()[:, None])[:, 0]
-                if y.numel() and not put(y):
-                    return
-            tail = stream.flush()[:, 0]
-            if tail.numel() and not put(tail):
-                return
             put(_DONE)
         except BaseException as exc:  # delivered to the request, which ends with a clear status
             put(exc)
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()  # a generator voice releases its model work now, not at garbage collection
+            chunks.close()
 
     async def stream(self, parsed: ParsedRequest) -> AsyncIterator[tuple[int, torch.Tensor]]:
         loop = asyncio.get_running_loop()
