@@ -70,6 +70,19 @@ def initial_noise(lengths: torch.Tensor, channels: int, *, seed: int | None = No
 
 
 @torch.no_grad()
+def guided_flow(
+    model: F5DiT, x: torch.Tensor, cond2: torch.Tensor, text_emb2: torch.Tensor, mask2: torch.Tensor, time: torch.Tensor,
+    cfg_strength: float, mask_keys: bool = False,
+) -> torch.Tensor:
+    """Classifier-free guided flow for x (B, T, M) at ``time`` (B,), as ONE doubled batch.
+
+    cond2, text_emb2, mask2 (2B, ...): the conditional rows, then the unconditional ones (reference
+    zeroed, text dropped). Returns ``v_cond + (v_cond - v_uncond) * cfg_strength``."""
+    h = model.embed_input(torch.cat((x, x)), cond2, text_emb2, mask2)
+    v_cond, v_uncond = model.transform(h, torch.cat((time, time)), mask2, mask_keys).chunk(2)
+    return v_cond + (v_cond - v_uncond) * cfg_strength
+
+
 def sample(
     model: F5DiT,
     cond_mel: torch.Tensor,
@@ -125,9 +138,7 @@ def sample(
     grid = time_grid(steps, schedule, sway_coef, dtype=dtype, device=device)
     for t0, t1 in zip(grid[:-1], grid[1:]):
         if guided:
-            h = model.embed_input(torch.cat((x, x)), cond2, text_emb, mask2)
-            v_cond, v_uncond = model.transform(h, t0.expand(2 * b), mask2).chunk(2)
-            v = v_cond + (v_cond - v_uncond) * cfg_strength
+            v = guided_flow(model, x, cond2, text_emb, mask2, t0.expand(b), cfg_strength)
         else:
             v = model.transform(model.embed_input(x, cond, text_emb, mask), t0.expand(b), mask)
         x = x + (t1 - t0) * v

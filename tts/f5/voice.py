@@ -32,7 +32,7 @@ from legato.tts.f5.duration import max_chunk_bytes, normalise_reference, prompt_
 from legato.tts.f5.config import F5Config
 from legato.tts.f5.dit import F5DiT
 from legato.tts.f5.loader import load_f5
-from legato.tts.f5.sampling import initial_noise, time_grid
+from legato.tts.f5.sampling import guided_flow, initial_noise, time_grid
 from legato.tts.f5.vocab import Vocab
 from legato.tts.text.f5_tokens import text_to_ids
 from legato.tts.voice import SynthesisError, SynthesisRequest, Voice
@@ -81,10 +81,8 @@ class FlowBatcher:
         text = torch.cat([_pad([s.text for s in states], t), _pad([s.text_drop for s in states], t)])
         t0 = torch.stack([s.grid[s.step] for s in states])
         dt = torch.stack([s.grid[s.step + 1] - s.grid[s.step] for s in states])
-        mask2 = torch.cat([mask, mask])
-        h = self.model.embed_input(torch.cat([x, x]), torch.cat([cond, torch.zeros_like(cond)]), text, mask2)
-        v_cond, v_uncond = self.model.transform(h, torch.cat([t0, t0]), mask2, mask_keys=True).chunk(2)
-        v = v_cond + (v_cond - v_uncond) * self.cfg_strength
+        cond2, mask2 = torch.cat([cond, torch.zeros_like(cond)]), torch.cat([mask, mask])
+        v = guided_flow(self.model, x, cond2, text, mask2, t0, self.cfg_strength, mask_keys=True)
         for i, (job, s) in enumerate(zip(jobs, states)):
             n = s.x.shape[0]
             s.x = s.x + dt[i] * v[i, :n]
