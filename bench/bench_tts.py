@@ -8,8 +8,9 @@ Two families at official sizes with seeded random weights (nothing downloaded):
   covers the benchmark sentence; the g2p is a stub that fails on any word the lexicon lacks. The duration
   predictor's output layer is set to about 6 frames per phoneme, so random weights give speech-like lengths.
 * F5-TTS v1 Base (dim 1024, depth 22, heads 16, ff_mult 2, text_dim 512, conv_layers 4, a synthetic
-  2545-symbol vocab, space first) + Vocos 24 kHz (dim 512, 1536, 8 layers). Ours: ``F5Voice`` (continuous
-  batching of every request's chunks in one ``FlowBatcher``). Reference: the f5-tts package's ``CFM.sample``
+  2545-symbol vocab, space first) + Vocos 24 kHz (dim 512, 1536, 8 layers). Ours: ``F5Voice`` on the engine
+  (its route ``VoiceStage | ResampleStage``, as ``legato serve`` runs it: every request's chunk jobs advance
+  together, one DiT call per round). Reference: the f5-tts package's ``CFM.sample``
   (what ``infer_batch_process`` calls: its pinyin/char tokens, its mel of the reference audio, the whole text
   in one job, ``use_epss=False`` so both sides use the same uniform+sway grid) + Vocos decode, one request per
   thread (its inference is not batched across requests; its DiT keeps a thread-local text cache). Both sides
@@ -20,7 +21,7 @@ Two families at official sizes with seeded random weights (nothing downloaded):
   half precision at this commit: TextEmbedding adds an fp32 sinusoid table, so the first fp16 conv fails.)
 
 Correctness first: F5 at full size, same mel / text / injected noise (their y0): our ``sample`` and our
-``FlowBatcher`` job path vs their ``CFM.sample``, fp32 with TF32 off (abort above 1e-3 relative), then with
+``FlowSolver`` job path vs their ``CFM.sample``, fp32 with TF32 off (abort above 1e-3 relative), then with
 TF32 on (reported). FastSpeech 2: the streamed voice output vs whole-mel vocoding.
 
 Timing: for N in --concurrency, bursts of N requests (N threads released together by a barrier; at least
@@ -59,6 +60,8 @@ from pathlib import Path
 import torch
 from legato.codecs.hifigan import HifiGan, HifiGanConfig
 from legato.codecs.vocos import Vocos, VocosConfig
+from legato.stream.engine import Engine
+from legato.stream.frames import AudioChunk, ErrorEvent, SpeechRequest
 from legato.tts.f5.config import F5Config
 from legato.tts.f5.dit import F5DiT
 from legato.tts.f5.duration import (
@@ -74,6 +77,7 @@ from legato.tts.f5.voice import CFG_STRENGTH, SWAY, F5Voice
 from legato.tts.fastspeech2.config import FastSpeech2Config
 from legato.tts.fastspeech2.model import FastSpeech2
 from legato.tts.fastspeech2.voice import FastSpeech2Voice, split_sentences
+from legato.tts.stage import voice_route
 from legato.tts.text.f5_tokens import text_to_ids as f5_text_to_ids
 from legato.tts.text.normalize import normalize_english
 from legato.tts.voice import SynthesisRequest
@@ -239,7 +243,7 @@ class RefF5:
 
 @torch.inference_mode()
 def check_f5(ours: F5DiT, voice: F5Voice, ref, cfm_mod, utils_mod, vocab: Vocab, vocoder: Vocos, ref_audio, steps: int, device: str) -> dict:
-    """Same mel, text and noise (captured from their CFM.sample): their sample vs our sample() and our FlowBatcher path."""
+    """Same mel, text and noise (captured from their CFM.sample): their sample vs our sample() and our FlowSolver job path."""
     audio, _ = normalise_reference(ref_audio)
     mel = vocoder.features(audio[None].to(device))[0].T  # (T_ref, M), the same conditioning for both sides
     text = prompt_text(REF_TEXT) + SENTENCE
@@ -265,7 +269,7 @@ def check_f5(ours: F5DiT, voice: F5Voice, ref, cfm_mod, utils_mod, vocab: Vocab,
     mine = our_sample(ours, mel[None], torch.tensor([ids_ours], device=device), frames, steps=steps, cfg_strength=CFG_STRENGTH,
                       sway_coef=SWAY, noise=y0)
     job = voice.flow.job(mel, ids_ours, frames, steps, noise=y0[0])
-    batched = voice.flow.submit([job], threading.Event())[0].result()
+    (batched,) = voice.flow.solve([job])
     t_ref = mel.shape[0]
     ref_gen = theirs[0, t_ref:].float()
     scale = float(ref_gen.abs().max())
@@ -275,7 +279,7 @@ def check_f5(ours: F5DiT, voice: F5Voice, ref, cfm_mod, utils_mod, vocab: Vocab,
 
     return {"dtype": str(dtype).removeprefix("torch."), "steps": steps, "frames": int(theirs.shape[1]), "ref_frames": t_ref,
             "text_ids_equal": ids_ours == ids_theirs, "ref_gen_max_abs": scale,
-            "max_rel_diff_sample": rel(mine[0]), "max_rel_diff_flowbatcher": rel(batched)}
+            "max_rel_diff_sample": rel(mine[0]), "max_rel_diff_flowsolver": rel(batched)}
 
 
 @torch.inference_mode()
@@ -292,6 +296,28 @@ def check_fs2(voice: FastSpeech2Voice) -> dict:
 
 
 # ------------------------------------------------------------------ timing
+
+ENGINE_STREAMS = 1024
+
+
+def engine_request(engine: Engine, request: SynthesisRequest, rate: int):
+    """One request as ``legato serve`` runs it: a stream on the voice's engine route; yields its chunks."""
+
+    def run():
+        h = engine.open_stream(options={"sample_rate": rate})
+        h.push(SpeechRequest(request))
+        h.end()
+        while True:
+            frame = h.get(900)
+            if isinstance(frame, AudioChunk):
+                yield frame.samples[:, 0]
+            elif isinstance(frame, ErrorEvent):
+                raise RuntimeError(frame.message)
+            else:  # EndOfStream, or None at the end
+                return
+
+    return run
+
 
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
@@ -434,8 +460,10 @@ def main() -> int:
         "notes": [
             ("TTFA: burst start (N threads released together) -> first audio chunk on the CPU; RTF per request = its total time / its "
             "audio seconds; aggregate x real time = audio seconds produced / burst wall time."),
-            "FastSpeech 2: FastSpeech2Voice per thread (no cross-request batching in the voice); lexicon covers the sentence, g2p stub.",
-            "F5 ours: F5Voice, all requests' chunk jobs continuously batched by one FlowBatcher; first chunk alone (short), rest after it.",
+            ("FastSpeech 2: FastSpeech2Voice on the engine (one worker runs every request's next chunk in turn; no cross-request "
+             "batching in the voice); lexicon covers the sentence, g2p stub."),
+            ("F5 ours: F5Voice on the engine (VoiceStage): all requests' chunk jobs advance together, one DiT call per round; first "
+             "chunk alone (short), rest after it."),
             ("F5 reference: f5-tts CFM.sample (use_epss=False, same grid as ours) on the whole text + our Vocos decode, one request per "
             "thread; TTFA = the whole request (it yields nothing before the full mel)."),
             "Both F5 sides vocode with our Vocos (same weights). All fp32; precision tf32 = TF32 matmuls and convs while timing.",
@@ -461,9 +489,10 @@ def main() -> int:
         result["correctness"]["fastspeech2_stream_vs_whole"] = c = check_fs2(voice)
         print(f"check FastSpeech 2: {c}")
         request = SynthesisRequest(SENTENCE)
-        for row in measure("fastspeech2+hifigan (ours)", lambda: voice.stream(request, threading.Event()), voice.sample_rate,
-                           concurrency, args.min_requests, args.warmup, cuda):
-            result["rows"].append(row)
+        with Engine(voice_route(voice), max_streams=ENGINE_STREAMS) as engine:
+            for row in measure("fastspeech2+hifigan (ours)", engine_request(engine, request, voice.sample_rate), voice.sample_rate,
+                               concurrency, args.min_requests, args.warmup, cuda):
+                result["rows"].append(row)
         save()
         del voice, acoustic, hifigan
         gc.collect()
@@ -483,11 +512,10 @@ def main() -> int:
                 v = F5Voice("f5check", ours, vocab, vocoder, ref_audio, REF_TEXT, steps=nfes[0], **kw)
                 with tf32(tf) if tf is not None else contextlib.nullcontext():
                     c = check_f5(ours, v, ref_cfm, cfm_mod, utils_mod, vocab, vocoder, ref_audio, nfes[0], args.device)
-                v.flow.close()
                 result["correctness"][f"f5_{name}"] = c
                 print(f"check F5 {name}: {c}")
             first = result["correctness"][f"f5_{checks[0][0]}"]
-            worst = max(first["max_rel_diff_sample"], first["max_rel_diff_flowbatcher"])
+            worst = max(first["max_rel_diff_sample"], first["max_rel_diff_flowsolver"])
             if worst > CHECK_ABORT_REL or not first["text_ids_equal"]:
                 print(f"ABORT: F5 relative difference {worst:.2e} > {CHECK_ABORT_REL} or text ids differ", file=sys.stderr)
                 save()
@@ -495,11 +523,14 @@ def main() -> int:
         for nfe in nfes:
             voice = F5Voice("f5", ours, vocab, vocoder, ref_audio, REF_TEXT, steps=nfe, **kw)
             request = SynthesisRequest(SENTENCE)
-            rows = measure("f5+vocos (ours, batched)", lambda v=voice, q=request: v.stream(q, threading.Event()), voice.sample_rate,
-                           concurrency, args.min_requests, args.warmup, cuda)
+            calls: list[int] = []  # jobs per DiT call
+            step = voice.step_jobs
+            voice.step_jobs = lambda jobs, step=step, calls=calls: (calls.append(len(jobs)), step(jobs))[1]
+            with Engine(voice_route(voice), max_streams=ENGINE_STREAMS) as engine:
+                rows = measure("f5+vocos (ours, batched)", engine_request(engine, request, voice.sample_rate), voice.sample_rate,
+                               concurrency, args.min_requests, args.warmup, cuda)
             for r in rows:
-                r.update(nfe=nfe, batcher_rounds=voice.flow.batcher.rounds, batcher_max_batch_seen=voice.flow.batcher.max_seen_batch)
-            voice.flow.close()
+                r.update(nfe=nfe, dit_calls=len(calls), max_jobs_per_dit_call=max(calls, default=0))
             result["rows"] += rows
             save()
             if ref_cfm is not None:

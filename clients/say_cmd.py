@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import threading
 import time
 
 
@@ -144,7 +143,7 @@ async def _remote(args, reference: bytes, on_chunk) -> int:
 
 def _local(args, reference: bytes, on_chunk) -> int:
     from legato.server.tts_requests import TtsRequestError, parse_request
-    from legato.server.tts_service import resampled_chunks
+    from legato.server.tts_service import TtsService
     from legato.tts.voices import VoiceConfigError, load_voices
 
     try:
@@ -160,6 +159,18 @@ def _local(args, reference: bytes, on_chunk) -> int:
     except (VoiceConfigError, TtsRequestError) as exc:
         print(f"legato say: {exc}", file=sys.stderr)
         return 2
-    for chunk in resampled_chunks(parsed, threading.Event()):
-        on_chunk(chunk.numpy(), parsed.sample_rate)
+
+    async def speak() -> None:
+        service = TtsService(voices, default)  # the same engine route as the server's, in this process
+        try:
+            async for _, chunk in service.stream(parsed):
+                await asyncio.to_thread(on_chunk, chunk.numpy(), parsed.sample_rate)
+        finally:
+            service.close()
+
+    try:
+        asyncio.run(speak())
+    except ValueError as exc:  # the voice refused the request (SynthesisError)
+        print(f"legato say: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve live transcription over WebSocket",
         description="Start the live-transcription WebSocket server (protocol: docs/PROTOCOL.md). "
-        "Streams are batched by one engine per model; SIGTERM or Ctrl-C drains: in-flight streams get their finals.",
+        "One engine serves every model and voice (one worker per device schedules all their work, batched across streams); SIGTERM or Ctrl-C drains: in-flight streams get their finals.",
     )
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from legato.server.models import DEFAULT_MODEL, build_engine
+    from legato.server.models import DEFAULT_MODEL
+    from legato.stream.engine import Engine
     from legato.server.ws_server import ServerConfig, TranscriptionServer
 
     token = None
@@ -55,41 +56,51 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.no_asr and not args.voices:
         print("legato serve: --no-asr needs --voices", flush=True)
         return 2
-    servers = []
+    # One engine serves every ASR model and every voice: one worker per device schedules all of their work.
+    routes: dict = {}
+    models: list[str] = []
+    voices: dict = {}
     if args.voices:
-        from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
-        from legato.server.tts_service import TtsService
-        from legato.tts.voices import load_voices
-
-        from legato.tts.voices import VoiceConfigError
+        from legato.tts.voices import VoiceConfigError, load_voices
+        from legato.server.tts_service import voice_routes
 
         print(f"legato: loading voices from {args.voices} ...", flush=True)
         try:
-            voices, default = load_voices(args.voices)
+            voices, default_voice = load_voices(args.voices)
         except (VoiceConfigError, ValueError, OSError) as exc:
             print(f"legato serve: {exc}", flush=True)
             return 2
+        routes.update(voice_routes(voices))
+    if not args.no_asr:
+        from legato.server.models import load_recognizer, pipeline_for
+
+        for spec in args.models or [DEFAULT_MODEL]:
+            print(f"legato: loading {spec} ...", flush=True)
+            name, recognizer = load_recognizer(spec)
+            routes[name] = pipeline_for(recognizer, max_streams=args.max_connections, max_batch=args.max_batch)
+            models.append(name)
+    engine = Engine(routes, max_streams=2 * args.max_connections, default_budget_s=args.latency_budget).start()
+    servers = []
+    if voices:
+        from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
+        from legato.server.tts_service import TtsService
+
         grpc_config = GrpcConfig(
             host=args.host, port=args.grpc_port, max_concurrent_rpcs=args.max_connections, auth_token=token,
             certfile=args.certfile, keyfile=args.keyfile,
         )
-        tts_server = await TtsGrpcServer(TtsService(voices, default), grpc_config).start()
+        tts_server = await TtsGrpcServer(TtsService(voices, default_voice, engine=engine), grpc_config).start()
         servers.append(tts_server)
-        print(f"legato: serving text-to-speech (gRPC legato.tts.v1) on {tts_server.target} (voices: {', '.join(voices)}; default {default})", flush=True)
-    if not args.no_asr:
-        engines = {}
-        for spec in args.models or [DEFAULT_MODEL]:
-            print(f"legato: loading {spec} ...", flush=True)
-            name, engine = build_engine(spec, max_streams=args.max_connections, max_batch=args.max_batch, budget_s=args.latency_budget)
-            engines[name] = engine
+        print(f"legato: serving text-to-speech (gRPC legato.tts.v1) on {tts_server.target} (voices: {', '.join(voices)}; default {default_voice})", flush=True)
+    if models:
         config = ServerConfig(
             host=args.host, port=args.port, max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
             idle_timeout_s=args.idle_timeout, latency_budget_s=args.latency_budget, auth_token=token,
             certfile=args.certfile, keyfile=args.keyfile,
         )
-        server = await TranscriptionServer(engines, next(iter(engines)), config).start()
+        server = await TranscriptionServer(engine, models, config, own_engine=False).start()
         servers.append(server)
-        print(f"legato: serving live transcription on {server.url} (models: {', '.join(engines)}); health at {server.url.replace('ws', 'http', 1)}/healthz", flush=True)
+        print(f"legato: serving live transcription on {server.url} (models: {', '.join(models)}); health at {server.url.replace('ws', 'http', 1)}/healthz", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,5 +109,6 @@ async def _serve(args: argparse.Namespace) -> int:
     print("legato: draining: no new streams; finishing the open ones", flush=True)
     for srv in servers:
         await (srv.drain() if hasattr(srv, "drain") else srv.stop())
+    engine.stop()
     print("legato: stopped", flush=True)
     return 0

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from legato.server.tts_proto import load
 from legato.server.tts_requests import TtsRequestError, encode_audio, parse_request
 from legato.server.tts_service import TtsService
+from legato.stream.errors import CapacityError
 
 log = logging.getLogger("legato.grpc")
 SERVICE_NAME = "legato.tts.v1.Synthesizer"
@@ -72,7 +73,10 @@ def _servicer(service: TtsService):
             await context.abort(STATUS[exc.status], str(exc))
 
     async def failed(context, parsed, exc: Exception):
-        code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, ValueError) else grpc.StatusCode.INTERNAL
+        if isinstance(exc, CapacityError):
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        else:
+            code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, ValueError) else grpc.StatusCode.INTERNAL
         log.warning("request %s (voice %s) failed: %s", parsed.request_id, parsed.voice.name, exc)
         await context.abort(code, f"synthesis failed: {exc}")
 

@@ -83,9 +83,9 @@ def _openai(spec: str, path: str):
 MEL_CHUNK_HOPS = 8  # audio reaches the mel front-end in 80 ms chunks (a multiple of the hop: streams stay in phase)
 
 
-def engine_for(recognizer, *, max_streams: int, max_batch: int = 8, budget_s: float = 1.0, queue_frames: int = DEFAULT_QUEUE_FRAMES) -> Engine:
-    """The live-transcription pipeline for one recognizer: any rate in -> 16 kHz -> streaming Whisper, or
-    -> 80 ms chunks -> NeMo mel -> cache-aware FastConformer."""
+def pipeline_for(recognizer, *, max_streams: int, max_batch: int = 8) -> Pipeline:
+    """The live-transcription route for one recognizer: any rate in -> 16 kHz -> streaming Whisper, or
+    -> 80 ms chunks -> NeMo mel -> cache-aware FastConformer. Named after the model."""
     from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 
     if isinstance(recognizer, FastConformerRecognizer):
@@ -100,11 +100,16 @@ def engine_for(recognizer, *, max_streams: int, max_batch: int = 8, budget_s: fl
                           capacity=max_streams, max_batch=max(max_batch, 64), device="cpu"),
             FastConformerStage(recognizer, capacity=max_streams, max_batch=max_batch),
         ]
-        return Engine(Pipeline(stages, name=recognizer.name), max_streams=max_streams, queue_frames=queue_frames, default_budget_s=budget_s)
+        return Pipeline(stages, name=recognizer.name)
     from legato.asr.whisper.stage import WhisperStage
 
-    pipeline = Pipeline([ResampleStage(16000), WhisperStage(recognizer, max_batch=max_batch)], name=recognizer.name)
-    return Engine(pipeline, max_streams=max_streams, queue_frames=queue_frames, default_budget_s=budget_s)
+    return Pipeline([ResampleStage(16000), WhisperStage(recognizer, max_batch=max_batch)], name=recognizer.name)
+
+
+def engine_for(recognizer, *, max_streams: int, max_batch: int = 8, budget_s: float = 1.0, queue_frames: int = DEFAULT_QUEUE_FRAMES) -> Engine:
+    """An engine serving one recognizer (``pipeline_for``)."""
+    return Engine(pipeline_for(recognizer, max_streams=max_streams, max_batch=max_batch), max_streams=max_streams,
+                  queue_frames=queue_frames, default_budget_s=budget_s)
 
 
 def build_engine(spec: str, *, max_streams: int, max_batch: int = 8, budget_s: float = 1.0) -> tuple[str, Engine]:

@@ -1,7 +1,9 @@
 """Live-transcription WebSocket server: thin asyncio wrapper over ProtocolSession and the engine.
 
-One engine per loaded model runs the pipeline ``resample -> whisper`` for
-every connection; model work happens on the engine's worker threads, never on
+One engine serves every loaded model as a route (``resample -> whisper``,
+``resample -> rechunk -> mel -> fastconformer``; the same engine also carries
+the TTS voices when ``legato serve`` has them); a connection opens a stream
+on its model's route; model work happens on the engine's worker threads, never on
 this event loop. Limits (docs/PROTOCOL.md, docs/ERRORS.md): message size,
 connections (HTTP 503 past the limit, before the upgrade), idle timeout,
 keepalive pings, no compression. ``/healthz`` answers 200 while serving.
@@ -23,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
+from typing import Sequence
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -79,10 +82,14 @@ def _static(connection: ServerConnection, path: str) -> Response:
 
 
 class TranscriptionServer:
-    def __init__(self, engines: dict[str, Engine], default_model: str, config: ServerConfig = ServerConfig()):
-        if default_model not in engines:
-            raise ValueError(f"default model {default_model!r} is not among {sorted(engines)}")
-        self.engines, self.default_model, self.config = engines, default_model, config
+    def __init__(self, engine: Engine, models: Sequence[str] | None = None, config: ServerConfig = ServerConfig(), *, own_engine: bool = True):
+        """``models``: the engine routes clients may ask for (default: all), the first is the default.
+        ``own_engine``: start the engine here and stop it on drain (False when the engine is shared)."""
+        self.models = list(models or engine.routes)
+        unknown = [m for m in self.models if m not in engine.routes]
+        if unknown or not self.models:
+            raise ValueError(f"models {unknown} are not routes of the engine ({', '.join(engine.routes)})")
+        self.engine, self.default_model, self.config, self.own_engine = engine, self.models[0], config, own_engine
         self._sessions: set[_Connection] = set()
         self._server: Server | None = None
         self.draining = False
@@ -119,8 +126,7 @@ class TranscriptionServer:
         return expected is None or (token is not None and hmac.compare_digest(token.encode(), expected.encode()))
 
     async def start(self) -> "TranscriptionServer":
-        for engine in self.engines.values():
-            engine.start()
+        self.engine.start()
         ssl_ctx = None
         if self.config.certfile:
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -148,8 +154,8 @@ class TranscriptionServer:
         await asyncio.gather(*(s.drain() for s in list(self._sessions)), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-        for engine in self.engines.values():
-            engine.stop()
+        if self.own_engine:
+            self.engine.stop()
 
     async def _handle(self, ws: ServerConnection) -> None:
         conn = _Connection(self, ws)
@@ -214,9 +220,8 @@ class _Connection:
                 await self.reject("unauthorized", "a bearer token is required: Authorization header or the start message's token", CloseCode.POLICY_VIOLATION)
                 return False
             name = req.model or self.server.default_model
-            engine = self.server.engines.get(name)
-            if engine is None:
-                await self.reject("unknown_model", f"unknown model {name!r}; loaded: {', '.join(sorted(self.server.engines))}", CloseCode.INVALID_PAYLOAD)
+            if name not in self.server.models:
+                await self.reject("unknown_model", f"unknown model {name!r}; loaded: {', '.join(self.server.models)}", CloseCode.INVALID_PAYLOAD)
                 return False
             options = {
                 "interim_results": req.interim_results,
@@ -225,7 +230,7 @@ class _Connection:
             }
             options.update({k: v for k, v in (("lookahead_ms", req.lookahead_ms), ("decoder", req.decoder)) if v is not None})
             try:
-                self.handle = engine.open_stream(self.server.config.latency_budget_s, options, uuid.uuid4().hex[:12])
+                self.handle = self.server.engine.open_stream(self.server.config.latency_budget_s, options, uuid.uuid4().hex[:12], route=name)
             except CapacityError as exc:
                 await self.reject("capacity", str(exc), CloseCode.TRY_AGAIN_LATER)
                 return False

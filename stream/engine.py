@@ -1,24 +1,29 @@
-"""The engine: sessions push frames, workers batch stages across streams.
+"""The engine: sessions push frames, workers batch stages across streams and across routes.
 
 Shape of the machine::
 
     push() ──▶ [stage 0 queue] ─▶ stage 0 ─▶ [stage 1 queue] ─▶ ... ─▶ [output queue] ──▶ get()
                one bounded queue per stream per stage              one bounded queue per stream
 
-* The pipeline given to the engine is flattened into stages. Each stage runs
-  on the worker thread of its ``device`` (one thread per device), never on an
-  asyncio loop.
+* The engine serves one or more *routes*: named pipelines (each ASR model,
+  each TTS voice). A stream opens on one route and passes through its stages.
+  All routes' stages are scheduled together: one worker thread per device
+  runs every stage on that device, whichever route it belongs to, so ASR and
+  TTS share the GPU under one earliest-deadline-first policy. A stage object
+  may appear in several routes; streams of all of them then batch together.
 * A worker repeatedly picks a stage whose ready streams should step now
   (``scheduler.decide``: full batch, everyone ready, or the earliest deadline
   would otherwise be missed), takes one frame from each of up to
   ``max_batch`` ready streams (earliest deadline first), runs the stage, and
-  routes outputs to the next stage's queues.
+  routes outputs to each stream's next stage.
 * A stream is ready for a stage only if the queue *after* the stage has room,
   so a slow consumer stalls its own stream back to ``push``, which blocks (or
   awaits) instead of dropping audio. Queues may overshoot their bound by the
   frames one step emits.
 * A frame's deadline is the time its input was pushed plus the stream's
-  latency budget; outputs inherit it.
+  latency budget; outputs inherit it. A generating stage's stream
+  (``Stage.pending``) is ready without input; its ``Tick`` is due one budget
+  after the stream's previous step on that stage.
 * A stage reports one stream's failure by returning the exception in that
   stream's place; if a stage raises on a whole batch, each stream of the
   batch is retried alone. A stream that fails gets an ``ErrorEvent`` and
@@ -33,18 +38,25 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from legato.stream import scheduler
 from legato.stream.errors import CapacityError, ClosedError, LegatoError
-from legato.stream.frames import EndOfStream, ErrorEvent, Frame
-from legato.stream.graph import Pipeline, Stage, StreamInfo
+from legato.stream.frames import EndOfStream, ErrorEvent, Frame, Tick
+from legato.stream.graph import Stage, StreamInfo
 from legato.stream.metrics import Histogram, StageMetrics
 
 DEFAULT_MAX_STREAMS = 256
 DEFAULT_QUEUE_FRAMES = 16  # per stream per stage
 DEFAULT_OUTPUT_FRAMES = 256  # per stream, frames waiting for the client
 DEFAULT_BUDGET_S = 1.0
+
+
+class UnknownRouteError(LegatoError, KeyError):
+    code = "unknown_model"
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -57,23 +69,32 @@ class _Item:
 
 @dataclass
 class _Stream:
+    """One stream; lists are indexed by position on its route (``path`` maps a position to the engine's stage)."""
+
     info: StreamInfo
+    route: str
+    path: list[int]
     contexts: list[Any]
     queues: list[deque]
     out: deque = field(default_factory=deque)
     open: list[bool] = field(default_factory=list)  # stage still has this stream's context
     in_flight: list[bool] = field(default_factory=list)
+    tick_due: list[float] = field(default_factory=list)  # deadline of a generating stage's next Tick
     input_closed: bool = False  # EndOfStream pushed (or cancelled)
     finished: bool = False  # last frame (EndOfStream or ErrorEvent) is in ``out``
     waiters: list = field(default_factory=list)  # asyncio (loop, future) pairs
 
 
 class Engine:
-    """Runs a pipeline for many concurrent streams. Use as a context manager or start()/stop()."""
+    """Runs pipelines for many concurrent streams. Use as a context manager or start()/stop().
+
+    ``routes`` is one pipeline (a single route named after it) or ``{name: pipeline}``;
+    the first route is the default of ``open_stream``.
+    """
 
     def __init__(
         self,
-        pipeline: Stage,
+        routes: Stage | Mapping[str, Stage],
         *,
         max_streams: int = DEFAULT_MAX_STREAMS,
         queue_frames: int = DEFAULT_QUEUE_FRAMES,
@@ -81,11 +102,31 @@ class Engine:
         default_budget_s: float = DEFAULT_BUDGET_S,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.stages = pipeline.flatten()
-        self._flat = Pipeline(self.stages)
+        if isinstance(routes, Stage):
+            routes = {routes.name: routes}
+        if not routes:
+            raise ValueError("an engine needs at least one route")
+        self.stages: list[Stage] = []
+        self.routes: dict[str, list[int]] = {}
+        index: dict[int, int] = {}  # id(stage) -> position in self.stages
+        owner: list[str] = []
+        for route, pipeline in routes.items():
+            path = []
+            for stage in pipeline.flatten():
+                if id(stage) not in index:
+                    index[id(stage)] = len(self.stages)
+                    self.stages.append(stage)
+                    owner.append(route)
+                if index[id(stage)] in path:
+                    raise ValueError(f"route {route!r} passes stage {stage.name!r} twice")
+                path.append(index[id(stage)])
+            self.routes[route] = path
+        self.default_route = next(iter(self.routes))
         names = [s.name for s in self.stages]
-        if len(set(names)) != len(names):
-            raise ValueError(f"stage names must be unique within an engine, got {names}")
+        # Metric names: a stage's own name, or "route/name" where two routes have distinct stages of one name.
+        self.stage_names = [n if names.count(n) == 1 else f"{owner[k]}/{n}" for k, n in enumerate(names)]
+        if len(set(self.stage_names)) != len(self.stage_names):
+            raise ValueError(f"stage names must be unique within a route, got {self.stage_names}")
         self.max_streams, self.queue_frames, self.output_frames = max_streams, queue_frames, output_frames
         self.default_budget_s = default_budget_s
         self.clock = clock
@@ -93,6 +134,7 @@ class Engine:
         self.end_to_end_s = Histogram.latency()
         self.step_times = [scheduler.StepTimeModel() for _ in self.stages]
         self._streams: dict[str, _Stream] = {}
+        self._members: list[dict[str, tuple[_Stream, int]]] = [{} for _ in self.stages]  # streams open on each stage
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._stopping = False
@@ -132,8 +174,18 @@ class Engine:
         with self._cond:
             return len(self._streams)
 
-    def open_stream(self, budget_s: float | None = None, options: dict | None = None, stream_id: str | None = None) -> "StreamHandle":
-        """Open a stream on every stage. Raises CapacityError past ``max_streams`` or a full pool."""
+    def route_stages(self, route: str) -> list[Stage]:
+        return [self.stages[k] for k in self.routes[route]]
+
+    def open_stream(self, budget_s: float | None = None, options: dict | None = None, stream_id: str | None = None,
+                    route: str | None = None) -> "StreamHandle":
+        """Open a stream on every stage of ``route`` (default: the first route).
+
+        Raises UnknownRouteError for a route the engine does not serve, CapacityError past ``max_streams`` or a full pool."""
+        route = route or self.default_route
+        if route not in self.routes:
+            raise UnknownRouteError(f"unknown model {route!r}; this engine serves: {', '.join(self.routes)}")
+        path = self.routes[route]
         info = StreamInfo(stream_id or uuid.uuid4().hex[:12], budget_s or self.default_budget_s, dict(options or {}))
         with self._cond:
             if len(self._streams) >= self.max_streams:
@@ -141,16 +193,22 @@ class Engine:
             if info.stream_id in self._streams:
                 raise ValueError(f"stream id {info.stream_id!r} is already open")
             self._streams[info.stream_id] = None  # type: ignore[assignment]  # reserve the id and the seat
+        contexts: list[Any] = []
         try:
-            contexts = self._flat.open(info)  # all stages, or none: a failed open closes the rest
+            for k in path:  # all stages, or none: a failed open closes the rest
+                contexts.append(self.stages[k].open(info))
         except BaseException:
+            for k, ctx in zip(path, contexts):
+                self.stages[k].close(ctx)
             with self._cond:
                 del self._streams[info.stream_id]
             raise
-        n = len(self.stages)
-        entry = _Stream(info, contexts, [deque() for _ in range(n)], open=[True] * n, in_flight=[False] * n)
+        n = len(path)
+        entry = _Stream(info, route, path, contexts, [deque() for _ in range(n)], open=[True] * n, in_flight=[False] * n, tick_due=[0.0] * n)
         with self._cond:
             self._streams[info.stream_id] = entry
+            for i, k in enumerate(path):
+                self._members[k][info.stream_id] = (entry, i)
         return StreamHandle(self, info, entry)
 
     def _cancel(self, stream_id: str) -> None:
@@ -169,19 +227,21 @@ class Engine:
         entry.waiters.clear()
         self._cond.notify_all()
 
-    def _close_stage(self, entry: _Stream, k: int) -> None:
-        if entry.open[k] and not entry.in_flight[k]:
-            entry.open[k] = False
+    def _close_stage(self, entry: _Stream, i: int) -> None:
+        if entry.open[i] and not entry.in_flight[i]:
+            entry.open[i] = False
+            k = entry.path[i]
+            self._members[k].pop(entry.info.stream_id, None)
             try:
-                self.stages[k].close(entry.contexts[k])
+                self.stages[k].close(entry.contexts[i])
             except Exception:  # closing must never take the engine down
                 pass
 
     def _end(self, entry: _Stream, last: Frame | None) -> None:
         """Finish a stream: drop queued input, close stages not mid-step, deliver ``last``."""
-        for k, q in enumerate(entry.queues):
+        for i, q in enumerate(entry.queues):
             q.clear()
-            self._close_stage(entry, k)
+            self._close_stage(entry, i)
         if not entry.finished:
             entry.finished = True
             if last is not None:
@@ -190,26 +250,36 @@ class Engine:
             self._streams.pop(entry.info.stream_id, None)
         self._wake(entry)
 
-    def _has_room_after(self, entry: _Stream, k: int) -> bool:
-        if k == len(self.stages) - 1:
+    def _has_room_after(self, entry: _Stream, i: int) -> bool:
+        if i == len(entry.path) - 1:
             return len(entry.out) < self.output_frames
-        return len(entry.queues[k + 1]) < self.queue_frames
+        return len(entry.queues[i + 1]) < self.queue_frames
 
     def _pick(self, stage_ids: list[int], now: float):
         best, best_deadline, wait = None, float("inf"), float("inf")
-        streams = [e for e in self._streams.values() if e is not None and not e.finished]
-        for k in reversed(stage_ids):  # downstream first: drain before filling
+        for k in reversed(stage_ids):  # downstream first (within a route): drain before filling
             stage = self.stages[k]
-            active = [e for e in streams if e.open[k]]
-            ready = [e for e in active if e.queues[k] and self._has_room_after(e, k)]
+            active = 0
+            ready: list[tuple[float, _Stream, int]] = []
+            for e, i in self._members[k].values():
+                if e.finished:
+                    continue
+                active += 1
+                if not self._has_room_after(e, i):
+                    continue
+                if e.queues[i]:
+                    ready.append((e.queues[i][0].deadline, e, i))
+                elif stage.pending(e.contexts[i]):
+                    ready.append((e.tick_due[i], e, i))
             if not ready:
                 continue
-            earliest = min(e.queues[k][0].deadline for e in ready)
-            downstream = sum(self.step_times[j].estimate(1) for j in range(k + 1, len(self.stages)))
+            ready.sort(key=lambda r: r[0])
+            earliest = ready[0][0]
+            downstream = max((sum(self.step_times[j].estimate(1) for j in e.path[i + 1 :]) for _, e, i in ready[:1]), default=0.0)
             n = min(len(ready), stage.max_batch)
             decision = scheduler.decide(
                 ready=len(ready),
-                active=len(active),
+                active=active,
                 max_batch=stage.max_batch,
                 earliest_deadline=earliest,
                 now=now,
@@ -217,7 +287,7 @@ class Engine:
                 downstream_s=downstream,
             )
             if decision.run and earliest < best_deadline:
-                best, best_deadline = (k, sorted(ready, key=lambda e: e.queues[k][0].deadline)[: stage.max_batch]), earliest
+                best, best_deadline = (k, [(e, i) for _, e, i in ready[: stage.max_batch]]), earliest
             elif not decision.run:
                 wait = min(wait, decision.wait_s)
         return best, wait
@@ -231,25 +301,26 @@ class Engine:
                 while True:
                     if self._stopping:
                         return
-                    choice, wait = self._pick(stage_ids, self.clock())
+                    now = self.clock()
+                    choice, wait = self._pick(stage_ids, now)
                     if choice is not None:
                         break
                     self._cond.wait(None if wait == float("inf") else wait)
-                k, entries = choice
-                items = [e.queues[k].popleft() for e in entries]
-                for e in entries:
-                    e.in_flight[k] = True
+                k, members = choice
+                items = [e.queues[i].popleft() if e.queues[i] else _Item(Tick(), e.tick_due[i], now, now) for e, i in members]
+                for e, i in members:
+                    e.in_flight[i] = True
                     self._wake(e)  # room freed: a blocked push or upstream may go on
-            self._run(k, entries, items)
+            self._run(k, members, items)
 
-    def _run(self, k: int, entries: list[_Stream], items: list[_Item]) -> None:
+    def _run(self, k: int, members: list[tuple[_Stream, int]], items: list[_Item]) -> None:
         stage, metrics = self.stages[k], self.stage_metrics[k]
         start = self.clock()
         for it in items:
             metrics.queue_wait_s.record(start - it.enqueued)
         results: list[list[Frame] | BaseException]  # an exception in an item's place fails that stream
         try:
-            results = list(stage.process([(e.contexts[k], it.frame) for e, it in zip(entries, items)]))
+            results = list(stage.process([(e.contexts[i], it.frame) for (e, i), it in zip(members, items)]))
             if len(results) != len(items):
                 raise RuntimeError(f"stage {stage.name} returned {len(results)} results for {len(items)} inputs")
         except Exception as exc:
@@ -257,9 +328,9 @@ class Engine:
                 results = [exc]
             else:  # find the stream(s) at fault; the step committed no state
                 results = []
-                for e, it in zip(entries, items):
+                for (e, i), it in zip(members, items):
                     try:
-                        results.append(stage.process([(e.contexts[k], it.frame)])[0])
+                        results.append(stage.process([(e.contexts[i], it.frame)])[0])
                     except Exception as single:
                         results.append(single)
         elapsed = self.clock() - start
@@ -269,40 +340,41 @@ class Engine:
         metrics.frames_in += len(items)
         with self._cond:
             now = self.clock()
-            for e, it, res in zip(entries, items, results):
-                e.in_flight[k] = False
+            for (e, i), it, res in zip(members, items, results):
+                e.in_flight[i] = False
+                e.tick_due[i] = now + e.info.budget_s
                 if e.finished:  # cancelled or failed elsewhere while this step ran
-                    self._close_stage(e, k)
+                    self._close_stage(e, i)
                     self._end(e, None)
                     continue
                 if isinstance(res, BaseException):
                     metrics.failures += 1
                     self._end(e, _error_event(res, stage.name))
                     continue
-                self._route(e, k, it, res, now)
+                self._route(e, i, it, res, now)
             self._cond.notify_all()
 
-    def _route(self, e: _Stream, k: int, it: _Item, frames: list[Frame], now: float) -> None:
-        last_stage = k == len(self.stages) - 1
-        self.stage_metrics[k].frames_out += len(frames)
+    def _route(self, e: _Stream, i: int, it: _Item, frames: list[Frame], now: float) -> None:
+        last_stage = i == len(e.path) - 1
+        self.stage_metrics[e.path[i]].frames_out += len(frames)
         for frame in frames:
             if last_stage:
                 if isinstance(frame, EndOfStream):
-                    self._close_stage(e, k)
+                    self._close_stage(e, i)
                     self._end(e, frame)
                     return
                 e.out.append(frame)
                 self.end_to_end_s.record(now - it.arrival)
             else:
-                e.queues[k + 1].append(_Item(frame, it.deadline, it.arrival, now))
+                e.queues[i + 1].append(_Item(frame, it.deadline, it.arrival, now))
                 if isinstance(frame, EndOfStream):
-                    self._close_stage(e, k)
+                    self._close_stage(e, i)
         self._wake(e)
 
     def metrics(self) -> dict:
         """Snapshot: per-stage histograms (queue wait, compute, batch size) and end-to-end latency."""
         return {
-            "stages": {s.name: m.summary() for s, m in zip(self.stages, self.stage_metrics)},
+            "stages": {name: m.summary() for name, m in zip(self.stage_names, self.stage_metrics)},
             "end_to_end_s": self.end_to_end_s.summary(),
             "active_streams": self.active_streams,
         }

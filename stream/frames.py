@@ -142,6 +142,19 @@ class VideoFrame(Frame):
         return self.frame_index / self.frames_per_s
 
 
+@dataclass(frozen=True, eq=False)
+class SpeechRequest(Frame):
+    """Text to speak: the input of a text-to-speech route (``request`` is a ``legato.tts.voice.SynthesisRequest``)."""
+
+    request: Any
+
+
+@dataclass(frozen=True)
+class Tick(Frame):
+    """No new input: the engine gives this to a stage whose ``pending`` says it has work of its own for the stream
+    (a generation in progress), so it can take its next step."""
+
+
 @dataclass(frozen=True)
 class EndOfStream(Frame):
     """No more input for this stream: stages flush what they hold, then pass it on."""

@@ -18,6 +18,12 @@ Contract for ``process``:
   stages commit state only after a successful step), so the engine can retry
   the streams one by one and end only the stream that fails.
 
+A *generating* stage (text-to-speech, any model that takes many steps per
+input) keeps work between inputs: while ``pending(context)`` is true for a
+stream, the engine schedules that stream on the stage even with no input
+queued, handing it a :class:`Tick` frame. Such a stage emits ``EndOfStream``
+only once the work for the stream is done, however early the input's end came.
+
 A :class:`Pipeline` is a list of stages and is itself a stage: run directly it
 pushes each item through its stages in turn; given to the engine, it is
 flattened so each stage is scheduled and batched on its own.
@@ -55,6 +61,10 @@ class Stage:
 
     def close(self, context: Any) -> None:
         pass
+
+    def pending(self, context: Any) -> bool:
+        """Whether the stage has work of its own for this stream without new input (a generation in progress)."""
+        return False
 
     def process(self, batch: Sequence[BatchItem]) -> list[list[Frame]]:
         raise NotImplementedError

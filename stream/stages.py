@@ -22,25 +22,31 @@ from legato.stream.resample import Resampler
 
 
 class ResampleStage(PerStreamStage):
-    """Any sample rate in, ``target_rate`` out (optionally down-mixed to mono)."""
+    """Any sample rate in, ``target_rate`` out (optionally down-mixed to mono).
+
+    ``target_rate=None``: each stream names its own output rate in its options
+    (``sample_rate``), as a TTS request does."""
 
     accepts = (AudioChunk,)
 
-    def __init__(self, target_rate: int, mono: bool = True, name: str = "resample"):
+    def __init__(self, target_rate: int | None, mono: bool = True, name: str = "resample"):
         self.target_rate, self.mono, self.name = target_rate, mono, name
-        self._resamplers: dict[int, Resampler] = {}
+        self._resamplers: dict[tuple[int, int], Resampler] = {}
 
     def open(self, stream: StreamInfo) -> dict:
-        return {"stream": None, "rate": None, "emitted": 0}
+        target = self.target_rate or int(stream.options.get("sample_rate") or 0)
+        if target <= 0:
+            raise ValueError(f"stage {self.name}: the stream's options need a positive 'sample_rate' (the output rate)")
+        return {"stream": None, "rate": None, "emitted": 0, "target": target}
 
-    def _resampler(self, rate: int) -> Resampler:
-        if rate not in self._resamplers:
-            self._resamplers[rate] = Resampler(rate, self.target_rate)
-        return self._resamplers[rate]
+    def _resampler(self, rate: int, target: int) -> Resampler:
+        if (rate, target) not in self._resamplers:
+            self._resamplers[rate, target] = Resampler(rate, target)
+        return self._resamplers[rate, target]
 
     def handle(self, ctx: dict, chunk: AudioChunk) -> list[Frame]:
         if ctx["rate"] is None:
-            ctx["rate"], ctx["stream"] = chunk.sample_rate, self._resampler(chunk.sample_rate).stream()
+            ctx["rate"], ctx["stream"] = chunk.sample_rate, self._resampler(chunk.sample_rate, ctx["target"]).stream()
         elif chunk.sample_rate != ctx["rate"]:
             raise SampleRateError(f"sample rate changed mid-stream from {ctx['rate']} to {chunk.sample_rate} Hz")
         samples = to_mono(chunk.samples) if self.mono else chunk.samples
@@ -52,7 +58,7 @@ class ResampleStage(PerStreamStage):
     def _emit(self, ctx: dict, samples: torch.Tensor) -> list[Frame]:
         if samples.shape[0] == 0:
             return []
-        out = AudioChunk(samples.contiguous(), self.target_rate, ctx["emitted"])
+        out = AudioChunk(samples.contiguous(), ctx["target"], ctx["emitted"])
         ctx["emitted"] += samples.shape[0]
         return [out]
 

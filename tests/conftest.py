@@ -31,7 +31,7 @@ def transcription_server(recognizer, *, max_streams: int = 32, queue_frames: int
     from legato.server.ws_server import ServerConfig, TranscriptionServer
 
     engine = engine_for(recognizer, max_streams=max_streams, queue_frames=queue_frames)
-    return TranscriptionServer({recognizer.name: engine}, recognizer.name, ServerConfig(port=0, **config))
+    return TranscriptionServer(engine, [recognizer.name], ServerConfig(port=0, **config))
 
 
 @pytest.fixture(scope="module")

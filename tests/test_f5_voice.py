@@ -7,7 +7,7 @@ import soundfile
 import torch
 
 from legato.tts.f5.sampling import initial_noise, sample
-from legato.tts.f5.voice import FlowBatcher, split_text
+from legato.tts.f5.voice import FlowSolver, split_text
 from legato.tts.voice import SynthesisRequest
 from legato.tts.voices import load_voices
 
@@ -37,8 +37,7 @@ voices:
     voices, _ = load_voices(path)
     v = voices["f5"]
     v.ref_audio = v.ref_audio[: 24000]  # 1 s keeps the test fast
-    yield v
-    v.flow.close()
+    return v
 
 
 def test_batched_jobs_equal_the_reference_sampler(voice):
@@ -47,26 +46,19 @@ def test_batched_jobs_equal_the_reference_sampler(voice):
     cond = torch.randn(12, 100)
     texts, frames = [[3, 4, 5, 0, 6, 7], [8, 9, 10, 11]], [30, 22]
     noises = [initial_noise(torch.tensor([n]), 100, seed=s)[0] for n, s in zip(frames, (1, 2))]
-    flow = FlowBatcher(dit, cfg_strength=2.0)
-    try:
-        jobs = [flow.job(cond, t, n, steps=5, noise=z) for t, n, z in zip(texts, frames, noises)]
-        got = [f.result(30) for f in flow.submit(jobs, threading.Event())]
-        assert flow.batcher.max_seen_batch == 2  # both rows in one DiT call
-    finally:
-        flow.close()
+    flow = FlowSolver(dit, cfg_strength=2.0)
+    jobs = [flow.job(cond, t, n, steps=5, noise=z) for t, n, z in zip(texts, frames, noises)]
+    got = flow.solve(jobs)  # both rows in one DiT call per step
     for t, n, z, mel in zip(texts, frames, noises, got):
         want = sample(dit, cond[None], torch.tensor([t]), n, steps=5, cfg_strength=2.0, sway_coef=-1.0, noise=z[None])[0]
         assert mel.shape == want.shape and torch.allclose(mel, want, atol=1e-4), float((mel - want).abs().max())
 
 
 def test_epss_schedule_jobs_equal_the_reference_sampler(voice):
-    flow = FlowBatcher(voice.dit, cfg_strength=2.0)
-    try:
-        torch.manual_seed(1)
-        cond, z = torch.randn(10, 100), initial_noise(torch.tensor([24]), 100, seed=3)[0]
-        (got,) = [f.result(30) for f in flow.submit([flow.job(cond, [3, 4, 5], 24, steps=7, noise=z, schedule="epss")], threading.Event())]
-    finally:
-        flow.close()
+    flow = FlowSolver(voice.dit, cfg_strength=2.0)
+    torch.manual_seed(1)
+    cond, z = torch.randn(10, 100), initial_noise(torch.tensor([24]), 100, seed=3)[0]
+    (got,) = flow.solve([flow.job(cond, [3, 4, 5], 24, steps=7, noise=z, schedule="epss")])
     want = sample(voice.dit, cond[None], torch.tensor([[3, 4, 5]]), 24, steps=7, noise=z[None], schedule="epss")[0]
     assert torch.allclose(got, want, atol=1e-4)
 
@@ -80,16 +72,16 @@ def test_split_text_short_first_chunk():
 
 def test_voice_streams_chunks_with_reference_from_the_request(voice):
     text = "hello there, we are talking. and this goes on for a while, in pieces."
-    chunks = list(voice.stream(SynthesisRequest(text), threading.Event()))
+    chunks = list(voice.chunks(SynthesisRequest(text)))
     assert len(chunks) >= 2 and all(c.dtype == torch.float32 and torch.isfinite(c).all() for c in chunks)
     total = sum(c.shape[0] for c in chunks)
     assert total > 24000 * 0.5
     ref = torch.sin(torch.arange(16000) / 16000 * 2 * torch.pi * 200) * 0.1
-    zs = list(voice.stream(SynthesisRequest("say this.", reference_audio=ref, reference_rate=16000, reference_text="a tone."), threading.Event()))
+    zs = list(voice.chunks(SynthesisRequest("say this.", reference_audio=ref, reference_rate=16000, reference_text="a tone.")))
     assert sum(c.shape[0] for c in zs) > 0
     stop = threading.Event()
     stop.set()
-    assert list(voice.stream(SynthesisRequest(text), stop)) == []
+    assert list(voice.chunks(SynthesisRequest(text), stop)) == []
 
 
 def test_zero_shot_over_grpc_and_concurrent_requests_share_rounds(voice):
@@ -106,7 +98,9 @@ def test_zero_shot_over_grpc_and_concurrent_requests_share_rounds(voice):
     pb2, pb2_grpc = load()
     buf = io.BytesIO()
     soundfile.write(buf, (torch.sin(torch.arange(16000) / 16000 * 2 * torch.pi * 200) * 0.1).numpy(), 16000, format="WAV")
-    before = voice.flow.batcher.max_seen_batch
+    rows = []  # jobs per DiT call
+    step = voice.step_jobs
+    voice.step_jobs = lambda jobs: (rows.append(len(jobs)), step(jobs))[1]
 
     async def main():
         server = await TtsGrpcServer(TtsService({"f5": voice}), GrpcConfig(port=0)).start()
@@ -124,7 +118,10 @@ def test_zero_shot_over_grpc_and_concurrent_requests_share_rounds(voice):
         finally:
             await server.stop(0)
 
-    zs, plain = asyncio.run(asyncio.wait_for(main(), 120))
+    try:
+        zs, plain = asyncio.run(asyncio.wait_for(main(), 120))
+    finally:
+        del voice.step_jobs
     assert zs[-1].last and zs[0].sample_rate_hz == 16000 and sum(c.num_samples for c in zs) > 0
     assert plain[-1].last and plain[0].sample_rate_hz == 24000 and sum(c.num_samples for c in plain) > 0
-    assert voice.flow.batcher.max_seen_batch >= max(before, 2)
+    assert max(rows) >= 2

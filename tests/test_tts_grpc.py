@@ -288,3 +288,43 @@ def test_tls_from_cert_paths(tmp_path):
 
     got = _run(main())
     assert sum(c.shape[0] for c in got) == 2 * 800
+
+
+def test_asr_and_tts_share_one_engine(recognizer, speech_dir):
+    """`legato serve` with voices: one engine carries the ASR model's route and the voice's; both serve at once."""
+    from legato.clients.ws_client import stream_audio
+    from legato.server.models import pipeline_for
+    from legato.server.tts_service import voice_routes
+    from legato.server.ws_server import ServerConfig, TranscriptionServer
+    from legato.stream.audio_io import read_audio
+    from legato.stream.engine import Engine
+
+    voice = ToneVoice(delay_s=0.01)
+    routes = {recognizer.name: pipeline_for(recognizer, max_streams=4), **voice_routes({"tone": voice})}
+    audio, rate = read_audio(str(speech_dir / "en_one_two_three.wav"), sample_rate=16000)
+
+    async def main():
+        with Engine(routes, max_streams=8) as engine:
+            asr = await TranscriptionServer(engine, [recognizer.name], ServerConfig(port=0), own_engine=False).start()
+            tts = await TtsGrpcServer(TtsService({"tone": voice}, engine=engine), GrpcConfig(port=0)).start()
+            try:
+                async with grpc.aio.insecure_channel(tts.target) as ch:
+                    stub = pb2_grpc.SynthesizerStub(ch)
+
+                    async def speak():
+                        return [c async for c in stub.SynthesizeStream(pb2.SynthesizeRequest(text="x" * 40))]
+
+                    async def listen():
+                        return [m async for m in stream_audio(asr.url, audio, rate, chunk_ms=100)]
+
+                    spoken, heard = await asyncio.gather(speak(), listen())
+                return spoken, heard, engine.metrics()["stages"]
+            finally:
+                await tts.stop(0)
+                await asr.drain()
+
+    spoken, heard, stages = _run(main())
+    assert spoken[-1].last and sum(c.num_samples for c in spoken) == 40 * 800
+    finals = " ".join(m["text"] for m in heard if m["type"] == "final").lower()
+    assert "one" in finals and "three" in finals
+    assert stages["tts:tone"]["batch_size"]["count"] > 0 and stages["whisper"]["batch_size"]["count"] > 0, sorted(stages)

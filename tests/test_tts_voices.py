@@ -4,8 +4,8 @@ streamed equal to whole-utterance synthesis, served by `legato serve --voices` a
 import asyncio
 import os
 import subprocess
+import urllib.request
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -43,7 +43,7 @@ def test_fastspeech2_voice_streams_what_whole_sentences_give(voices_yaml):
     voices, default = load_voices(voices_yaml)
     voice = voices[default]
     assert isinstance(voice, FastSpeech2Voice) and voice.sample_rate == 22050
-    chunks = list(voice.stream(SynthesisRequest(TEXT), threading.Event()))
+    chunks = list(voice.chunks(SynthesisRequest(TEXT)))
     assert len(chunks) > 2
     want = []
     with torch.inference_mode():
@@ -52,7 +52,7 @@ def test_fastspeech2_voice_streams_what_whole_sentences_give(voices_yaml):
             mel, n = voice.acoustic.synthesize(ids, torch.tensor([ids.shape[1]]))
             want.append(voice.vocoder(mel[:, : int(n[0])].transpose(1, 2))[0])
     assert torch.allclose(torch.cat(chunks), torch.cat(want), atol=1e-5)
-    slow = torch.cat(list(voice.stream(SynthesisRequest(TEXT, speed=0.5), threading.Event())))
+    slow = torch.cat(list(voice.chunks(SynthesisRequest(TEXT, speed=0.5))))
     assert slow.shape[0] > 1.5 * torch.cat(chunks).shape[0]
 
 
@@ -67,7 +67,8 @@ def test_voice_config_errors_are_clear(tmp_path):
 
 
 def test_serve_and_say_end_to_end(voices_yaml, tmp_path):
-    """`legato serve --no-asr --voices` answers Synthesize and SynthesizeStream; `legato say` writes what it streamed."""
+    """`legato serve --voices` (ASR and TTS on one engine) answers Synthesize and SynthesizeStream and serves /healthz;
+    `legato say` writes what it streamed."""
     import grpc
 
     from legato.server.tts_proto import load
@@ -75,16 +76,20 @@ def test_serve_and_say_end_to_end(voices_yaml, tmp_path):
     pb2, pb2_grpc = load()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     server = subprocess.Popen(
-        [sys.executable, "-m", "legato.clients.cli", "serve", "--no-asr", "--voices", str(voices_yaml), "--grpc-port", "0"],
+        [sys.executable, "-m", "legato.clients.cli", "serve", "--voices", str(voices_yaml), "--grpc-port", "0", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:
-        target = None
+        target = health = None
         for line in server.stdout:
             if "serving text-to-speech" in line:
                 target = line.split(" on ", 1)[1].split(" ")[0]
+            if "serving live transcription" in line:
+                health = line.rsplit(" ", 1)[1].strip()
                 break
-        assert target, "server did not start"
+        assert target and health, "server did not start"
+        with urllib.request.urlopen(health, timeout=10) as r:
+            assert r.status == 200
 
         async def calls():
             async with grpc.aio.insecure_channel(target) as ch:

@@ -1,16 +1,23 @@
 """What the TTS service needs from a voice: a name, a native rate, and streamed synthesis.
 
 A voice turns one :class:`SynthesisRequest` into float32 mono chunks at its
-native rate, as soon as each is final. It runs on a worker thread, never on
-the event loop, and checks ``cancelled`` between chunks so a client's cancel
-or deadline stops its model work.
+native rate, as soon as each is final: ``stream`` is a generator. It runs on
+an engine worker (``tts/stage.py``), never on the event loop; a cancelled
+request's generator is closed, so its model work stops at the next yield.
+
+A voice whose model batches across requests (F5-TTS's flow-matching steps)
+also yields :class:`Submit` (start these jobs) and :class:`Wait` (resume me
+with this job's result when it is done). The engine stage then advances the
+jobs of all requests together with one ``step_jobs`` call per round; a
+voice with no jobs yields only audio. ``chunks`` drives one request alone
+(tests, scripts).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -32,17 +39,63 @@ class SynthesisRequest:
     reference_text: str = ""
 
 
+@dataclass(frozen=True, eq=False)
+class Submit:
+    """Start these jobs (objects with ``done`` and ``result``); the generator resumes at once."""
+
+    jobs: list
+
+
+@dataclass(frozen=True, eq=False)
+class Wait:
+    """Resume the generator with ``job.result`` once ``job.done``."""
+
+    job: Any
+
+
 class Voice:
     name: str = "voice"
     model: str = "unknown"  # model family, shown by ListVoices
     sample_rate: int = 22050  # Hz of what ``stream`` yields
     supports_reference: bool = False
     language: str = "en"
+    device: str = "cpu"  # the engine worker that runs it
+    max_jobs: int = 16  # jobs per ``step_jobs`` call
 
-    def stream(self, request: SynthesisRequest, cancelled: threading.Event) -> Iterator[torch.Tensor]:
-        """Yield (n,) float32 chunks at ``sample_rate``; stop early when ``cancelled`` is set."""
+    def stream(self, request: SynthesisRequest, cancelled: threading.Event) -> Iterator[Any]:
+        """Yield (n,) float32 chunks at ``sample_rate`` (and Submit/Wait for batched jobs); stop once ``cancelled``."""
         raise NotImplementedError
 
+    def step_jobs(self, jobs: list) -> None:
+        """Advance every job by one model step (one batched call); set ``done``/``result`` on those that finish."""
+        raise NotImplementedError(f"voice {self.name!r} submitted jobs but has no step_jobs")
+
+    def chunks(self, request: SynthesisRequest, cancelled: threading.Event | None = None) -> Iterator[torch.Tensor]:
+        """The audio chunks of one request driven alone (its jobs batched among themselves)."""
+        cancelled = cancelled or threading.Event()
+        gen = self.stream(request, cancelled)
+        jobs: list = []
+        send = None
+        try:
+            while True:
+                out = gen.send(send)
+                send = None
+                if isinstance(out, Submit):
+                    jobs += out.jobs
+                elif isinstance(out, Wait):
+                    while not out.job.done:
+                        if cancelled.is_set():
+                            return
+                        self.step_jobs(jobs[: self.max_jobs])
+                        jobs = [j for j in jobs if not j.done]
+                    send = out.job.result
+                else:
+                    yield out
+        except StopIteration:
+            return
+        finally:
+            gen.close()
+
     def synthesize(self, request: SynthesisRequest) -> torch.Tensor:
-        chunks = list(self.stream(request, threading.Event()))
+        chunks = list(self.chunks(request))
         return torch.cat(chunks) if chunks else torch.zeros(0)

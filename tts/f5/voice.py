@@ -3,9 +3,10 @@
 Each text chunk of each request is one flow-matching job: reference mel +
 zero-padded noise, ``steps`` Euler steps of the DiT with classifier-free
 guidance (conditional and unconditional rows in one doubled batch). All jobs
-of all requests share one :class:`StepBatcher`: every round advances every
-active job by one ODE step in one DiT call, each row at its own time on the
-grid, so requests that arrive at any moment batch with the ones running.
+of all requests run on the engine's voice stage (``tts/stage.py``): every
+round advances the active jobs by one ODE step in one DiT call
+(``FlowSolver.step``), each row at its own time on the grid, so requests that
+arrive at any moment batch with the ones running.
 
 A request's text is cut into chunks (F5-TTS's byte budget, so reference +
 chunk stay near 22 s) with a short first chunk for fast first audio; the
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import re
 import threading
-from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -27,7 +27,6 @@ import torch
 
 from legato.codecs.vocos import Vocos, load_vocos
 from legato.stream.resample import Resampler
-from legato.tts.batching import StepBatcher
 from legato.tts.f5.duration import max_chunk_bytes, normalise_reference, prompt_text, reference_frames, total_frames, utf8_len
 from legato.tts.f5.config import F5Config
 from legato.tts.f5.dit import F5DiT
@@ -35,7 +34,7 @@ from legato.tts.f5.loader import load_f5
 from legato.tts.f5.sampling import guided_flow, initial_noise, time_grid
 from legato.tts.f5.vocab import Vocab
 from legato.tts.text.f5_tokens import text_to_ids
-from legato.tts.voice import SynthesisError, SynthesisRequest, Voice
+from legato.tts.voice import Submit, SynthesisError, SynthesisRequest, Voice, Wait
 
 CROSS_FADE_S = 0.15  # F5-TTS's default join between chunks
 FIRST_CHUNK_BYTES = 60  # a short first chunk: first audio after one small job
@@ -57,22 +56,22 @@ class FlowJob:
     grid: torch.Tensor  # (steps + 1,) ODE times
     ref_frames: int
     step: int = 0
+    done: bool = False
+    result: torch.Tensor | None = None  # (T, M) once done: reference frames, then generated ones
 
 
 def _pad(rows: list[torch.Tensor], t: int) -> torch.Tensor:
     return torch.stack([torch.nn.functional.pad(r, (0, 0, 0, t - r.shape[0])) for r in rows])
 
 
-class FlowBatcher:
-    """Runs :class:`FlowJob` s of one DiT in shared rounds (``StepBatcher``)."""
+class FlowSolver:
+    """Builds :class:`FlowJob` s for one DiT and advances any set of them by one batched ODE step."""
 
-    def __init__(self, model: F5DiT, cfg_strength: float = CFG_STRENGTH, max_batch: int = MAX_BATCH):
+    def __init__(self, model: F5DiT, cfg_strength: float = CFG_STRENGTH):
         self.model, self.cfg_strength = model, cfg_strength
-        self.batcher = StepBatcher(self._step, max_batch=max_batch, name="f5")
 
     @torch.inference_mode()
-    def _step(self, jobs) -> None:
-        states: list[FlowJob] = [j.state for j in jobs]
+    def step(self, states: list[FlowJob]) -> None:
         t = max(s.x.shape[0] for s in states)
         dev = states[0].x.device
         lengths = torch.tensor([s.x.shape[0] for s in states], device=dev)
@@ -83,13 +82,19 @@ class FlowBatcher:
         dt = torch.stack([s.grid[s.step + 1] - s.grid[s.step] for s in states])
         cond2, mask2 = torch.cat([cond, torch.zeros_like(cond)]), torch.cat([mask, mask])
         v = guided_flow(self.model, x, cond2, text, mask2, t0, self.cfg_strength, mask_keys=True)
-        for i, (job, s) in enumerate(zip(jobs, states)):
+        for i, s in enumerate(states):
             n = s.x.shape[0]
             s.x = s.x + dt[i] * v[i, :n]
             s.step += 1
             if s.step == s.grid.shape[0] - 1:
                 s.x[: s.ref_frames] = s.cond[: s.ref_frames]
-                job.done, job.result = True, s.x
+                s.done, s.result = True, s.x
+
+    def solve(self, jobs: list[FlowJob]) -> list[torch.Tensor]:
+        """Run the jobs to the end together (tests, scripts)."""
+        while not all(j.done for j in jobs):
+            self.step([j for j in jobs if not j.done])
+        return [j.result for j in jobs]
 
     @torch.inference_mode()
     def job(self, cond_mel: torch.Tensor, text_ids: list[int], frames: int, steps: int, noise: torch.Tensor | None = None,
@@ -109,13 +114,6 @@ class FlowBatcher:
             x=noise.to(dev, dtype), cond=cond, text=self.model.embed_text(ids, mask)[0], text_drop=self.model.embed_text(ids, mask, drop_text=True)[0],
             grid=time_grid(steps, schedule, SWAY, dtype=dtype, device=dev), ref_frames=t_ref,
         )
-
-    def submit(self, jobs: list[FlowJob], cancelled: threading.Event) -> list[Future]:
-        """Start the jobs; each future gives its (T, M) mel (reference frames, then generated ones)."""
-        return [self.batcher.submit(j, cancelled).future for j in jobs]
-
-    def close(self) -> None:
-        self.batcher.close()
 
 
 def split_text(text: str, max_bytes: int, first_bytes: int = FIRST_CHUNK_BYTES) -> list[str]:
@@ -144,7 +142,11 @@ class F5Voice(Voice):
         if schedule not in ("uniform", "epss"):
             raise SynthesisError(f"voice {name!r}: schedule must be 'uniform' or 'epss' (F5-TTS's few-step schedule), got {schedule!r}")
         self.ref_audio, self.ref_text, self.steps, self.schedule = ref_audio, ref_text, steps, schedule
-        self.flow = FlowBatcher(dit, cfg_strength, max_batch)
+        self.flow, self.max_jobs = FlowSolver(dit, cfg_strength), max_batch
+        self.device = str(next(dit.parameters()).device)
+
+    def step_jobs(self, jobs: list[FlowJob]) -> None:
+        self.flow.step(jobs)
 
     @classmethod
     def from_spec(cls, name: str, spec: dict[str, Any], path: Callable[[str], Path]) -> "F5Voice":
@@ -190,18 +192,14 @@ class F5Voice(Voice):
             return self.flow.job(cond, ids, frames, self.steps, schedule=self.schedule)
 
         fade = int(CROSS_FADE_S * self.sample_rate)
-        futures = self.flow.submit([job(chunks[0])], cancelled)
-        try:
-            futures[0].result()  # the first chunk runs alone: first audio as early as possible
-        except CancelledError:
-            return
-        futures += self.flow.submit([job(c) for c in chunks[1:]], cancelled)  # the rest generate while it plays
+        jobs = [job(chunks[0])]
+        yield Submit(jobs)  # the first chunk runs alone: first audio as early as possible
+        first = yield Wait(jobs[0])
+        jobs += [job(c) for c in chunks[1:]]
+        yield Submit(jobs[1:])  # the rest generate while it plays
         held = torch.zeros(0)
-        for i, future in enumerate(futures):
-            try:
-                mel = future.result()
-            except CancelledError:  # the request was cancelled: the batcher dropped its jobs
-                return
+        for i, j in enumerate(jobs):
+            mel = first if i == 0 else (yield Wait(j))
             if cancelled.is_set():
                 return
             wav = self.vocoder.decode(mel[ref_frames:].T[None])[0].float().cpu() * gain
@@ -211,7 +209,7 @@ class F5Voice(Voice):
                 wav = torch.cat([held[: held.shape[0] - n], held[held.shape[0] - n :] * (1 - ramp) + wav[:n] * ramp, wav[n:]])
             else:
                 wav = torch.cat([held, wav])
-            cut = wav.shape[0] if i == len(futures) - 1 else max(0, wav.shape[0] - fade)
+            cut = wav.shape[0] if i == len(jobs) - 1 else max(0, wav.shape[0] - fade)
             if cut:
                 yield wav[:cut]
             held = wav[cut:]
