@@ -11,7 +11,7 @@ from legato.stream.engine import Engine, UnknownRouteError
 from legato.stream.frames import AudioChunk, EndOfStream, FeatureChunk, SpeechRequest, Tick
 from legato.stream.graph import PerStreamStage, Pipeline, Stage
 from legato.stream.stages import ModelStage
-from legato.tts.stage import voice_route
+from legato.tts.stage import VoiceStage, voice_route
 from legato.tts.voice import Submit, SynthesisRequest, Voice, Wait
 from streaming_toys import RunningSum, concat_features, feature_chunks
 
@@ -186,3 +186,19 @@ def test_a_failing_request_ends_alone():
         bad.end()
         g, b = good.results(), bad.results()
     assert isinstance(g[-1], EndOfStream) and b[-1].code == "stage_failed" and "no" in b[-1].message
+
+
+def test_voice_stage_steps_the_most_urgent_jobs_first():
+    """Capped steps take jobs earliest-due first across requests (first chunks before chunks due later)."""
+    voice = JobVoice()
+    stepped = []
+    voice.step_jobs = lambda jobs: stepped.append([j.due for j in jobs])
+    stage = VoiceStage(voice)
+    a, b = stage.open(None), stage.open(None)
+    for ctx, dues in ((a, [5.0, 9.0, 1.0]), (b, [3.0, 2.0])):
+        for d in dues:
+            job = Job(3)
+            job.due = d
+            ctx.jobs.append(job)
+    stage._step_jobs([a, b])
+    assert stepped == [[1.0, 2.0, 3.0]]  # max_jobs = 3

@@ -10,7 +10,11 @@ Per step, for the streams the engine batched:
 
 1. the jobs those streams have submitted (F5-TTS chunk solves) advance by one
    model step together, in one ``voice.step_jobs`` call of at most
-   ``voice.max_jobs`` jobs (streams left out last round go first);
+   ``voice.max_jobs`` jobs, earliest ``due`` first (a job's optional ``due``:
+   when its audio must start playing; a request's first chunk is due at once,
+   later ones when the audio before them has played out). Finishing the most
+   urgent jobs first, rather than sharing each step among all, keeps time to
+   first audio low when requests pile up;
 2. each stream's generator resumes until it yields one audio chunk (emitted),
    waits on a job that is not done, or ends.
 
@@ -43,7 +47,6 @@ class _Request:
     ending: bool = False  # EndOfStream arrived
     done: bool = False  # generator exhausted
     emitted: int = 0  # samples
-    skipped: int = 0  # rounds this stream's jobs were left out of a full step
 
 
 class VoiceStage(Stage):
@@ -92,19 +95,12 @@ class VoiceStage(Stage):
 
     @torch.inference_mode()
     def _step_jobs(self, contexts: list[_Request]) -> None:
-        """One batched model step over the jobs of these streams (those left out last time first)."""
-        contexts = sorted((c for c in contexts if c.jobs), key=lambda c: -c.skipped)
-        jobs: list = []
-        for ctx in contexts:
-            room = self.voice.max_jobs - len(jobs)
-            if room <= 0:
-                ctx.skipped += 1
-                continue
-            jobs += ctx.jobs[:room]
-            ctx.skipped = 0
-        if not jobs:
+        """One batched model step over the most urgent jobs of these streams."""
+        contexts = [c for c in contexts if c.jobs]
+        waiting = sorted((j for c in contexts for j in c.jobs), key=lambda j: getattr(j, "due", 0.0))  # stable: submit order
+        if not waiting:
             return
-        self.voice.step_jobs(jobs)  # raising here fails the step; the engine retries the streams alone
+        self.voice.step_jobs(waiting[: self.voice.max_jobs])  # raising fails the step; the engine retries the streams alone
         for ctx in contexts:
             ctx.jobs = [j for j in ctx.jobs if not j.done]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -58,6 +59,7 @@ class FlowJob:
     step: int = 0
     done: bool = False
     result: torch.Tensor | None = None  # (T, M) once done: reference frames, then generated ones
+    due: float = 0.0  # monotonic s when its audio must start playing: jobs run earliest-due first
 
 
 def _pad(rows: list[torch.Tensor], t: int) -> torch.Tensor:
@@ -193,10 +195,16 @@ class F5Voice(Voice):
 
         fade = int(CROSS_FADE_S * self.sample_rate)
         jobs = [job(chunks[0])]
-        yield Submit(jobs)  # the first chunk runs alone: first audio as early as possible
+        jobs[0].due = time.monotonic()  # the first chunk runs alone: first audio as early as possible
+        yield Submit(jobs)
         first = yield Wait(jobs[0])
-        jobs += [job(c) for c in chunks[1:]]
-        yield Submit(jobs[1:])  # the rest generate while it plays
+        # The rest generate while it plays; each is due when the audio before it has played out.
+        due = time.monotonic()
+        for c in chunks[1:]:
+            due += (jobs[-1].x.shape[0] - jobs[-1].ref_frames) * hop / self.sample_rate
+            jobs.append(job(c))
+            jobs[-1].due = due
+        yield Submit(jobs[1:])
         held = torch.zeros(0)
         for i, j in enumerate(jobs):
             mel = first if i == 0 else (yield Wait(j))
