@@ -1,0 +1,1 @@
+"""Paraformer (FunASR-compatible): SANM encoder, CIF predictor, SANM decoder; offline and chunked streaming."""
