@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--model", action="append", dest="models", metavar="SPEC",
                        help="model to load, repeatable: whisper-tiny.en (default, embedded), whisper-ct2:FOLDER or "
-                       "whisper-openai:FILE.pt[,TOKENIZER.json] or fastconformer:FILE.nemo (NeMo cache-aware CTC/RNNT/hybrid); "
+                       "whisper-openai:FILE.pt[,TOKENIZER.json] or fastconformer:FILE.nemo (NeMo cache-aware CTC/RNNT/hybrid) or "
+                       "paraformer:FOLDER (FunASR streaming or offline) or paraformer-2pass:STREAMING_FOLDER,OFFLINE_FOLDER; "
                        "the first is the default")
     tts = p.add_argument_group("text-to-speech (gRPC, docs/TTS.md)")
     tts.add_argument("--voices", metavar="FILE", help="voices YAML: serve legato.tts.v1 over gRPC with these voices")

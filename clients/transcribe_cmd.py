@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-ms", type=int, default=100, help="with --server: audio per message (default 100 ms)")
     p.add_argument("--partials", action="store_true", help="with --server: also print partial results")
     p.add_argument("--model", help="model name or spec: whisper-tiny.en (default), whisper-ct2:FOLDER, "
-                   "whisper-openai:FILE.pt, fastconformer:FILE.nemo")
+                   "whisper-openai:FILE.pt, fastconformer:FILE.nemo, paraformer:FOLDER (FunASR, streaming or offline), "
+                   "paraformer-2pass:STREAMING_FOLDER,OFFLINE_FOLDER")
     p.add_argument("--lookahead-ms", type=int, help="cache-aware models: right context in ms (one the model has; default its first)")
     p.add_argument("--decoder", choices=["rnnt", "ctc"], help="hybrid FastConformer models: which head decodes (default rnnt)")
     p.add_argument("--beam-size", type=int, default=1, help="local only: beam search width (default 1 = greedy)")
@@ -50,12 +51,16 @@ def _local(args: argparse.Namespace, audio) -> int:
     from legato.server.models import DEFAULT_MODEL, load_recognizer
 
     from legato.asr.fastconformer.recognizer import FastConformerRecognizer
+    from legato.asr.paraformer.recognizer import ParaformerRecognizer
+    from legato.asr.paraformer.two_pass import TwoPassModels
 
     try:
         _, rec = load_recognizer(args.model or DEFAULT_MODEL)
         t0 = time.perf_counter()
         if isinstance(rec, FastConformerRecognizer):
             segments = rec.transcribe(audio, args.lookahead_ms, args.decoder)
+        elif isinstance(rec, (ParaformerRecognizer, TwoPassModels)):
+            segments = _through_pipeline(rec, audio)
         else:
             rec.options = replace(rec.options, beam_size=args.beam_size)
             segments = rec.transcribe(audio)
@@ -67,6 +72,26 @@ def _local(args: argparse.Namespace, audio) -> int:
     elapsed = time.perf_counter() - t0
     print(f"({audio.shape[0] / 16000:.1f} s of audio in {elapsed:.1f} s)", file=sys.stderr)
     return 0
+
+
+def _through_pipeline(models, audio) -> list:
+    """The live pipeline over the whole file as fast as it runs (VAD utterances for offline Paraformers): its finals."""
+    from legato.asr.whisper.transcribe import Segment
+    from legato.server.models import pipeline_for
+    from legato.stream.engine import Engine
+    from legato.stream.frames import ErrorEvent, TextEvent, TextKind
+    from legato.stream.testing import audio_chunks
+
+    with Engine(pipeline_for(models, max_streams=1), default_budget_s=60.0) as engine:
+        handle = engine.open_stream(options={"interim_results": False})
+        for chunk in audio_chunks(audio, 16000, 16000):
+            handle.push(chunk)
+        handle.end()
+        frames = handle.results(timeout=max(600.0, audio.shape[0] / 16000))
+    for f in frames:
+        if isinstance(f, ErrorEvent):
+            raise ValueError(f.message)
+    return [Segment(f.start_s, f.end_s, " " + f.text, ()) for f in frames if isinstance(f, TextEvent) and f.kind is TextKind.FINAL]
 
 
 async def _remote(args: argparse.Namespace, audio, rate: int) -> int:

@@ -5,6 +5,11 @@
 ``whisper-openai:FILE.pt[,TOKENIZER]``  an OpenAI checkpoint; English-only models use the embedded
                                         tokenizer.json (the same vocabulary), multilingual ones need TOKENIZER
 ``fastconformer:FILE.nemo``             a NeMo cache-aware streaming FastConformer (CTC, RNNT or hybrid)
+``paraformer:FOLDER``                   a FunASR Paraformer folder: streaming (``paraformer-zh-streaming``: partials
+                                        and finals from the chunked model) or offline (``paraformer-zh``: finals
+                                        per Silero VAD utterance)
+``paraformer-2pass:ONLINE,OFFLINE``     FunASR's 2pass: partials from the streaming folder, a final from the
+                                        offline folder at each VAD endpoint
 
 ``LEGATO_DEVICE`` (default: cuda when available, else cpu) picks where models run.
 """
@@ -41,8 +46,11 @@ def load_recognizer(spec: str):
         return _openai(spec, path)
     if kind == "fastconformer" and path:
         return _fastconformer(spec, path)
+    if kind in ("paraformer", "paraformer-2pass") and path:
+        return _paraformer(spec, kind, path)
     raise UnknownModelError(
-        f"unknown model spec {spec!r}; use {DEFAULT_MODEL}, whisper-ct2:FOLDER, whisper-openai:FILE.pt[,TOKENIZER.json] or fastconformer:FILE.nemo"
+        f"unknown model spec {spec!r}; use {DEFAULT_MODEL}, whisper-ct2:FOLDER, whisper-openai:FILE.pt[,TOKENIZER.json], "
+        "fastconformer:FILE.nemo, paraformer:FOLDER or paraformer-2pass:STREAMING_FOLDER,OFFLINE_FOLDER"
     )
 
 
@@ -59,6 +67,27 @@ def _fastconformer(spec: str, path: str):
         raise UnknownModelError(f"{spec}: no .nemo file {path}")
     rec = FastConformerRecognizer.from_nemo(path, device=model_device())
     return rec.name, rec
+
+
+def _paraformer(spec: str, kind: str, path: str):
+    from legato.asr.paraformer.loader import ModelFolderError
+    from legato.asr.paraformer.recognizer import ParaformerRecognizer
+    from legato.asr.paraformer.two_pass import TwoPassModels
+
+    folders = path.split(",")
+    if len(folders) != (2 if kind == "paraformer-2pass" else 1):
+        raise UnknownModelError(f"{spec}: use paraformer:FOLDER or paraformer-2pass:STREAMING_FOLDER,OFFLINE_FOLDER")
+    try:
+        recs = [ParaformerRecognizer.from_folder(f, device=model_device()) for f in folders]
+    except ModelFolderError as exc:
+        raise UnknownModelError(f"{spec}: {exc}") from None
+    if kind == "paraformer":
+        return recs[0].name, recs[0]
+    online, offline = recs
+    if not online.streaming or offline.streaming:
+        raise UnknownModelError(f"{spec}: the first folder must be a streaming Paraformer and the second an offline one")
+    name = f"paraformer-2pass:{Path(folders[0]).name}+{Path(folders[1]).name}"
+    return name, TwoPassModels(online, offline, name)
 
 
 def _openai(spec: str, path: str):
@@ -87,7 +116,11 @@ def pipeline_for(recognizer, *, max_streams: int, max_batch: int = 8) -> Pipelin
     """The live-transcription route for one recognizer: any rate in -> 16 kHz -> streaming Whisper, or
     -> 80 ms chunks -> NeMo mel -> cache-aware FastConformer. Named after the model."""
     from legato.asr.fastconformer.recognizer import FastConformerRecognizer
+    from legato.asr.paraformer.recognizer import ParaformerRecognizer
+    from legato.asr.paraformer.two_pass import TwoPassModels
 
+    if isinstance(recognizer, (ParaformerRecognizer, TwoPassModels)):
+        return _paraformer_pipeline(recognizer, max_streams, max_batch)
     if isinstance(recognizer, FastConformerRecognizer):
         from legato.asr.fastconformer.stage import FastConformerStage
         from legato.asr.frontends.nemo_mel import NemoMel
@@ -104,6 +137,21 @@ def pipeline_for(recognizer, *, max_streams: int, max_batch: int = 8) -> Pipelin
     from legato.asr.whisper.stage import WhisperStage
 
     return Pipeline([ResampleStage(16000), WhisperStage(recognizer, max_batch=max_batch)], name=recognizer.name)
+
+
+def _paraformer_pipeline(models, max_streams: int, max_batch: int) -> Pipeline:
+    """FunASR's 600 ms pieces (``chunk_samples``) into the streaming stage or the two-pass stage."""
+    from legato.asr.paraformer.stage import ParaformerStage
+    from legato.asr.paraformer.two_pass import TwoPassModels, TwoPassStage
+
+    batch = max(max_batch, 32)  # Paraformer steps are cheap per stream: batch wide
+    if isinstance(models, TwoPassModels):
+        piece, last = models.online.chunk_samples, TwoPassStage(models.offline, models.online, capacity=max_streams, max_batch=batch)
+    elif models.streaming:
+        piece, last = models.chunk_samples, ParaformerStage(models, capacity=max_streams, max_batch=batch)
+    else:
+        piece, last = models.chunk_samples, TwoPassStage(models, capacity=max_streams, max_batch=batch)
+    return Pipeline([ResampleStage(models.sample_rate), RechunkStage(piece), last], name=models.name)
 
 
 def engine_for(recognizer, *, max_streams: int, max_batch: int = 8, budget_s: float = 1.0, queue_frames: int = DEFAULT_QUEUE_FRAMES) -> Engine:

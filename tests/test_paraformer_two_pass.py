@@ -81,3 +81,38 @@ def test_a_streaming_folder_cannot_give_finals(models):
     _, online = models
     with pytest.raises(ValueError, match="needs an offline Paraformer"):
         TwoPassStage(online, online)
+
+
+def test_two_pass_over_websocket_and_the_cli(two_utterances, tmp_path):
+    """`paraformer-2pass:` served over WebSocket: partials, then one final per utterance, then end; and
+    `legato transcribe --model paraformer:FOLDER` prints the same finals for an offline folder."""
+    import asyncio
+    import subprocess
+    import sys
+
+    import soundfile
+
+    from conftest import transcription_server
+    from legato.clients.ws_client import stream_audio
+    from legato.server.models import load_recognizer
+
+    spec = f"paraformer-2pass:{PARA / 'paraformer_streaming_tiny'},{PARA / 'paraformer_tiny'}"
+    name, models = load_recognizer(spec)
+    assert name == "paraformer-2pass:paraformer_streaming_tiny+paraformer_tiny"
+
+    async def main():
+        server = await transcription_server(models).start()
+        try:
+            return [m async for m in stream_audio(server.url, two_utterances[:, None], RATE, chunk_ms=100)]
+        finally:
+            await server.drain()
+
+    messages = asyncio.run(asyncio.wait_for(main(), 120))
+    kinds = [m["type"] for m in messages]
+    assert kinds[0] == "ready" and kinds[-1] == "end" and "partial" in kinds and kinds.count("final") == 2
+    path = tmp_path / "two.wav"
+    soundfile.write(path, two_utterances.numpy(), RATE)
+    cli = subprocess.run([sys.executable, "-m", "legato.clients.cli", "transcribe", str(path), "--model", spec],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.split("\n")[:2] == [m["text"] for m in messages if m["type"] == "final"]

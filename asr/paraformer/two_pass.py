@@ -33,6 +33,16 @@ MAX_UTTERANCE_S = 30.0  # an utterance this long is finalised even without a pau
 SAMPLE_RATE = 16000
 
 
+@dataclass(frozen=True)
+class TwoPassModels:
+    """What ``paraformer-2pass:ONLINE,OFFLINE`` loads: the streaming folder for partials, the offline one for finals."""
+
+    online: ParaformerRecognizer
+    offline: ParaformerRecognizer
+    name: str
+    sample_rate: int = SAMPLE_RATE
+
+
 @dataclass
 class _Stream:
     info: StreamInfo
