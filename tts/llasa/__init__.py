@@ -1,0 +1,1 @@
+"""Llasa TTS: a Llama decoder writing XCodec2 speech tokens."""
