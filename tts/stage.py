@@ -50,8 +50,9 @@ class _Request:
 
 
 class VoiceStage(Stage):
-    def __init__(self, voice: Voice, *, max_batch: int = MAX_STREAMS_PER_STEP, name: str | None = None):
-        self.voice, self.max_batch = voice, max_batch
+    def __init__(self, voice: Voice, *, max_batch: int | None = None, name: str | None = None):
+        # a step can hold as many requests as the voice batches jobs (an AR voice: every running request)
+        self.voice, self.max_batch = voice, max_batch or max(MAX_STREAMS_PER_STEP, voice.max_jobs)
         self.name = name or f"tts:{voice.name}"
         self.device = str(getattr(voice, "device", "cpu"))
 

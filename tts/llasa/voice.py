@@ -1,0 +1,105 @@
+"""A Llasa + XCodec2 voice: the Llama writes speech tokens, continuously batched across requests; XCodec2 decodes
+them to audio in groups as they come.
+
+Each request is one :class:`ArJob` on the voice's :class:`ArStepper` (all requests share one KV cache of
+``max_requests`` slots and every fused step; prompts are prefilled in chunks beside the running decodes). The
+request's generator waits for the first ``first_group`` tokens (fast first audio), then ``group`` at a time,
+and pushes each group through the codec's streaming decoder. Zero-shot: the reference clip is encoded by
+XCodec2, its codes follow ``<|SPEECH_GENERATION_START|>`` in the prompt (its transcript precedes the text), and
+they prime the streaming decoder as left context (decoded, not emitted). Generation stops at
+``<|SPEECH_GENERATION_END|>`` or at a length cap from the text (``CAP_S_BASE + CAP_S_PER_CHAR`` per character).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from typing import Iterator, Protocol
+
+import torch
+
+from legato.stream.autoregressive import ArJob, ArStepper, TokenMark
+from legato.tts.llasa.llama import Llama, Rows
+from legato.tts.llasa.prompt import LlasaTokenizer
+from legato.tts.llasa.sampling import SamplingParams, sample
+from legato.tts.voice import Submit, SynthesisRequest, Voice, Wait
+
+TOKENS_PER_S = 50  # XCodec2
+FIRST_GROUP = 10  # tokens before the first audio: 0.2 s of speech
+GROUP = 25  # then 0.5 s at a time
+CAP_S_BASE, CAP_S_PER_CHAR = 2.0, 0.15  # generation cap: generous for ~7 characters per second of speech
+MAX_REQUESTS = 64
+MAX_TOKENS = 2048  # per request, prompt included (Llasa's max_length)
+TOKEN_BUDGET = 2048  # tokens per fused step
+
+
+class StreamingCodec(Protocol):
+    sample_rate: int
+
+    def encode(self, audio: torch.Tensor) -> list[int]: ...
+
+    def streamer(self, context: list[int] | None = None): ...
+
+
+class LlasaVoice(Voice):
+    model = "llasa+xcodec2"
+    supports_reference = True
+
+    def __init__(self, name: str, llama: Llama, tokenizer: LlasaTokenizer, codec: StreamingCodec, *,
+                 params: SamplingParams = SamplingParams(), seed: int | None = None, max_requests: int = MAX_REQUESTS,
+                 max_tokens: int = MAX_TOKENS, token_budget: int = TOKEN_BUDGET, first_group: int = FIRST_GROUP, group: int = GROUP,
+                 ref_audio: torch.Tensor | None = None, ref_text: str = ""):
+        self.name, self.llama, self.tokenizer, self.codec = name, llama, tokenizer, codec
+        self.sample_rate = codec.sample_rate
+        self.params, self.seed = params, seed
+        self.first_group, self.group = first_group, group
+        self.ref_audio, self.ref_text = ref_audio, ref_text
+        self.cache = llama.new_cache(max_requests, max_tokens)
+        self.stepper = ArStepper(llama, self.cache, sample, token_budget=token_budget, rows_builder=Rows.build)
+        self.max_jobs = max_requests
+        self.device = str(next(llama.parameters()).device)
+
+    def step_jobs(self, jobs: list[ArJob]) -> None:
+        self.stepper.step(jobs)
+
+    def cap_tokens(self, text: str) -> int:
+        return math.ceil((CAP_S_BASE + CAP_S_PER_CHAR * len(text)) * TOKENS_PER_S)
+
+    def _reference(self, request: SynthesisRequest) -> tuple[list[int], str]:
+        if request.reference_audio is not None:
+            from legato.stream.resample import Resampler
+
+            audio = Resampler(request.reference_rate, self.sample_rate)(request.reference_audio[:, None])[:, 0]
+            return self.codec.encode(audio), request.reference_text
+        if self.ref_audio is not None:
+            return self.codec.encode(self.ref_audio), self.ref_text
+        return [], ""
+
+    @torch.inference_mode()
+    def stream(self, request: SynthesisRequest, cancelled: threading.Event) -> Iterator:
+        codes, ref_text = self._reference(request)
+        prompt = self.tokenizer.prompt_ids(request.text, ref_text, codes)
+        seed = self.seed if self.seed is not None else random.getrandbits(62)
+        params = SamplingParams(self.params.temperature, self.params.top_p, self.params.top_k, self.params.repetition_penalty, seed)
+        job = ArJob(prompt, params, frozenset({self.tokenizer.speech_end}), self.cap_tokens(request.text))
+        decoder = self.codec.streamer(context=codes)
+        try:
+            yield Submit([job])
+            done, target = 0, self.first_group
+            while True:
+                ids = yield Wait(TokenMark(job, target))
+                fresh = self.tokenizer.codes(ids[done:])
+                done = len(ids)
+                audio = decoder.push(fresh) if fresh else torch.zeros(0)
+                if audio.numel():
+                    yield audio
+                if job.done and done == len(job.generated):
+                    break
+                target = done + self.group
+            tail = decoder.flush()
+            if tail.numel():
+                yield tail
+        finally:
+            if not job.done:  # cancelled or failed: free the KV slot at once
+                self.stepper.finish(job, "cancelled")
