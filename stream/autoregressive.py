@@ -4,7 +4,9 @@ A request is an :class:`ArJob`: a prompt, sampling settings, stop tokens and a l
 advances any set of jobs by one fused forward under a token budget (Dynamic SplitFuse): every decoding job
 contributes its one new token first, then prompts still being prefilled fill the rest of the budget in chunks,
 so a long new prompt never stalls the running streams. A job takes a KV slot at its first step and frees it
-the step it finishes, so new requests join at the next step. Jobs plug into the engine's generating stages
+the step it finishes, so new requests join at the next step. Running jobs always hold the lowest slots (when
+one ends, the job in the highest slot moves into its place), so a step reads every row's keys/values as one
+view of the cache instead of gathering them. Jobs plug into the engine's generating stages
 (``tts/stage.py``): a voice submits its job and waits on :class:`TokenMark` s to stream groups of tokens.
 """
 
@@ -64,12 +66,21 @@ class ArStepper:
         self.model, self.cache, self.sampler = model, cache, sampler
         self.token_budget, self.rows_builder = token_budget, rows_builder
         self.device = next(model.parameters()).device
+        self.holders: dict[int, ArJob] = {}  # slot -> job; always slots 0..n-1
 
     def finish(self, job: ArJob, reason: str) -> None:
         job.done, job.reason = True, reason
-        if job.slot is not None:
-            self.cache.release(job.slot)
-            job.slot = None
+        if job.slot is None:
+            return
+        freed, top = job.slot, len(self.holders) - 1
+        job.slot = None
+        del self.holders[freed]
+        if freed != top:  # keep running jobs dense: the highest slot's job moves down
+            mover = self.holders.pop(top)
+            self.cache.move(top, freed)
+            mover.slot = freed
+            self.holders[freed] = mover
+        self.cache.release(top)
 
     def _plan(self, jobs: Sequence[ArJob]) -> list[tuple[ArJob, list[int]]]:
         """Decode tokens first (one per decoding job), then prefill chunks while the budget lasts."""
@@ -97,14 +108,18 @@ class ArStepper:
                     j.slot = self.cache.acquire()
                 except Exception:
                     continue  # no free slot yet: it waits for one to free
-        plan = [(j, c) for j, c in self._plan([j for j in jobs if j.slot is not None])]
-        if not plan:
+                self.holders[j.slot] = j
+        chunks = dict(self._plan([j for j in jobs if j.slot is not None]))
+        if not chunks:
             return
+        # every slot in use is a row (jobs not advanced this step get no tokens), so the rows are slots 0..n-1
+        order = [self.holders[s] for s in range(len(self.holders))]
+        plan = [(j, chunks.get(j, [])) for j in order]
         rows = self.rows_builder([c for _, c in plan], [j.cached for j, _ in plan], [j.slot for j, _ in plan], self.device)
         logits = self.model.step(rows, self.cache)
         for j, c in plan:
             j.cached += len(c)
-        ready = [i for i, (j, _) in enumerate(plan) if j.cached == len(j.prompt) + len(j.generated)]  # prompt done or decoded
+        ready = [i for i, (j, c) in enumerate(plan) if c and j.cached == len(j.prompt) + len(j.generated)]  # prompt done or decoded
         if not ready:
             return
         chosen = [plan[i][0] for i in ready]

@@ -23,7 +23,7 @@ class KvCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.slots, self.max_tokens = slots, max_tokens
-        self._free = list(range(slots - 1, -1, -1))
+        self._free = list(range(slots - 1, -1, -1))  # pop() gives the lowest free slot
         self._lock = threading.Lock()
 
     @property
@@ -41,12 +41,27 @@ class KvCache:
             if slot in self._free or not 0 <= slot < self.slots:
                 raise ValueError(f"KV slot {slot} is not in use")
             self._free.append(slot)
+            self._free.sort(reverse=True)
 
     def write(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store keys/values of valid tokens: ``rows``/``positions`` (N,) slot and position of each, k/v (N, kv_heads, head_dim)."""
         self.k[layer][rows, :, positions] = k.to(self.k[layer].dtype)
         self.v[layer][rows, :, positions] = v.to(self.v[layer].dtype)
 
-    def read(self, layer: int, slots: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, kv_heads, length, head_dim) prefixes of the given slots."""
+    def read(self, layer: int, slots: torch.Tensor | None, length: int, rows: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, kv_heads, length, head_dim) prefixes of the given slots; ``slots=None`` means slots 0..rows-1, read as a
+        view without copying (the stepper keeps running requests in the lowest slots for this)."""
+        if slots is None:
+            return self.k[layer][:rows, :, :length], self.v[layer][:rows, :, :length]
         return self.k[layer][slots, :, :length], self.v[layer][slots, :, :length]
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy slot ``src``'s keys/values into ``dst`` (compaction after a request in a lower slot ends)."""
+        for layer in range(len(self.k)):
+            self.k[layer][dst].copy_(self.k[layer][src])
+            self.v[layer][dst].copy_(self.v[layer][src])
+
+    def take(self, slot: int) -> None:
+        """Mark a specific free slot as in use (compaction hands slots out lowest first)."""
+        with self._lock:
+            self._free.remove(slot)

@@ -34,7 +34,11 @@ def test_chunked_prefill_fused_with_other_rows_equals_one_forward(model):
 
 def _generate(model, batched, budget, slots=4):
     st = ArStepper(model, model.new_cache(slots, 128), sample, token_budget=budget, rows_builder=Rows.build)
-    jobs = [ArJob(p, SamplingParams(temperature=0 if i == 0 else 0.9, seed=i), frozenset({49}), 30) for i, p in enumerate(PROMPTS)]
+    st.moves = 0
+    move = st.cache.move
+    st.cache.move = lambda a, b: (setattr(st, "moves", st.moves + 1), move(a, b))[1]
+    # the first request stops early, so the running ones move down into its slot
+    jobs = [ArJob(p, SamplingParams(temperature=0 if i == 0 else 0.9, seed=i), frozenset({49}), 8 if i == 0 else 30) for i, p in enumerate(PROMPTS)]
     if batched:
         while not all(j.done for j in jobs):
             st.step(jobs)
@@ -51,6 +55,7 @@ def test_batched_splitfuse_generation_equals_one_request_at_a_time(model, budget
     together, stepper = _generate(model, True, budget)
     assert together == alone  # greedy and seeded-sampled rows alike: batching never changes a request
     assert stepper.cache.in_use == 0  # every slot freed as its job finished
+    assert stepper.moves >= 1  # running requests were compacted into the lowest slots
 
 
 def test_jobs_wait_for_a_free_slot(model):

@@ -157,15 +157,17 @@ class Rows:
     counts: torch.Tensor
     starts: torch.Tensor
     slots: torch.Tensor
+    dense: bool = False  # slots are exactly 0..B-1: the cache is read as a view, not gathered
 
     @classmethod
     def build(cls, chunks: list[list[int]], starts: list[int], slots: list[int], device) -> "Rows":
-        t = max(len(c) for c in chunks)
+        t = max(1, max(len(c) for c in chunks))
         tokens = torch.zeros(len(chunks), t, dtype=torch.long)
         for i, c in enumerate(chunks):
             tokens[i, : len(c)] = torch.tensor(c, dtype=torch.long)
         as_t = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
-        return cls(tokens.to(device), as_t([len(c) for c in chunks]), as_t(starts), as_t(slots))
+        dense = list(slots) == list(range(len(slots)))
+        return cls(tokens.to(device), as_t([len(c) for c in chunks]), as_t(starts), as_t(slots), dense)
 
 
 class Llama(nn.Module):
@@ -216,7 +218,7 @@ class Llama(nn.Module):
         positions = rows.starts[:, None] + ar  # (B, T)
         valid = ar[None] < rows.counts[:, None]
         ends = rows.starts + rows.counts
-        length = int(ends.max())
+        length = max(1, int(ends.max()))
         keys_pos = torch.arange(length, device=dev)
         # query at position p sees cached or new keys j <= p that exist (j < its row's end)
         mask = (keys_pos[None, None] <= positions[..., None]) & (keys_pos[None, None] < ends[:, None, None])  # (B, T, L)
@@ -234,7 +236,7 @@ class Llama(nn.Module):
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             cache.write(i, w_rows, w_pos, k.transpose(1, 2)[valid], v.transpose(1, 2)[valid])
-            keys, values = cache.read(i, rows.slots, length)
+            keys, values = cache.read(i, None if rows.dense else rows.slots, length, b)
             out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
                                                  enable_gqa=att.kv_heads != att.heads)
             x = x + att.o_proj(out.transpose(1, 2).reshape(b, t, -1))
