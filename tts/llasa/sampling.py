@@ -23,9 +23,9 @@ _M2 = -7723592293110705685  # 0x94D049BB133111EB
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.8  # Llasa's default
+    temperature: float = 0.8  # Llasa's official call
     top_p: float = 1.0
-    top_k: int = 0  # 0: off
+    top_k: int = 50  # 0: off. Llasa's call sets none, so transformers' default of 50 applies
     repetition_penalty: float = 1.0
     seed: int = 0
 
@@ -58,8 +58,9 @@ def penalise(logits: torch.Tensor, history: list[list[int]], penalties: list[flo
     return logits
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams], steps: list[int], history: list[list[int]] | None = None) -> torch.Tensor:
-    """(B, V) logits -> (B,) token ids."""
+def process(logits: torch.Tensor, params: list[SamplingParams], history: list[list[int]] | None = None) -> torch.Tensor:
+    """(B, V) logits -> the scores the draw uses (transformers' order: penalty, temperature, top-k, top-p); removed
+    tokens are -inf. Greedy rows (temperature 0) are returned unscaled."""
     logits = logits.float().clone()
     if history is not None:
         logits = penalise(logits, history, [p.repetition_penalty for p in params])
@@ -79,6 +80,14 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], steps: list[int],
         drop = cum <= (1 - ps)[:, None]
         drop[:, -1] = False  # keep at least the most likely token
         logits = logits.masked_fill(drop.scatter(1, index, drop), float("-inf"))
+    return logits
+
+
+def sample(logits: torch.Tensor, params: list[SamplingParams], steps: list[int], history: list[list[int]] | None = None) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids."""
+    dev = logits.device
+    greedy = torch.tensor([p.temperature == 0 for p in params], device=dev)
+    logits = process(logits, params, history)
     u = uniforms(torch.tensor([p.seed for p in params], device=dev), torch.tensor(steps, device=dev), logits.shape[1])
     gumbel = -torch.log(-torch.log(u))
     drawn = (logits.double() + gumbel).argmax(dim=1)
