@@ -20,6 +20,12 @@
         vocoder: {config: vocos/config.yaml, weights: vocos/pytorch_model.bin}
         reference_audio: ref.wav     # the voice used when a request brings none
         reference_text: "Some call me nature."
+      llasa:
+        model: llasa                 # Llasa (HF Llama folder with tokenizer) + XCodec2 (official folder)
+        checkpoint: Llasa-1B         # config.json, model.safetensors, tokenizer.json, tokenizer_config.json
+        codec: xcodec2               # config.json, model.safetensors
+        temperature: 0.8             # top_k 50 and top_p 1 by default, as Llasa's own call
+        device: cuda
 
 Relative paths are relative to the YAML file. Nothing is downloaded.
 """
@@ -50,9 +56,16 @@ def _f5(name: str, spec: dict[str, Any], path: Callable[[str], Path]) -> Voice:
     return F5Voice.from_spec(name, spec, path)
 
 
+def _llasa(name: str, spec: dict[str, Any], path: Callable[[str], Path]) -> Voice:
+    from legato.tts.llasa.voice import llasa_from_spec
+
+    return llasa_from_spec(name, spec, path)
+
+
 BUILDERS: dict[str, Callable[[str, dict[str, Any], Callable[[str], Path]], Voice]] = {
     "fastspeech2": _fastspeech2,
     "f5-tts": _f5,
+    "llasa": _llasa,
 }
 
 

@@ -52,6 +52,7 @@ class LlasaVoice(Voice):
                  ref_audio: torch.Tensor | None = None, ref_text: str = ""):
         self.name, self.llama, self.tokenizer, self.codec = name, llama, tokenizer, codec
         self.sample_rate = codec.sample_rate
+        self.supports_reference = bool(getattr(codec, "can_encode", True))
         self.params, self.seed = params, seed
         self.first_group, self.group = first_group, group
         self.ref_audio, self.ref_text = ref_audio, ref_text
@@ -72,7 +73,7 @@ class LlasaVoice(Voice):
 
             audio = Resampler(request.reference_rate, self.sample_rate)(request.reference_audio[:, None])[:, 0]
             return self.codec.encode(audio), request.reference_text
-        if self.ref_audio is not None:
+        if self.ref_audio is not None and self.supports_reference:
             return self.codec.encode(self.ref_audio), self.ref_text
         return [], ""
 
@@ -103,3 +104,26 @@ class LlasaVoice(Voice):
         finally:
             if not job.done:  # cancelled or failed: free the KV slot at once
                 self.stepper.finish(job, "cancelled")
+
+
+def llasa_from_spec(name: str, spec: dict, path) -> LlasaVoice:
+    """voices.yaml: ``model: llasa``, ``checkpoint`` (HF Llama folder with its tokenizer), ``codec`` (XCodec2 folder);
+    optional ``device``, ``temperature``, ``top_p``, ``top_k``, ``repetition_penalty``, ``seed``, ``max_requests``,
+    ``max_tokens``, ``codec_left``/``codec_right`` (streaming decode context, codes), ``date`` (the chat template's
+    "Today Date"; default today, as transformers)."""
+    from legato.codecs.xcodec2 import XCodec2Codec, load_xcodec2_decoder
+    from legato.tts.voice import SynthesisError
+
+    for key in ("checkpoint", "codec"):
+        if not spec.get(key):
+            raise SynthesisError(f"voice {name!r}: llasa voices need {key!r} (the Llama folder and the XCodec2 folder)")
+    device = spec.get("device", "cpu")
+    llama = Llama.from_pretrained(path(spec["checkpoint"]), device)
+    tokenizer = LlasaTokenizer.from_folder(path(spec["checkpoint"]))
+    tokenizer.date = spec.get("date")
+    codec = XCodec2Codec(load_xcodec2_decoder(path(spec["codec"]), device), int(spec.get("codec_left", 50)), int(spec.get("codec_right", 8)))
+    params = SamplingParams(float(spec.get("temperature", 0.8)), float(spec.get("top_p", 1.0)), int(spec.get("top_k", 50)),
+                            float(spec.get("repetition_penalty", 1.0)))
+    seed = spec.get("seed")
+    return LlasaVoice(name, llama, tokenizer, codec, params=params, seed=None if seed is None else int(seed),
+                      max_requests=int(spec.get("max_requests", MAX_REQUESTS)), max_tokens=int(spec.get("max_tokens", MAX_TOKENS)))
