@@ -16,7 +16,6 @@ stay from whole decoding (for the tiny fixture model; the real model must be mea
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
