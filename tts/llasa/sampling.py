@@ -71,7 +71,7 @@ def process(logits: torch.Tensor, params: list[SamplingParams], history: list[li
     ks = [p.top_k for p in params]
     if any(ks):
         k = torch.tensor([kk if kk else logits.shape[1] for kk in ks], device=dev).clamp(max=logits.shape[1])
-        kth = logits.sort(dim=1, descending=True).values.gather(1, (k - 1)[:, None])
+        kth = logits.topk(int(k.max()), dim=1).values.gather(1, (k - 1)[:, None])  # topk, not a full sort of the vocab
         logits = logits.masked_fill(logits < kth, float("-inf"))
     ps = torch.tensor([p.top_p for p in params], device=dev)
     if bool((ps < 1).any()):
