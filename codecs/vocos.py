@@ -180,11 +180,13 @@ class Backbone(nn.Module):
 
 
 class ISTFTHead(nn.Module):
-    def __init__(self, cfg: VocosConfig):
+    """Linear -> log-magnitude (exp, clipped) and phase -> inverse STFT with "same" padding. XCodec2's head too."""
+
+    def __init__(self, dim: int, n_fft: int, hop: int):
         super().__init__()
-        self.n_fft, self.hop = cfg.n_fft, cfg.hop
-        self.out = nn.Linear(cfg.dim, cfg.n_fft + 2)
-        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+        self.n_fft, self.hop = n_fft, hop
+        self.out = nn.Linear(dim, n_fft + 2)
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
 
     def frames(self, h: torch.Tensor) -> torch.Tensor:
         """(B, T, dim) -> windowed time frames (B, n_fft, T) ready to overlap-add."""
@@ -226,7 +228,7 @@ class Vocos(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg)
-        self.head = ISTFTHead(cfg)
+        self.head = ISTFTHead(cfg.dim, cfg.n_fft, cfg.hop)
 
     def features(self, audio: torch.Tensor, log_floor: float = VOCOS_LOG_FLOOR) -> torch.Tensor:
         """(B, n) audio at sample_rate -> (B, n_mels, n // hop + 1) log-mel, the vocoder's input space."""

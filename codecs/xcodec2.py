@@ -4,7 +4,8 @@ streaming decoder.
 Path (tests/fixtures/xcodec2/NOTES.md): FSQ code (one codebook, 8 digits base 4) -> ``project_out`` -> ``fc_post_a``
 -> VocosBackbone (conv k7, 2 ResNet blocks with GroupNorm, transformer blocks with RMSNorm and bidirectional
 attention *without* positional encoding (the package's rotary is applied along heads, a no-op), 2 ResNet blocks,
-LayerNorm) -> ISTFT head (log-magnitude clipped at exp <= 100, phase; n_fft 1280, hop 320, "same" padding).
+LayerNorm) -> ISTFT head (Vocos's: log-magnitude clipped at exp <= 100, phase; n_fft 1280, hop 320, "same"
+padding).
 Exactly 320 samples per code.
 
 Streaming: the backbone sees the whole sequence (global attention, GroupNorm statistics over all frames), so no
@@ -23,12 +24,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from legato.codecs.vocos import ISTFTHead
+
 SAMPLE_RATE = 16000
 HOP = 320  # samples per code
 FSQ_LEVELS = 4
 FSQ_DIGITS = 8
 GN_GROUPS, NORM_EPS = 32, 1e-6
-LOG_MAG_CLIP = 100.0
 HEAD_DIM_OFFICIAL = 64  # the package hard-codes 16 heads of 64
 
 
@@ -129,33 +131,13 @@ class Backbone(nn.Module):
         return self.final_layer_norm(h.transpose(1, 2))
 
 
-class IstftHead(nn.Module):
-    def __init__(self, cfg: XCodec2Config):
-        super().__init__()
-        self.n_fft, self.hop = cfg.n_fft, cfg.hop
-        self.out = nn.Linear(cfg.hidden, cfg.n_fft + 2)
-        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T * hop) audio: inverse STFT with "same" padding (trim (n_fft - hop) / 2 at each end)."""
-        log_mag, phase = self.out(h).float().chunk(2, dim=-1)
-        mag = torch.exp(log_mag).clamp(max=LOG_MAG_CLIP)
-        frames = torch.fft.irfft(torch.polar(mag, phase), n=self.n_fft, dim=-1) * self.window  # (B, T, n_fft)
-        b, t, _ = frames.shape
-        size = (t - 1) * self.hop + self.n_fft
-        audio = F.fold(frames.transpose(1, 2), (1, size), (1, self.n_fft), stride=(1, self.hop))[:, 0, 0]
-        env = F.fold(self.window.square()[None, :, None].expand(1, -1, t), (1, size), (1, self.n_fft), stride=(1, self.hop))[0, 0, 0]
-        pad = (self.n_fft - self.hop) // 2
-        return audio[:, pad : size - pad] / env[pad : size - pad]
-
-
 class Generator(nn.Module):
     def __init__(self, cfg: XCodec2Config):
         super().__init__()
         self.quantizer = nn.Module()
         self.quantizer.project_out = nn.Linear(FSQ_DIGITS, cfg.vq_dim)
         self.backbone = Backbone(cfg)
-        self.head = IstftHead(cfg)
+        self.head = ISTFTHead(cfg.hidden, cfg.n_fft, cfg.hop)  # the same head as Vocos's
 
 
 class XCodec2Decoder(nn.Module):
