@@ -10,7 +10,7 @@ also yields :class:`Submit` (start these jobs) and :class:`Wait` (resume me
 with this job's result when it is done). The engine stage then advances the
 jobs of all requests together with one ``step_jobs`` call per round; a
 voice with no jobs yields only audio. ``chunks`` drives one request alone
-(tests, scripts).
+through the same stage (tests, scripts).
 """
 
 from __future__ import annotations
@@ -71,30 +71,27 @@ class Voice:
         raise NotImplementedError(f"voice {self.name!r} submitted jobs but has no step_jobs")
 
     def chunks(self, request: SynthesisRequest, cancelled: threading.Event | None = None) -> Iterator[torch.Tensor]:
-        """The audio chunks of one request driven alone (its jobs batched among themselves)."""
-        cancelled = cancelled or threading.Event()
-        gen = self.stream(request, cancelled)
-        jobs: list = []
-        send = None
+        """The audio chunks of one request driven alone, through the same voice stage the engine runs."""
+        from legato.stream.frames import SpeechRequest, Tick
+        from legato.tts.stage import VoiceStage
+
+        stage = VoiceStage(self)
+        ctx = stage.open(None)
+        if cancelled is not None:
+            ctx.cancelled = cancelled
         try:
-            while True:
-                out = gen.send(send)
-                send = None
-                if isinstance(out, Submit):
-                    jobs += out.jobs
-                elif isinstance(out, Wait):
-                    while not out.job.done:
-                        if cancelled.is_set():
-                            return
-                        self.step_jobs(jobs[: self.max_jobs])
-                        jobs = [j for j in jobs if not j.done]
-                    send = out.job.result
-                else:
-                    yield out
-        except StopIteration:
-            return
+            frame = SpeechRequest(request)
+            while not ctx.cancelled.is_set():
+                (out,) = stage.process([(ctx, frame)])
+                if isinstance(out, BaseException):
+                    raise out
+                for chunk in out:
+                    yield chunk.samples[:, 0]
+                if not stage.pending(ctx):
+                    return
+                frame = Tick()
         finally:
-            gen.close()
+            stage.close(ctx)
 
     def synthesize(self, request: SynthesisRequest) -> torch.Tensor:
         chunks = list(self.chunks(request))
