@@ -27,6 +27,7 @@ import torch
 from legato.asr.fastconformer.chunking import MelChunker, MelStep
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.asr.fastconformer.words import words_from_tokens
+from legato.asr.utterance_events import utterance_events
 from legato.stream.frames import EndOfStream, FeatureChunk, Frame, TextEvent, TextKind
 from legato.stream.graph import BatchItem, Stage, StreamInfo
 from legato.stream.pool import StatePool
@@ -169,14 +170,8 @@ class FastConformerStage(Stage):
         if not ctx.tokens:
             return []
         silent = ctx.frames_done - 1 - ctx.token_frames[-1]
-        if end or (ctx.endpoint_frames is not None and silent >= ctx.endpoint_frames):
-            event = self._event(ctx, TextKind.FINAL)
-            ctx.tokens, ctx.token_frames, ctx.last_partial = [], [], ""
-            return [event] if event is not None else []
-        if not ctx.interim:
-            return []
-        event = self._event(ctx, TextKind.PARTIAL)
-        if event is None or event.text == ctx.last_partial:
-            return []
-        ctx.last_partial = event.text
-        return [event]
+        final = end or (ctx.endpoint_frames is not None and silent >= ctx.endpoint_frames)
+        out = utterance_events(ctx, final, lambda kind: self._event(ctx, kind))
+        if final:
+            ctx.tokens, ctx.token_frames = [], []
+        return out

@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from legato.asr.paraformer.recognizer import ParaformerRecognizer
+from legato.asr.utterance_events import utterance_events
 from legato.stream.audio_io import to_mono
 from legato.stream.errors import SampleRateError
 from legato.stream.frames import AudioChunk, EndOfStream, Frame, TextEvent, TextKind
@@ -202,14 +203,8 @@ class ParaformerStage(Stage):
         if not ctx.tokens:
             ctx.utterance_start = ctx.steps_done
             return []
-        if end or (ctx.endpoint_steps is not None and ctx.quiet_steps >= ctx.endpoint_steps):
-            event = self._event(ctx, TextKind.FINAL)
-            ctx.tokens, ctx.last_partial, ctx.utterance_start = [], "", ctx.steps_done
-            return [event] if event is not None else []
-        if not ctx.interim:
-            return []
-        event = self._event(ctx, TextKind.PARTIAL)
-        if event is None or event.text == ctx.last_partial:
-            return []
-        ctx.last_partial = event.text
-        return [event]
+        final = end or (ctx.endpoint_steps is not None and ctx.quiet_steps >= ctx.endpoint_steps)
+        out = utterance_events(ctx, final, lambda kind: self._event(ctx, kind))
+        if final:
+            ctx.tokens, ctx.utterance_start = [], ctx.steps_done
+        return out
