@@ -274,8 +274,8 @@ class Engine:
             if not ready:
                 continue
             ready.sort(key=lambda r: r[0])
-            earliest = ready[0][0]
-            downstream = max((sum(self.step_times[j].estimate(1) for j in e.path[i + 1 :]) for _, e, i in ready[:1]), default=0.0)
+            earliest, first, at = ready[0]
+            downstream = sum(self.step_times[j].estimate(1) for j in first.path[at + 1 :])  # the earliest stream's later stages
             n = min(len(ready), stage.max_batch)
             decision = scheduler.decide(
                 ready=len(ready),

@@ -60,8 +60,3 @@ class KvCache:
         for layer in range(len(self.k)):
             self.k[layer][dst].copy_(self.k[layer][src])
             self.v[layer][dst].copy_(self.v[layer][src])
-
-    def take(self, slot: int) -> None:
-        """Mark a specific free slot as in use (compaction hands slots out lowest first)."""
-        with self._lock:
-            self._free.remove(slot)
