@@ -17,6 +17,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,6 +25,9 @@ from legato.stream.cuda_graphs import CapturedStep
 from legato.stream.layers import CachedAttention, CausalConv1d
 from legato.stream.module import StreamingModule
 from legato.stream.state import StackedState
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
+from timing import time_steps  # noqa: E402
 
 D_MODEL, HEADS, LEFT, CHUNK, CONV_KERNEL = 512, 8, 70, 2, 9
 
@@ -48,18 +52,7 @@ class Block(StreamingModule):
 
 
 def time_ms(fn, warmup=10, iters=50) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(time_steps(fn, warmup, iters, cuda=True))
 
 
 def run(batch: int, dtype: torch.dtype) -> dict:

@@ -36,7 +36,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -46,6 +45,8 @@ from legato.asr.fastconformer.checkpoint import encoder_state_dict
 from legato.asr.fastconformer.config import FastConformerConfig, Lookahead
 from legato.asr.fastconformer.encoder import FastConformerEncoder
 from legato.stream.pool import StatePool
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
+from timing import pct, time_steps  # noqa: E402
 
 FULL = FastConformerConfig(
     feat_in=80, n_layers=17, d_model=512, n_heads=8, subsampling_factor=8, subsampling_conv_channels=256, ff_expansion_factor=4,
@@ -146,34 +147,6 @@ def check(nemo, ours, cfg, li: int, device: str, steps: int, amp) -> dict:
         **({"note": "R=0: NeMo's step 1 zero-fills its 9-frame pre-encode cache (1 mel frame came before); known drift, "
                     "tests/fixtures/nemo/NOTES.md"} if la.right == 0 else {}),
     }
-
-
-def time_steps(fn, warmup: int, iters: int, cuda: bool) -> list[float]:
-    """Milliseconds of each of ``iters`` steps after ``warmup`` untimed ones, each step timed alone."""
-    for _ in range(warmup):
-        fn()
-    if cuda:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def pct(times: list[float], q: float) -> float:
-    """Nearest-rank percentile (with 50 samples p99 is the slowest step)."""
-    s = sorted(times)
-    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
 
 
 def side_step(side: str, nemo, ours, cfg, li: int, b: int, device: str):

@@ -81,6 +81,8 @@ from legato.tts.stage import voice_route
 from legato.tts.text.f5_tokens import text_to_ids as f5_text_to_ids
 from legato.tts.text.normalize import normalize_english
 from legato.tts.voice import SynthesisRequest
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
+from timing import pct  # noqa: E402
 
 SENTENCE = "The quick brown fox jumps over the lazy dog, then runs into the quiet forest to rest."  # 16 words
 REF_TEXT = "Some call me nature, others call me mother nature."
@@ -317,11 +319,6 @@ def engine_request(engine: Engine, request: SynthesisRequest, rate: int):
                 return
 
     return run
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
 
 
 def burst(n: int, one_request, rate: int) -> tuple[list[dict], float]:

@@ -1,0 +1,41 @@
+"""Timing helpers shared by the benchmarks: per-step times (CUDA events on GPU) and nearest-rank percentiles.
+
+Benchmarks run as ``python3 -P bench/NAME.py`` (the script's folder is not on ``sys.path`` then), so each puts
+``bench/`` on the path before importing this module.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+
+
+def time_steps(fn: Callable[[], object], warmup: int, iters: int, cuda: bool) -> list[float]:
+    """Milliseconds of each of ``iters`` steps after ``warmup`` untimed ones, each step timed alone."""
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def pct(xs: list[float], q: float) -> float:
+    """Nearest-rank percentile (with 50 samples p99 is the slowest)."""
+    s = sorted(xs)
+    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
