@@ -15,7 +15,6 @@ import torch
 from legato.asr.paraformer.loader import ParaformerBundle, load_paraformer
 from legato.asr.paraformer.streaming import ChunkConfig, StreamingParaformer
 from legato.asr.paraformer.text import sentence
-from legato.asr.whisper.transcribe import Segment
 
 SAMPLE_RATE = 16000
 
@@ -52,7 +51,8 @@ class ParaformerRecognizer:
 
     @torch.inference_mode()
     def streaming_ids(self, audio: torch.Tensor) -> list[list[int]]:
-        """(n,) 16 kHz float32 -> token ids per streaming step (FunASR's chunk loop over the whole clip)."""
+        """(n,) 16 kHz float32 -> token ids per streaming step (FunASR's chunk loop over the whole clip): the
+        whole-clip form that ``ParaformerStage`` must equal however the audio arrives (tests)."""
         audio = audio.to(self.device, torch.float32)
         feats = self.frontend(audio[None])[0]
         full, rest = divmod(audio.shape[0], self.chunk_samples)
@@ -66,8 +66,3 @@ class ParaformerRecognizer:
         else:
             out.append(self.streamer.step(None, state, final=True).ids[0])
         return out
-
-    def transcribe(self, audio: torch.Tensor) -> list[Segment]:
-        ids = [i for step in self.streaming_ids(audio) for i in step] if self.streaming else self.offline_ids(audio)
-        text = self.text(ids)
-        return [Segment(0.0, audio.shape[0] / SAMPLE_RATE, " " + text, tuple(ids))] if text else []
