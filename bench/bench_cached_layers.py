@@ -27,7 +27,7 @@ from legato.stream.module import StreamingModule
 from legato.stream.state import StackedState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
-from timing import time_steps  # noqa: E402
+from common import time_steps  # noqa: E402
 
 D_MODEL, HEADS, LEFT, CHUNK, CONV_KERNEL = 512, 8, 70, 2, 9
 

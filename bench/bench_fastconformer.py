@@ -34,7 +34,6 @@ import json
 import math
 import platform
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from legato.asr.fastconformer.config import FastConformerConfig, Lookahead
 from legato.asr.fastconformer.encoder import FastConformerEncoder
 from legato.stream.pool import StatePool
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
-from timing import pct, time_steps  # noqa: E402
+from common import git_commit, pct, tf32, time_steps  # noqa: E402
 
 FULL = FastConformerConfig(
     feat_in=80, n_layers=17, d_model=512, n_heads=8, subsampling_factor=8, subsampling_conv_channels=256, ff_expansion_factor=4,
@@ -99,16 +98,6 @@ def nemo_step(nemo, chunk, length, caches: list, drop: int):
         cache_last_channel_len=caches[2], keep_all_outputs=False, drop_extra_pre_encoded=drop,
     )
     return out, out_len
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool):
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @torch.inference_mode()
@@ -205,15 +194,6 @@ def bench_side(side, nemo, ours, cfg, li, b, device, args, amp) -> dict:
     if cuda:
         out["peak_mib"] = peak
     return out
-
-
-def git_commit() -> str | None:
-    try:
-        here = Path(__file__).resolve().parent
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=False)
-        return r.stdout.strip() or None if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def table(rows: list[dict], chunk_ms: float) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
-from timing import pct  # noqa: E402
+from common import pct  # noqa: E402
 
 FULL = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, vocab=193800)
 SMOKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab=1000)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
-from timing import pct, time_steps  # noqa: E402
+from common import pct, time_steps  # noqa: E402
 
 FULL = dict(d=512, heads=4, ff=2048, enc=50, dec=16, vocab=8404)
 SMOKE = dict(d=64, heads=4, ff=128, enc=3, dec=2, vocab=117)

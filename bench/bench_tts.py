@@ -50,7 +50,6 @@ import json
 import math
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -82,7 +81,7 @@ from legato.tts.text.f5_tokens import text_to_ids as f5_text_to_ids
 from legato.tts.text.normalize import normalize_english
 from legato.tts.voice import SynthesisRequest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
-from timing import pct  # noqa: E402
+from common import git_commit, pct, tf32  # noqa: E402
 
 SENTENCE = "The quick brown fox jumps over the lazy dog, then runs into the quiet forest to rest."  # 16 words
 REF_TEXT = "Some call me nature, others call me mother nature."
@@ -209,16 +208,6 @@ def build_f5(cfg: F5Config, vcfg: VocosConfig, vocab: Vocab, device: str, seed: 
         assert copied == set(mine), f"not copied: {sorted(set(mine) - copied)[:5]}"
         ref = ref.to(device).eval()
     return ours.to(device).eval(), vocoder.to(device).eval(), ref
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool):
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 # ------------------------------------------------------------------ correctness
@@ -395,14 +384,6 @@ def table(rows: list[dict]) -> str:
                      f"| {r['total_p50_ms']:.1f} | {r['audio_s_per_request']:.2f} | {r['rtf_p50']:.4f} | {r['rtf_p99']:.4f} "
                      f"| {r['x_realtime_aggregate']:.1f} |")
     return "\n".join(lines)
-
-
-def git_commit() -> str | None:
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10, check=False)
-        return (r.stdout.strip() or None) if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # ------------------------------------------------------------------ main

@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmarks: per-step times (CUDA events on GPU) and nearest-rank percentiles.
+"""Helpers shared by the benchmarks: per-step times (CUDA events on GPU), nearest-rank percentiles, TF32 on/off
+for a block, and the commit being measured.
 
 Benchmarks run as ``python3 -P bench/NAME.py`` (the script's folder is not on ``sys.path`` then), so each puts
 ``bench/`` on the path before importing this module.
@@ -6,8 +7,11 @@ Benchmarks run as ``python3 -P bench/NAME.py`` (the script's folder is not on ``
 
 from __future__ import annotations
 
+import contextlib
 import math
+import subprocess
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -39,3 +43,23 @@ def pct(xs: list[float], q: float) -> float:
     """Nearest-rank percentile (with 50 samples p99 is the slowest)."""
     s = sorted(xs)
     return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """TF32 matmuls and convolutions on (or off) inside the block, restored after."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def git_commit() -> str | None:
+    """The checkout's HEAD, or None (the device machine has no git)."""
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10, check=False)
+        return (r.stdout.strip() or None) if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
