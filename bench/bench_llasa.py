@@ -15,7 +15,8 @@ Timing, for N concurrent requests all arriving at once (N = 1 ... 512):
 * transformers: one ``generate`` call on the batch of N (its static batching; sdpa attention, dynamic cache); a
   logits processor stamps each decode step, so the 10th step's time is its first-audio time (generous to it: it
   returns nothing before the end).
-* ours: N ``ArJob`` s on one ``ArStepper`` (prefill chunked under the token budget, decode steps batched).
+* ours: N ``ArJob`` s on one ``ArStepper`` (prefill chunked under the token budget, decode steps batched and
+  replayed from CUDA graphs, captured before timing).
 Per N: first audio p50/p99, tokens/s per stream (p50) and in aggregate; a stream is real time at >= 50 tokens/s,
 so the concurrent real-time streams are N when the slowest stream keeps >= 50 tokens/s.
 
@@ -77,7 +78,6 @@ def build(s: dict, device: str, seed: int):
 @torch.inference_mode()
 def check(theirs, ours, device: str, vocab: int) -> dict:
     from legato.stream.autoregressive import ArJob, ArStepper
-    from legato.tts.llasa.llama import Rows
     from legato.tts.llasa.sampling import SamplingParams, sample
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -85,12 +85,12 @@ def check(theirs, ours, device: str, vocab: int) -> dict:
     g = torch.Generator().manual_seed(7)
     prompts = [torch.randint(3, vocab, (PROMPT,), generator=g).tolist() for _ in range(3)]
     ref = theirs.generate(torch.tensor([prompts[0]], device=device), max_new_tokens=32, do_sample=False, min_new_tokens=32)[0, PROMPT:].tolist()
-    stepper = ArStepper(ours, ours.new_cache(4, 256), sample, token_budget=40, rows_builder=Rows.build)
+    stepper = ArStepper(ours, ours.new_cache(4, 256), sample, token_budget=40)
     jobs = [ArJob(p, SamplingParams(temperature=0), frozenset(), 32) for p in prompts]
     while not all(j.done for j in jobs):
         stepper.step(jobs)
     logits_t = theirs(torch.tensor([prompts[0]], device=device)).logits[0, -1]
-    logits_o = ours.step(Rows.build([prompts[0]], [0], [0], device), ours.new_cache(1, 128))[0]
+    logits_o = ours.step(ours.pack([prompts[0]], [0], [0]), ours.new_cache(1, 128))[0]
     out = {"greedy_ids_equal": jobs[0].generated == ref, "first_diff_step": next((i for i, (a, b) in enumerate(zip(jobs[0].generated, ref)) if a != b), None),
            "prompt_logits_max_abs_diff": float((logits_t - logits_o).abs().max()), "logit_scale": float(logits_t.abs().max())}
     theirs.to(torch.bfloat16), ours.to(torch.bfloat16)
@@ -129,10 +129,11 @@ def run_theirs(theirs, prompts, tokens: int, device: str) -> dict:
 @torch.inference_mode()
 def run_ours(ours, prompts, tokens: int, device: str, budget: int) -> dict:
     from legato.stream.autoregressive import ArJob, ArStepper
-    from legato.tts.llasa.llama import Rows
     from legato.tts.llasa.sampling import SamplingParams, sample
 
-    stepper = ArStepper(ours, ours.new_cache(len(prompts), PROMPT + tokens + 1), sample, token_budget=budget, rows_builder=Rows.build)
+    stepper = ArStepper(ours, ours.new_cache(len(prompts), PROMPT + tokens + 1), sample, token_budget=budget)
+    if stepper.graphs is not None:
+        stepper.graphs.prepare()  # capture every bucket before timing, as a server does at start-up
     jobs = [ArJob(p, SamplingParams(temperature=0.8, top_k=50, seed=i), frozenset(), tokens) for i, p in enumerate(prompts)]
     first: dict[int, float] = {}
     sync(device)

@@ -3,6 +3,7 @@ plain PyTorch reference it is tested against, chosen by ``dispatch``.
 
 * ``dispatch``: registry, backend choice per device, clean fallback.
 * ``polyphase``: rational polyphase FIR resampling (torch reference, numba).
+* ``slot_attention``: packed new tokens attending over a slot KV cache (torch reference, Triton).
 """
 
-from legato.kernels import polyphase  # noqa: F401  (registers its implementations)
+from legato.kernels import polyphase, slot_attention  # noqa: F401  (register their implementations)

@@ -4,10 +4,10 @@ A request is an :class:`ArJob`: a prompt, sampling settings, stop tokens and a l
 advances any set of jobs by one fused forward under a token budget (Dynamic SplitFuse): every decoding job
 contributes its one new token first, then prompts still being prefilled fill the rest of the budget in chunks,
 so a long new prompt never stalls the running streams. A job takes a KV slot at its first step and frees it
-the step it finishes, so new requests join at the next step. Running jobs always hold the lowest slots (when
-one ends, the job in the highest slot moves into its place), so a step reads every row's keys/values as one
-view of the cache instead of gathering them. Jobs plug into the engine's generating stages
-(``tts/stage.py``): a voice submits its job and waits on :class:`TokenMark` s to stream groups of tokens.
+the step it finishes, so new requests join at the next step. A step whose rows are all one-token decodes
+replays a CUDA graph of the model step (``DecodeGraphs``, on GPU) instead of launching it kernel by kernel;
+the only host synchronisation per step is reading the sampled tokens. Jobs plug into the engine's generating
+stages (``tts/stage.py``): a voice submits its job and waits on :class:`TokenMark` s to stream groups of tokens.
 """
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ from typing import Protocol, Sequence
 
 import torch
 
+from legato.stream.decode_graphs import DecodeGraphs
 from legato.stream.kv_cache import KvCache
+from legato.stream.packed_batch import PackedBatch
 
 DEFAULT_TOKEN_BUDGET = 2048  # tokens per fused step (decode tokens + prefill chunks)
 
 
 class StepModel(Protocol):
-    def step(self, rows, cache: KvCache) -> torch.Tensor: ...
+    def pack(self, chunks: list[list[int]], starts: list[int], slots: list[int]) -> PackedBatch: ...
+
+    def step(self, batch: PackedBatch, cache: KvCache) -> torch.Tensor: ...
 
 
 @dataclass(eq=False)
@@ -59,28 +63,34 @@ class TokenMark:
         return self.job.generated[: self.count]
 
 
+class Histories(Sequence):
+    """Each job's prompt + generated tokens, built only for the rows that ask (the repetition penalty)."""
+
+    def __init__(self, jobs: list[ArJob]):
+        self.jobs = jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i):
+        return self.jobs[i].prompt + self.jobs[i].generated
+
+
 class ArStepper:
-    def __init__(self, model: StepModel, cache: KvCache, sampler, *, token_budget: int = DEFAULT_TOKEN_BUDGET, rows_builder=None):
-        """``sampler(logits (B, V), params list, steps list, histories) -> (B,) ids``; ``rows_builder(chunks, starts, slots,
-        device)`` makes the model's step input (``Rows.build`` for our Llama)."""
+    def __init__(self, model: StepModel, cache: KvCache, sampler, *, token_budget: int = DEFAULT_TOKEN_BUDGET,
+                 cuda_graphs: bool = True):
+        """``sampler(logits (B, V), params list, steps list, histories) -> (B,) ids``. ``cuda_graphs``: replay decode
+        steps from CUDA graphs when the model is on a GPU."""
         self.model, self.cache, self.sampler = model, cache, sampler
-        self.token_budget, self.rows_builder = token_budget, rows_builder
+        self.token_budget = token_budget
         self.device = next(model.parameters()).device
-        self.holders: dict[int, ArJob] = {}  # slot -> job; always slots 0..n-1
+        self.graphs = DecodeGraphs(model, cache) if cuda_graphs and self.device.type == "cuda" else None
 
     def finish(self, job: ArJob, reason: str) -> None:
         job.done, job.reason = True, reason
-        if job.slot is None:
-            return
-        freed, top = job.slot, len(self.holders) - 1
-        job.slot = None
-        del self.holders[freed]
-        if freed != top:  # keep running jobs dense: the highest slot's job moves down
-            mover = self.holders.pop(top)
-            self.cache.move(top, freed)
-            mover.slot = freed
-            self.holders[freed] = mover
-        self.cache.release(top)
+        if job.slot is not None:
+            self.cache.release(job.slot)
+            job.slot = None
 
     def _plan(self, jobs: Sequence[ArJob]) -> list[tuple[ArJob, list[int]]]:
         """Decode tokens first (one per decoding job), then prefill chunks while the budget lasts."""
@@ -100,6 +110,12 @@ class ArStepper:
             budget -= n
         return plan
 
+    def _forward(self, plan: list[tuple[ArJob, list[int]]]) -> torch.Tensor:
+        starts, slots = [j.cached for j, _ in plan], [j.slot for j, _ in plan]
+        if self.graphs is not None and all(len(c) == 1 for _, c in plan) and self.graphs.fits(len(plan)):
+            return self.graphs.run([c[0] for _, c in plan], starts, slots)
+        return self.model.step(self.model.pack([c for _, c in plan], starts, slots), self.cache)
+
     @torch.inference_mode()
     def step(self, jobs: Sequence[ArJob]) -> None:
         for j in jobs:
@@ -108,23 +124,18 @@ class ArStepper:
                     j.slot = self.cache.acquire()
                 except Exception:
                     continue  # no free slot yet: it waits for one to free
-                self.holders[j.slot] = j
-        chunks = dict(self._plan([j for j in jobs if j.slot is not None]))
-        if not chunks:
+        plan = self._plan([j for j in jobs if j.slot is not None])
+        if not plan:
             return
-        # every slot in use is a row (jobs not advanced this step get no tokens), so the rows are slots 0..n-1
-        order = [self.holders[s] for s in range(len(self.holders))]
-        plan = [(j, chunks.get(j, [])) for j in order]
-        rows = self.rows_builder([c for _, c in plan], [j.cached for j, _ in plan], [j.slot for j, _ in plan], self.device)
-        logits = self.model.step(rows, self.cache)
+        logits = self._forward(plan)
         for j, c in plan:
             j.cached += len(c)
-        ready = [i for i, (j, c) in enumerate(plan) if c and j.cached == len(j.prompt) + len(j.generated)]  # prompt done or decoded
+        ready = [i for i, (j, _) in enumerate(plan) if j.cached == len(j.prompt) + len(j.generated)]  # prompt done or decoded
         if not ready:
             return
         chosen = [plan[i][0] for i in ready]
-        ids = self.sampler(logits[ready], [j.params for j in chosen], [len(j.generated) for j in chosen],
-                           [j.prompt + j.generated for j in chosen]).tolist()
+        rows = logits if len(ready) == len(plan) else logits[torch.tensor(ready, device=logits.device)]
+        ids = self.sampler(rows, [j.params for j in chosen], [len(j.generated) for j in chosen], Histories(chosen)).tolist()
         for j, tok in zip(chosen, ids):
             if tok in j.stop:
                 self.finish(j, "stop")

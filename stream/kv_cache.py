@@ -1,10 +1,10 @@
 """Key/value caches for autoregressive models, in slots: one slot per request, preallocated.
 
-``KvCache`` holds, per layer, keys and values of shape (slots, kv_heads, max_tokens, head_dim) on the model's
+``KvCache`` holds, per layer, keys and values of shape (slots + 1, kv_heads, max_tokens, head_dim) on the model's
 device. A request takes a slot when it starts and frees it the moment it ends, so a new request can join at the
-next step. A step writes the new tokens' keys/values at each row's positions and reads each row's prefix back
-(``read``), so rows of different lengths (a long prompt being prefilled beside one-token decode steps) share one
-batched forward.
+next step. A step writes its new tokens' keys/values at (slot, position) per token; attention reads each slot in
+place (``kernels/slot_attention``), so slots need not be contiguous and nothing moves when a request ends. The
+extra last slot, ``scratch``, is never handed out: padded rows of a captured decode step write there.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from legato.stream.errors import CapacityError
 class KvCache:
     def __init__(self, layers: int, kv_heads: int, head_dim: int, slots: int, max_tokens: int, *,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-        shape = (slots, kv_heads, max_tokens, head_dim)
+        shape = (slots + 1, kv_heads, max_tokens, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.slots, self.max_tokens = slots, max_tokens
+        self.slots, self.max_tokens, self.scratch = slots, max_tokens, slots
         self._free = list(range(slots - 1, -1, -1))  # pop() gives the lowest free slot
         self._lock = threading.Lock()
 
@@ -43,20 +43,7 @@ class KvCache:
             self._free.append(slot)
             self._free.sort(reverse=True)
 
-    def write(self, layer: int, rows: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store keys/values of valid tokens: ``rows``/``positions`` (N,) slot and position of each, k/v (N, kv_heads, head_dim)."""
-        self.k[layer][rows, :, positions] = k.to(self.k[layer].dtype)
-        self.v[layer][rows, :, positions] = v.to(self.v[layer].dtype)
-
-    def read(self, layer: int, slots: torch.Tensor | None, length: int, rows: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, kv_heads, length, head_dim) prefixes of the given slots; ``slots=None`` means slots 0..rows-1, read as a
-        view without copying (the stepper keeps running requests in the lowest slots for this)."""
-        if slots is None:
-            return self.k[layer][:rows, :, :length], self.v[layer][:rows, :, :length]
-        return self.k[layer][slots, :, :length], self.v[layer][slots, :, :length]
-
-    def move(self, src: int, dst: int) -> None:
-        """Copy slot ``src``'s keys/values into ``dst`` (compaction after a request in a lower slot ends)."""
-        for layer in range(len(self.k)):
-            self.k[layer][dst].copy_(self.k[layer][src])
-            self.v[layer][dst].copy_(self.v[layer][src])
+    def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store keys/values of new tokens: ``slots``/``positions`` (N,) of each, k/v (N, kv_heads, head_dim)."""
+        self.k[layer][slots, :, positions] = k.to(self.k[layer].dtype)
+        self.v[layer][slots, :, positions] = v.to(self.v[layer].dtype)

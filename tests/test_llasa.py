@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from legato.stream.autoregressive import ArJob, ArStepper
-from legato.tts.llasa.llama import Llama, Rows, inv_frequencies, rotary
+from legato.tts.llasa.llama import Llama, inv_frequencies, rotary
 from legato.tts.llasa.prompt import LlasaTokenizer
 from legato.tts.llasa.sampling import SamplingParams, process, sample
 
@@ -54,20 +54,20 @@ def test_prompt_logits_and_greedy_decode_match_transformers(fx, name):
     model, z, _ = fx
     prompt = z[f"{name}/prompt_ids"].tolist()
     cache = model.new_cache(1, 256)
-    full = model.step(Rows.build([prompt], [0], [0], "cpu"), cache, all_logits=True)[0]
+    full = model.step(model.pack([prompt], [0], [0]), cache, all_logits=True)
     torch.testing.assert_close(full, torch.from_numpy(z[f"{name}/logits_full"]), rtol=0, atol=2e-4)
     ids, pos, last = [], len(prompt), full[-1]
     for step in range(50):
         torch.testing.assert_close(last, torch.from_numpy(z[f"{name}/greedy_logits"][step]), rtol=0, atol=2e-4)
         ids.append(int(last.argmax()))
-        last = model.step(Rows.build([[ids[-1]]], [pos], [0], "cpu"), cache)[0]
+        last = model.step(model.pack([[ids[-1]]], [pos], [0]), cache)[0]
         pos += 1
     assert ids == z[f"{name}/greedy_ids"].tolist()
 
 
 def test_both_prompts_batched_on_the_stepper_give_the_same_ids(fx):
     model, z, _ = fx
-    stepper = ArStepper(model, model.new_cache(2, 256), sample, token_budget=32, rows_builder=Rows.build)
+    stepper = ArStepper(model, model.new_cache(2, 256), sample, token_budget=32)
     jobs = [ArJob(z[f"{n}/prompt_ids"].tolist(), SamplingParams(temperature=0), frozenset(), 50) for n in ("with_prompt_speech", "text_only")]
     while not all(j.done for j in jobs):
         stepper.step(jobs)

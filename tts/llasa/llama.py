@@ -2,8 +2,9 @@
 grouped-query attention, SwiGLU; one batched step over ragged rows with a slot KV cache.
 
 ``step`` takes, per row, any number of new tokens after the row's cached prefix: a chunk of a prompt being
-prefilled, or the one token of a decode step. All rows go through one forward (Dynamic SplitFuse: a prefill
-chunk and the running decodes share the step). Module names follow the HF state dict
+prefilled, or the one token of a decode step. All rows' tokens, flattened (``PackedBatch``), go through one
+forward (Dynamic SplitFuse: a prefill chunk and the running decodes share the step); attention reads each
+row's keys/values in place from its cache slot (``kernels/slot_attention``). Module names follow the HF state dict
 (``model.layers.0.self_attn.q_proj.weight``, ...), so ``model.safetensors`` loads as is.
 """
 
@@ -19,7 +20,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from legato.kernels import dispatch, slot_attention
+from legato.kernels.slot_attention import tokens_per_block
 from legato.stream.kv_cache import KvCache
+from legato.stream.packed_batch import PackedBatch
 
 
 class UnsupportedLlamaError(ValueError):
@@ -148,28 +152,6 @@ class LlamaBody(nn.Module):
         self.norm = RmsNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-@dataclass(frozen=True)
-class Rows:
-    """One step's rows: ``tokens`` (B, T) right-padded, ``counts`` (B,) new tokens per row, ``starts`` (B,) tokens
-    already cached per row, ``slots`` (B,) KV slots."""
-
-    tokens: torch.Tensor
-    counts: torch.Tensor
-    starts: torch.Tensor
-    slots: torch.Tensor
-    dense: bool = False  # slots are exactly 0..B-1: the cache is read as a view, not gathered
-
-    @classmethod
-    def build(cls, chunks: list[list[int]], starts: list[int], slots: list[int], device) -> "Rows":
-        t = max(1, max(len(c) for c in chunks))
-        tokens = torch.zeros(len(chunks), t, dtype=torch.long)
-        for i, c in enumerate(chunks):
-            tokens[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-        as_t = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
-        dense = list(slots) == list(range(len(slots)))
-        return cls(tokens.to(device), as_t([len(c) for c in chunks]), as_t(starts), as_t(slots), dense)
-
-
 class Llama(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -207,42 +189,39 @@ class Llama(nn.Module):
         return KvCache(self.cfg.num_hidden_layers, self.cfg.num_key_value_heads, self.cfg.head_dim, slots, max_tokens,
                        dtype=dtype or p.dtype, device=p.device)
 
+    def pack(self, chunks: list[list[int]], starts: list[int], slots: list[int]) -> PackedBatch:
+        """A step's input: per row, new tokens ``chunks[r]`` after ``starts[r]`` cached ones, in KV slot ``slots[r]``."""
+        group = self.cfg.num_attention_heads // self.cfg.num_key_value_heads
+        return PackedBatch.build(chunks, starts, slots, self.inv_freq.device, tokens_per_block(group, prefill=True))
+
     @torch.inference_mode()
-    def step(self, rows: Rows, cache: KvCache, all_logits: bool = False) -> torch.Tensor:
+    def step(self, batch: PackedBatch, cache: KvCache, all_logits: bool = False) -> torch.Tensor:
         """Run every row's new tokens after its cached prefix; store their keys/values.
 
-        Returns the logits (B, V) after each row's last new token (``all_logits``: (B, T, V))."""
-        b, t = rows.tokens.shape
-        dev = rows.tokens.device
-        ar = torch.arange(t, device=dev)
-        positions = rows.starts[:, None] + ar  # (B, T)
-        valid = ar[None] < rows.counts[:, None]
-        ends = rows.starts + rows.counts
-        length = max(1, int(ends.max()))
-        keys_pos = torch.arange(length, device=dev)
-        # query at position p sees cached or new keys j <= p that exist (j < its row's end)
-        mask = (keys_pos[None, None] <= positions[..., None]) & (keys_pos[None, None] < ends[:, None, None])  # (B, T, L)
-        mask = mask[:, None]
-        w_rows, w_pos = rows.slots[:, None].expand(b, t)[valid], positions[valid]
-        x = self.model.embed_tokens(rows.tokens)
-        cos, sin = rotary(positions, self.inv_freq, x.dtype)
+        Returns the logits (B, V) after each row's last new token (``all_logits``: (N, V) for every token)."""
+        n = batch.size
+        x = self.model.embed_tokens(batch.tokens)
+        cos, sin = rotary(batch.positions, self.inv_freq, x.dtype)
         cos, sin = cos[:, None], sin[:, None]
         for i, layer in enumerate(self.model.layers):
             att = layer.self_attn
             h = layer.input_layernorm(x)
-            q = att.q_proj(h).view(b, t, att.heads, att.head_dim).transpose(1, 2)
-            k = att.k_proj(h).view(b, t, att.kv_heads, att.head_dim).transpose(1, 2)
-            v = att.v_proj(h).view(b, t, att.kv_heads, att.head_dim).transpose(1, 2)
+            q = att.q_proj(h).view(n, att.heads, att.head_dim)
+            k = att.k_proj(h).view(n, att.kv_heads, att.head_dim)
+            v = att.v_proj(h).view(n, att.kv_heads, att.head_dim)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            cache.write(i, w_rows, w_pos, k.transpose(1, 2)[valid], v.transpose(1, 2)[valid])
-            keys, values = cache.read(i, None if rows.dense else rows.slots, length, b)
-            out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
-                                                 enable_gqa=att.kv_heads != att.heads)
-            x = x + att.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+            cache.write(i, batch.slots, batch.positions, k, v)
+            out = self._attend(q, cache.k[i], cache.v[i], batch)
+            x = x + att.o_proj(out.reshape(n, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         x = self.model.norm(x)
-        if all_logits:
-            return self.lm_head(x)
-        last = (rows.counts - 1).clamp(min=0)
-        return self.lm_head(x[torch.arange(b, device=dev), last])
+        return self.lm_head(x if all_logits else x[batch.last])
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        out = torch.empty_like(q)
+        scale = self.cfg.head_dim ** -0.5
+        for blocks, tokens in ((batch.decode_blocks, 1), (batch.prefill_blocks, batch.block_tokens)):
+            if blocks.shape[0]:
+                dispatch.call(slot_attention.NAME, q.device, q, k, v, batch.slots, batch.positions, blocks, scale, tokens, out=out)
+        return out

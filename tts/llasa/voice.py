@@ -20,7 +20,7 @@ from typing import Iterator, Protocol
 import torch
 
 from legato.stream.autoregressive import ArJob, ArStepper, TokenMark
-from legato.tts.llasa.llama import Llama, Rows
+from legato.tts.llasa.llama import Llama
 from legato.tts.llasa.prompt import LlasaTokenizer
 from legato.tts.llasa.sampling import SamplingParams, sample
 from legato.tts.voice import Submit, SynthesisRequest, Voice, Wait
@@ -57,7 +57,9 @@ class LlasaVoice(Voice):
         self.first_group, self.group = first_group, group
         self.ref_audio, self.ref_text = ref_audio, ref_text
         self.cache = llama.new_cache(max_requests, max_tokens)
-        self.stepper = ArStepper(llama, self.cache, sample, token_budget=token_budget, rows_builder=Rows.build)
+        self.stepper = ArStepper(llama, self.cache, sample, token_budget=token_budget)
+        if self.stepper.graphs is not None:
+            self.stepper.graphs.prepare()  # capture decode graphs now, not in the middle of serving
         self.max_jobs = max_requests
         self.device = str(next(llama.parameters()).device)
 
