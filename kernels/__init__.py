@@ -3,7 +3,8 @@ plain PyTorch reference it is tested against, chosen by ``dispatch``.
 
 * ``dispatch``: registry, backend choice per device, clean fallback.
 * ``polyphase``: rational polyphase FIR resampling (torch reference, numba).
+* ``relpos_attention``: streaming Transformer-XL relative-position attention over a ring K/V cache (torch, Triton).
 * ``slot_attention``: packed new tokens attending over a slot KV cache (torch reference, Triton).
 """
 
-from legato.kernels import polyphase, slot_attention  # noqa: F401  (register their implementations)
+from legato.kernels import polyphase, relpos_attention, slot_attention  # noqa: F401  (register their implementations)

@@ -12,9 +12,12 @@ Streaming state per layer: the *projected* keys and values of the last
 ``max_left`` frames (NeMo caches the normalised layer input and re-projects it
 every chunk; keys and values are pointwise in time, so projecting once gives
 the same numbers) and the last ``kernel - 1`` inputs of the depthwise conv.
-A step is one attention chunk of ``right + 1`` frames for every row; the
-chunk sees the ``left`` cached frames (fewer at the start: ``cache_len``) and
-itself, which is exactly NeMo's chunked_limited mask when ``left`` is a
+The key/value cache is a ring (frame ``f`` in slot ``f % max_left``): a step
+reads it in place and overwrites the oldest slots with its own frames
+(``kernels/relpos_attention``; the fused Triton kernel on GPU), so nothing is
+shifted or concatenated. A step is one attention chunk of ``right + 1`` frames
+for every row; the chunk sees the ``left`` cached frames (fewer at the start:
+``frames``) and itself, which is exactly NeMo's chunked_limited mask when ``left`` is a
 multiple of the chunk. Rows may use different lookaheads only in different
 steps (the chunk width differs).
 """
@@ -30,6 +33,7 @@ from torch import nn
 
 from legato.asr.fastconformer.config import FastConformerConfig, Lookahead
 from legato.asr.fastconformer.subsampling import DwStridingSubsampling
+from legato.kernels import dispatch, relpos_attention
 from legato.stream.layers.attention import RelPositionBias
 from legato.stream.module import StreamingModule
 from legato.stream.state import StreamState
@@ -40,7 +44,7 @@ FF_RESIDUAL_SCALE = 0.5  # macaron: each feed-forward adds half its output
 
 @dataclass(frozen=True, eq=False)
 class LayerCache(StreamState):
-    keys: torch.Tensor  # (B, H, max_left, d_head) projected keys, oldest first
+    keys: torch.Tensor  # (B, H, max_left, d_head) projected keys, a ring: frame f in slot f % max_left
     values: torch.Tensor  # (B, H, max_left, d_head)
     conv: torch.Tensor  # (B, d_model, kernel - 1) depthwise-conv inputs
 
@@ -49,7 +53,7 @@ class LayerCache(StreamState):
 class EncoderState(StreamState):
     subsampling: tuple[torch.Tensor, ...]  # per stage (B, C_in, 2, F_in + 3) cached input frames
     layers: tuple[LayerCache, ...]
-    cache_len: torch.Tensor  # (B,) int64 real frames in the attention cache (<= max_left)
+    frames: torch.Tensor  # (B,) int64 encoder frames written to the attention cache so far
     mel_seen: torch.Tensor  # (B,) int64 mel frames consumed
 
 
@@ -92,21 +96,15 @@ class RelPosSelfAttention(nn.Module):
         rel = (pos[:, None] - pos[None, :]).expand(x.shape[0], t, t)
         return self._attend(q, k, v, rel, -(t - 1), t - 1, visible)
 
-    def step(self, x: torch.Tensor, cache: LayerCache, cache_len: torch.Tensor, valid: torch.Tensor, left: int) -> torch.Tensor:
-        """x (B, T, d): one chunk; attends to the last ``left`` cached frames and the chunk's first ``valid`` frames."""
+    def step(self, x: torch.Tensor, cache: LayerCache, frames: torch.Tensor, valid: torch.Tensor, left: int) -> torch.Tensor:
+        """x (B, T, d): one chunk; attends to the last ``left`` cached frames and the chunk's first ``valid`` frames,
+        then writes its keys/values into the ring."""
         b, t, _ = x.shape
-        q, k, v = (self._heads(lin(x)) for lin in (self.linear_q, self.linear_k, self.linear_v))
-        keys = torch.cat([cache.keys[:, :, cache.keys.shape[2] - left :], k], dim=2)
-        values = torch.cat([cache.values[:, :, cache.values.shape[2] - left :], v], dim=2)
-        j = torch.arange(left + t, device=x.device)
-        visible = (j[None, :] >= left - cache_len.clamp(max=left)[:, None]) & (j[None, :] < left + valid[:, None])
-        qpos = left + torch.arange(t, device=x.device)
-        rel = (qpos[:, None] - j[None, :]).expand(b, t, left + t)
-        out = self._attend(q, keys, values, rel, -(t - 1), left + t - 1, visible[:, None, :].expand(b, t, left + t))
-        cap = cache.keys.shape[2]
-        cache.keys.copy_(torch.cat([cache.keys, k], dim=2)[:, :, -cap:])
-        cache.values.copy_(torch.cat([cache.values, v], dim=2)[:, :, -cap:])
-        return out
+        q, k, v = (lin(x).view(b, t, self.n_heads, self.d_head) for lin in (self.linear_q, self.linear_k, self.linear_v))
+        pos = self.rel.projected(-(t - 1), left + t - 1, q.dtype)
+        out = dispatch.call(relpos_attention.NAME, x.device, q, k, v, cache.keys, cache.values, frames, valid, pos,
+                            self.rel.pos_bias_u, self.rel.pos_bias_v, left, self.d_head ** -0.5)
+        return self.linear_out(out.reshape(b, t, -1))
 
 
 class ConvModule(nn.Module):
@@ -171,8 +169,8 @@ class ConformerLayer(nn.Module):
     def forward(self, x: torch.Tensor, visible: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return self._run(x, lambda h: self.self_attn(h, visible), lambda h: self.conv(h, valid))
 
-    def step(self, x, cache: LayerCache, cache_len, valid, left: int) -> torch.Tensor:
-        return self._run(x, lambda h: self.self_attn.step(h, cache, cache_len, valid, left), lambda h: self.conv.step(h, cache, valid))
+    def step(self, x, cache: LayerCache, frames, valid, left: int) -> torch.Tensor:
+        return self._run(x, lambda h: self.self_attn.step(h, cache, frames, valid, left), lambda h: self.conv.step(h, cache, valid))
 
 
 def chunked_limited_visible(length: torch.Tensor, t: int, la: Lookahead) -> torch.Tensor:
@@ -219,7 +217,7 @@ class FastConformerEncoder(StreamingModule):
             layers=tuple(
                 LayerCache(zeros(*kv), zeros(*kv), zeros(batch_size, cfg.d_model, cfg.conv_kernel_size - 1)) for _ in range(cfg.n_layers)
             ),
-            cache_len=zeros(batch_size, dt=torch.long),
+            frames=zeros(batch_size, dt=torch.long),
             mel_seen=zeros(batch_size, dt=torch.long),
         )
 
@@ -254,7 +252,7 @@ class FastConformerEncoder(StreamingModule):
         x, out_valid = self.pre_encode.step(mel, list(state.subsampling), state.mel_seen, valid, first, final)
         x = x * self.xscale
         for layer, cache in zip(self.layers, state.layers):
-            x = layer.step(x, cache, state.cache_len, out_valid, la.left)
-        state.cache_len.copy_((state.cache_len + x.shape[1]).clamp(max=self.cfg.max_left))
+            x = layer.step(x, cache, state.frames, out_valid, la.left)
+        state.frames.add_(x.shape[1])
         state.mel_seen.add_(valid)
         return x, out_valid

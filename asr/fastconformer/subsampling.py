@@ -41,8 +41,10 @@ def freq_after(freq: int, stages: int) -> int:
 
 def emitted(frames_in: torch.Tensor, final: torch.Tensor | bool) -> torch.Tensor:
     """Outputs a stage has produced after ``frames_in`` inputs (int tensor), mid-stream or at the end (per row)."""
+    if isinstance(final, bool):  # decided on the host: no host-to-device copy (a captured step cannot make one)
+        return torch.where(frames_in > 0, frames_in // 2 + 1, 0) if final else (frames_in + 1) // 2
     at_end = torch.where(frames_in > 0, frames_in // 2 + 1, 0)
-    return torch.where(torch.as_tensor(final, device=frames_in.device), at_end, (frames_in + 1) // 2)
+    return torch.where(final, at_end, (frames_in + 1) // 2)
 
 
 def _time_mask(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

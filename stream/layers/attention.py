@@ -81,6 +81,11 @@ class RelPositionBias(nn.Module):
         emb[:, 1::2] = angles.cos()
         return emb
 
+    def projected(self, lo: int, hi: int, dtype: torch.dtype) -> torch.Tensor:
+        """(H, R, D) projected sinusoids of the distances lo..hi (R = hi - lo + 1), the same for every row."""
+        p = self.linear_pos(self.sinusoid(torch.arange(lo, hi + 1, device=self.div_term.device)).to(dtype))
+        return p.view(-1, self.n_heads, self.d_head).transpose(0, 1)
+
     def scores(self, q: torch.Tensor, k: torch.Tensor, rel: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         """q: (B, H, T, D); k: (B, H, S, D); rel: (B, T, S) int64 = p_q - p_k, all in [lo, hi].
 
@@ -88,9 +93,7 @@ class RelPositionBias(nn.Module):
         read from ``rel``, so a step never syncs with the device (graph capture).
         """
         content = torch.matmul(q + self.pos_bias_u[:, None, :].to(q.dtype), k.transpose(-1, -2))
-        dist = torch.arange(lo, hi + 1, device=q.device)
-        p = self.linear_pos(self.sinusoid(dist).to(q.dtype))  # (R, d_model)
-        p = p.view(-1, self.n_heads, self.d_head).transpose(0, 1)  # (H, R, D)
+        p = self.projected(lo, hi, q.dtype)  # (H, R, D)
         by_distance = torch.matmul(q + self.pos_bias_v[:, None, :].to(q.dtype), p.transpose(-1, -2))  # (B, H, T, R)
         index = (rel - lo)[:, None].expand(-1, q.shape[1], -1, -1)
         return content + torch.gather(by_distance, 3, index)

@@ -1,0 +1,90 @@
+"""Where a FastConformer-L streaming step's GPU time goes (diagnostic for issue 8), ours only, random weights.
+
+Per variant and batch: step p50 (CUDA events) and, for the largest batch, the top kernels by CUDA time from
+``torch.profiler``. Variants: fp32 eager; bf16 autocast (what bench_fastconformer's --dtype bf16 measures);
+bf16 weights and caches (no autocast); bf16 weights replayed from a CUDA graph.
+    python3 -P bench/profile_fastconformer_step.py [--batches 256,4096] [--top 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
+from bench_fastconformer import FULL  # noqa: E402
+from common import time_steps  # noqa: E402
+
+from legato.asr.fastconformer.encoder import FastConformerEncoder  # noqa: E402
+from legato.stream.cuda_graphs import CapturedStep  # noqa: E402
+
+LOOKAHEAD = 2  # [70, 1]: 160 ms chunks
+
+
+class Step(torch.nn.Module):
+    """stream_step as a StreamingModule-like object for CapturedStep."""
+
+    def __init__(self, enc):
+        super().__init__()
+        self.enc = enc
+
+    def step(self, x, state):
+        return self.enc.stream_step(x, state, lookahead=LOOKAHEAD, first=False)[0]
+
+
+def variant(enc, b, kind, mel):
+    state = enc.init_state(b, "cuda")
+    if kind == "graph":
+        cap = CapturedStep(Step(enc), state, mel)
+        return lambda: cap(mel)
+    if kind == "autocast":
+        def run():
+            with torch.autocast("cuda", torch.bfloat16):
+                return enc.stream_step(mel, state, lookahead=LOOKAHEAD, first=False)
+        return run
+    return lambda: enc.stream_step(mel, state, lookahead=LOOKAHEAD, first=False)
+
+
+@torch.inference_mode()
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", default="256,4096")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--big", default="", help="extra batches for the bf16 and graph variants only")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    enc32 = FastConformerEncoder(FULL).cuda().eval()
+    for p in enc32.parameters():
+        torch.nn.init.normal_(p, 0, 0.02)
+    enc16 = FastConformerEncoder(FULL).cuda().eval()
+    enc16.load_state_dict(enc32.state_dict())
+    enc16.to(torch.bfloat16)
+    chunk = FULL.chunk_mel(FULL.lookaheads[LOOKAHEAD])
+    batches = [int(x) for x in args.batches.split(",")]
+    for kind, enc in (("fp32", enc32), ("autocast", enc32), ("bf16", enc16), ("graph", enc16)):
+        for b in batches + ([int(x) for x in args.big.split(",")] if args.big and kind in ("bf16", "graph") else []):
+            dt = torch.bfloat16 if enc is enc16 else torch.float32
+            mel = torch.randn(b, chunk, FULL.feat_in, device="cuda", dtype=dt)
+            try:
+                fn = variant(enc, b, kind, mel)
+                times = time_steps(fn, 12, 20, True)
+            except Exception as exc:  # noqa: BLE001 - a diagnostic: report and go on
+                print(f"{kind} B={b}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                continue
+            p50 = sorted(times)[len(times) // 2]
+            print(f"{kind} B={b}: p50 {p50:.2f} ms, real-time streams {b * 0.16 / (p50 / 1e3):.0f}", flush=True)
+            if b == batches[-1] and kind in ("bf16", "graph"):
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    for _ in range(3):
+                        fn()
+                    torch.cuda.synchronize()
+                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.top, max_name_column_width=70), flush=True)
+            del fn
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Streaming relative-position attention (Transformer-XL / NeMo ``rel_pos``) over a ring cache of projected keys.
+
+One chunk of ``T`` new frames per stream attends to the ``left`` frames before it (from the ring) and to the
+chunk's first ``valid`` frames (chunked-limited attention: the whole current chunk, no causal mask):
+
+    score(t, f) = ((q_t + u) . k_f + (q_t + v) . P[rel - lo]) * scale,   rel = (frames + t) - f,  lo = -(T - 1)
+
+``P`` (H, R, D) holds the projected sinusoids of the distances lo..left + T - 1 (the same for every stream, made
+once per step). Frame ``f`` of a stream lives in ring slot ``f % C``; ``frames`` (B,) counts the frames written
+before this chunk, so ring frames ``frames - left .. frames - 1`` that exist (``f >= 0``) are seen. After the
+attention the chunk's keys/values are written to their slots (all T, as NeMo caches the whole chunk).
+
+* ``relpos_attention_torch``: the reference (gathers the ring into time order, materialises the scores).
+* ``relpos_attention_triton``: one program per (stream, head) reads the ring in place, does the relative shift
+  with a gather inside the kernel (no (B, H, T, S) position-bias tensor), softmax and both value products in
+  registers, then writes the new keys/values into the ring: no concatenated copy of the cache, no host sync.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from legato.kernels.dispatch import register
+
+NAME = "relpos_stream_attention"
+MIN_DOT = 16
+
+
+def _ring_order(ring: torch.Tensor, frames: torch.Tensor, left: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, C, D) ring -> its last ``left`` frames in time order (B, H, left, D) and which exist (B, left)."""
+    cap = ring.shape[2]
+    f = frames[:, None] - left + torch.arange(left, device=ring.device)  # (B, left) absolute frame of each key
+    index = torch.remainder(f, cap)[:, None, :, None].expand(-1, ring.shape[1], -1, ring.shape[3])
+    return torch.gather(ring, 2, index), f >= 0
+
+
+@register(NAME, "torch")
+def relpos_attention_torch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float) -> torch.Tensor:
+    """q/k/v (B, T, H, D) chunk projections; ring_k/ring_v (B, H, C, D) updated in place; frames, valid (B,) int64;
+    pos (H, R, D) with R = left + 2T - 1; bias_u/bias_v (H, D). Returns (B, T, H, D)."""
+    b, t, h, d = q.shape
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+    old_k, seen = _ring_order(ring_k, frames, left)
+    old_v, _ = _ring_order(ring_v, frames, left)
+    keys, values = torch.cat([old_k, k], 2), torch.cat([old_v, v], 2)  # (B, H, S, D), S = left + T
+    content = torch.matmul(q + bias_u[:, None].to(q.dtype), keys.transpose(-1, -2))
+    by_distance = torch.matmul(q + bias_v[:, None].to(q.dtype), pos.transpose(-1, -2))  # (B, H, T, R)
+    j = torch.arange(left + t, device=q.device)
+    rel = (left + torch.arange(t, device=q.device))[:, None] - j[None, :]  # (T, S): query frame minus key frame
+    shifted = torch.gather(by_distance, 3, (rel + t - 1)[None, None].expand(b, h, -1, -1))
+    visible = torch.cat([seen, j[None, left:] - left < valid[:, None]], 1)[:, None, None]  # (B, 1, 1, S)
+    scores = ((content + shifted).float() * scale).masked_fill(~visible, float("-inf"))
+    weights = torch.softmax(scores, -1).nan_to_num(0.0)  # a query that sees nothing outputs 0, as NeMo
+    out = torch.matmul(weights.to(values.dtype), values)
+    slots = torch.remainder(frames[:, None] + torch.arange(t, device=q.device), ring_k.shape[2])
+    index = slots[:, None, :, None].expand(-1, h, -1, d)
+    ring_k.scatter_(2, index, k.to(ring_k.dtype))
+    ring_v.scatter_(2, index, v.to(ring_v.dtype))
+    return out.transpose(1, 2)
+
+
+def _compile():
+    from legato.kernels.relpos_attention_triton import kernel  # Triton only where it exists
+
+    return kernel
+
+
+def _pow2(n: int, floor: int = MIN_DOT) -> int:
+    return max(floor, 1 << (max(n, 1) - 1).bit_length())
+
+
+@register(NAME, "triton")
+def relpos_attention_triton(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float) -> torch.Tensor:
+    b, t, h, d = q.shape
+    if d < MIN_DOT or d & (d - 1) or q.stride(3) != 1 or k.stride(3) != 1 or ring_k.stride() != ring_v.stride() or k.stride() != v.stride():
+        return relpos_attention_torch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left, scale)
+    pos, bias_u, bias_v = pos.contiguous(), bias_u.contiguous(), bias_v.contiguous()
+    out = torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)
+    _compile()[(b, h)](q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, out,
+                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                       ring_k.stride(0), ring_k.stride(1), ring_k.stride(2), out.stride(0), out.stride(1), out.stride(2),
+                       pos.stride(0), pos.stride(1), t, left, ring_k.shape[2], pos.shape[1], scale,
+                       BLOCK_T=_pow2(t), BLOCK_C=_pow2(left), BLOCK_R=_pow2(pos.shape[1]), D=d,
+                       IEEE=q.dtype == torch.float32)
+    return out
