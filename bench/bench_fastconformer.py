@@ -43,6 +43,7 @@ from torch import nn
 from legato.asr.fastconformer.checkpoint import encoder_state_dict
 from legato.asr.fastconformer.config import FastConformerConfig, Lookahead
 from legato.asr.fastconformer.encoder import FastConformerEncoder
+from legato.stream.cuda_graphs import CapturedStep
 from legato.stream.pool import StatePool
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
 from common import git_commit, pct, tf32, time_steps  # noqa: E402
@@ -57,6 +58,7 @@ SMOKE = FastConformerConfig(
     conv_kernel_size=9, conv_norm_type="layer_norm", xscaling=True, lookaheads=(Lookahead(16, 1), Lookahead(16, 0)),
 )
 SIDES = ("nemo", "ours", "ours_pool")
+NATIVE_SIDES = ("ours_bf16", "ours_graph")  # with --dtype bf16: ours with bf16 weights and caches (no autocast), eager / CUDA graph
 N_INPUTS = 4  # distinct pre-generated chunks, cycled
 CHECK_ABORT_REL = 1e-2
 SUSTAINED = (
@@ -138,6 +140,17 @@ def check(nemo, ours, cfg, li: int, device: str, steps: int, amp) -> dict:
     }
 
 
+class _Step(nn.Module):
+    """``stream_step`` in CapturedStep's ``step(x, state)`` form."""
+
+    def __init__(self, enc, li):
+        super().__init__()
+        self.enc, self.li = enc, li
+
+    def step(self, x, state):
+        return self.enc.stream_step(x, state, lookahead=self.li, first=False)[0]
+
+
 def side_step(side: str, nemo, ours, cfg, li: int, b: int, device: str):
     """A zero-argument steady-state step for one side at batch ``b`` (inputs cycled from N_INPUTS pre-made chunks)."""
     la = cfg.lookaheads[li]
@@ -153,6 +166,14 @@ def side_step(side: str, nemo, ours, cfg, li: int, b: int, device: str):
     if side == "ours":
         state = ours.init_state(b, device)
         return lambda: ours.stream_step(new[next(n) % N_INPUTS], state, lookahead=li, first=False)
+    if side in NATIVE_SIDES:
+        enc = ours.bf16
+        new16 = [x.to(torch.bfloat16) for x in new]
+        state = enc.init_state(b, device)
+        if side == "ours_bf16":
+            return lambda: enc.stream_step(new16[next(n) % N_INPUTS], state, lookahead=li, first=False)
+        cap = CapturedStep(_Step(enc, li), state, new16[0])
+        return lambda: cap(new16[next(n) % N_INPUTS])
     pool, slots = StatePool(ours, b, device), list(range(b))
 
     def pooled():
@@ -174,7 +195,7 @@ def bench_side(side, nemo, ours, cfg, li, b, device, args, amp) -> dict:
         torch.cuda.reset_peak_memory_stats()
     times = None
     try:
-        with amp():
+        with (contextlib.nullcontext() if side in NATIVE_SIDES else amp()):
             times = time_steps(side_step(side, nemo, ours, cfg, li, b, device), fill + args.warmup, args.iters, cuda)
     except torch.cuda.OutOfMemoryError:
         pass
@@ -196,29 +217,22 @@ def bench_side(side, nemo, ours, cfg, li, b, device, args, amp) -> dict:
     return out
 
 
-def table(rows: list[dict], chunk_ms: float) -> str:
+def table(rows: list[dict], chunk_ms: float, sides) -> str:
     def f(r, side, key, fmt="{:.2f}"):
-        v = r[side]
+        v = r.get(side, {"error": "-"})
         return v["error"] if "error" in v else fmt.format(v[key])
 
     def ratio(r, side):
         return f"{r[f'nemo_over_{side}_p50']:.2f}x" if r.get(f"nemo_over_{side}_p50") else "-"
 
-    lines = [
-        (
-            "| streams (B) | NeMo p50 ms | NeMo p99 | ours p50 ms | ours p99 | ours+pool p50 ms | ours+pool p99 | NeMo/ours p50 "
-            f"| NeMo/ours+pool p50 | sustained RT streams NeMo / ours / ours+pool ({chunk_ms:.0f} ms chunks) "
-            "| throughput RT streams NeMo / ours / ours+pool |"
-        ),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    head = " | ".join(f"{s} p50 / p99 ms" for s in sides)
+    ratios = " | ".join(f"NeMo/{s}" for s in sides[1:])
+    lines = [f"| streams (B) | {head} | {ratios} | sustained RT streams {' / '.join(sides)} ({chunk_ms:.0f} ms chunks) |",
+             "|---:|" + "---:|" * (2 * len(sides))]
     for r in rows:
-        rt = " / ".join(f(r, s, "rt_streams_sustained", "{:,}") for s in SIDES)
-        tp = " / ".join(f(r, s, "rt_streams_throughput", "{:,.0f}") for s in SIDES)
-        lines.append(
-            f"| {r['batch']} | {f(r, 'nemo', 'p50_ms')} | {f(r, 'nemo', 'p99_ms')} | {f(r, 'ours', 'p50_ms')} | {f(r, 'ours', 'p99_ms')} "
-            f"| {f(r, 'ours_pool', 'p50_ms')} | {f(r, 'ours_pool', 'p99_ms')} | {ratio(r, 'ours')} | {ratio(r, 'ours_pool')} | {rt} | {tp} |"
-        )
+        cells = " | ".join(f"{f(r, s, 'p50_ms')} / {f(r, s, 'p99_ms')}" for s in sides)
+        rts = " / ".join(f(r, s, "rt_streams_sustained", "{:,}") for s in sides)
+        lines.append(f"| {r['batch']} | {cells} | {' | '.join(ratio(r, s) for s in sides[1:])} | {rts} |")
     return "\n".join(lines)
 
 
@@ -295,22 +309,27 @@ def main() -> int:
         return 1
 
     # 2. timing
+    sides = SIDES + (NATIVE_SIDES if args.dtype == "bf16" and cuda else ())
+    if args.dtype == "bf16" and cuda:
+        ours.bf16 = FastConformerEncoder(cfg).to(args.device).eval()
+        ours.bf16.load_state_dict(ours.state_dict())
+        ours.bf16.to(torch.bfloat16)
     for b in (int(x) for x in args.batches.split(",")):
         row = {"batch": b}
-        for side in SIDES:
+        for side in sides:
             row[side] = r = bench_side(side, nemo, ours, cfg, li, b, args.device, args, amp)
             msg = "OOM" if "error" in r else f"p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms  sustained RT {r['rt_streams_sustained']:,}"
             print(f"B={b:5d} {side:9s} {msg}", flush=True)
-        for side in ("ours", "ours_pool"):
+        for side in sides[1:]:
             if "p50_ms" in row["nemo"] and "p50_ms" in row[side]:
                 row[f"nemo_over_{side}_p50"] = row["nemo"]["p50_ms"] / row[side]["p50_ms"]
         result["rows"].append(row)
     result["headline_rt_streams"] = {}
-    for side in SIDES:
+    for side in sides:
         ok = [(r[side]["rt_streams_sustained"], r["batch"]) for r in result["rows"] if "error" not in r[side]]
         streams, batch = max(ok, default=(0, None))
         result["headline_rt_streams"][side] = {"streams": streams, "batch": batch}
-    result["markdown"] = md = table(result["rows"], chunk_ms)
+    result["markdown"] = md = table(result["rows"], chunk_ms, sides)
     print(f"\n{md}\n\nDefinition: {SUSTAINED}.")
     heads = ", ".join(f"{s} {v['streams']:,} (B={v['batch']})" for s, v in result["headline_rt_streams"].items())
     print(f"Headline, max over B of sustained real-time streams: {heads}")

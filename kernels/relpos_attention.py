@@ -18,12 +18,15 @@ attention the chunk's keys/values are written to their slots (all T, as NeMo cac
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from legato.kernels.dispatch import register
 
 NAME = "relpos_stream_attention"
 MIN_DOT = 16
+SMALL_CHUNK = 4  # chunks of up to this many frames use register multiply-adds instead of tensor-core tiles
 
 
 def _ring_order(ring: torch.Tensor, frames: torch.Tensor, left: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,9 +63,9 @@ def relpos_attention_torch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, 
 
 
 def _compile():
-    from legato.kernels.relpos_attention_triton import kernel  # Triton only where it exists
+    from legato.kernels import relpos_attention_triton as k  # Triton only where it exists
 
-    return kernel
+    return k.kernel if os.environ.get("TRITON_INTERPRET") == "1" else k.tuned  # the CPU interpreter cannot time
 
 
 def _pow2(n: int, floor: int = MIN_DOT) -> int:
@@ -76,10 +79,11 @@ def relpos_attention_triton(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u,
         return relpos_attention_torch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left, scale)
     pos, bias_u, bias_v = pos.contiguous(), bias_u.contiguous(), bias_v.contiguous()
     out = torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)
+    small = t <= SMALL_CHUNK
     _compile()[(b, h)](q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, out,
                        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                        ring_k.stride(0), ring_k.stride(1), ring_k.stride(2), out.stride(0), out.stride(1), out.stride(2),
                        pos.stride(0), pos.stride(1), t, left, ring_k.shape[2], pos.shape[1], scale,
-                       BLOCK_T=_pow2(t), BLOCK_C=_pow2(left), BLOCK_R=_pow2(pos.shape[1]), D=d,
-                       IEEE=q.dtype == torch.float32)
+                       BLOCK_T=_pow2(t, 2 if small else MIN_DOT), BLOCK_C=_pow2(left), BLOCK_R=_pow2(pos.shape[1]), D=d,
+                       IEEE=q.dtype == torch.float32, SMALL=small)
     return out
