@@ -12,23 +12,6 @@ def dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def scores(a, b, IEEE: tl.constexpr, SMALL: tl.constexpr):
-    """a (M, D) . b (N, D) -> (M, N) fp32. Few query rows: multiply-add in registers (a tensor-core tile of 16
-    rows would be mostly padding and its shared-memory operands would cap how many programs an SM runs)."""
-    if SMALL:
-        return tl.sum(a[:, None, :].to(tl.float32) * b[None, :, :].to(tl.float32), 2)
-    return dot(a, tl.trans(b), IEEE)
-
-
-@triton.jit
-def weighted(p, v, IEEE: tl.constexpr, SMALL: tl.constexpr):
-    """p (M, N) fp32 . v (N, D) -> (M, D) fp32."""
-    if SMALL:
-        return tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), 1)
-    return dot(p.to(v.dtype), v, IEEE)
-
-
-@triton.jit
 def kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O,
            sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, so_b, so_t, so_h, sp_h, sp_r,
            T, LEFT, CAP, R, scale,
@@ -46,7 +29,10 @@ def kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O,
     # position scores for every distance: G[t, r] = (q_t + v) . P[r]
     r = tl.arange(0, BLOCK_R)
     p = tl.load(P + h * sp_h + r[:, None] * sp_r + d[None, :], mask=(r < R)[:, None], other=0.0).to(Q.dtype.element_ty)
-    g = scores(qv, p, IEEE, SMALL)  # (BLOCK_T, BLOCK_R) fp32
+    if SMALL:  # few query rows: register multiply-adds (a 16-row tensor-core tile would be mostly padding)
+        g = tl.sum(qv[:, None, :].to(tl.float32) * p[None, :, :].to(tl.float32), 2)
+    else:
+        g = dot(qv, tl.trans(p), IEEE)  # (BLOCK_T, BLOCK_R) fp32
     # ring keys in time order: j -> frame frames - LEFT + j
     j = tl.arange(0, BLOCK_C)
     f = frames - LEFT + j
@@ -54,12 +40,20 @@ def kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O,
     slot = ((f % CAP) + CAP) % CAP
     ring = RK + b * sr_b + h * sr_h + slot[:, None] * sr_c + d[None, :]
     kr = tl.load(ring, mask=seen[:, None], other=0.0).to(Q.dtype.element_ty)  # mixed dtypes (autocast) compute in q's
-    s_ring = scores(qu, kr, IEEE, SMALL) + tl.gather(g, tl.minimum(tl.maximum(LEFT - j[None, :] + t[:, None] + T - 1, 0), BLOCK_R - 1), 1)
+    if SMALL:
+        s_ring = tl.sum(qu[:, None, :].to(tl.float32) * kr[None, :, :].to(tl.float32), 2)
+    else:
+        s_ring = dot(qu, tl.trans(kr), IEEE)
+    s_ring = s_ring + tl.gather(g, tl.minimum(tl.maximum(LEFT - j[None, :] + t[:, None] + T - 1, 0), BLOCK_R - 1), 1)
     s_ring = tl.where(seen[None, :], s_ring * scale, float("-inf"))
     # the chunk's own keys (non-causal within the chunk)
     kn = tl.load(K + b * sk_b + t[:, None] * sk_t + h * sk_h + d[None, :], mask=in_t[:, None], other=0.0).to(Q.dtype.element_ty)
     vn = tl.load(V + b * sk_b + t[:, None] * sk_t + h * sk_h + d[None, :], mask=in_t[:, None], other=0.0).to(Q.dtype.element_ty)
-    s_new = scores(qu, kn, IEEE, SMALL) + tl.gather(g, tl.minimum(tl.maximum(t[:, None] - t[None, :] + T - 1, 0), BLOCK_R - 1), 1)
+    if SMALL:
+        s_new = tl.sum(qu[:, None, :].to(tl.float32) * kn[None, :, :].to(tl.float32), 2)
+    else:
+        s_new = dot(qu, tl.trans(kn), IEEE)
+    s_new = s_new + tl.gather(g, tl.minimum(tl.maximum(t[:, None] - t[None, :] + T - 1, 0), BLOCK_R - 1), 1)
     s_new = tl.where((t < valid)[None, :] & in_t[None, :], s_new * scale, float("-inf"))
     m = tl.maximum(tl.max(s_ring, 1), tl.max(s_new, 1))
     m = tl.where(m == float("-inf"), 0.0, m)
@@ -67,7 +61,10 @@ def kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O,
     e_new = tl.exp(s_new - m[:, None])
     total = tl.sum(e_ring, 1) + tl.sum(e_new, 1)
     vr = tl.load(RV + b * sr_b + h * sr_h + slot[:, None] * sr_c + d[None, :], mask=seen[:, None], other=0.0).to(Q.dtype.element_ty)
-    acc = weighted(e_ring, vr, IEEE, SMALL) + weighted(e_new, vn, IEEE, SMALL)
+    if SMALL:
+        acc = tl.sum(e_ring[:, :, None] * vr[None, :, :].to(tl.float32), 1) + tl.sum(e_new[:, :, None] * vn[None, :, :].to(tl.float32), 1)
+    else:
+        acc = dot(e_ring.to(vr.dtype), vr, IEEE) + dot(e_new.to(vn.dtype), vn, IEEE)
     out = acc / tl.where(total > 0, total, 1.0)[:, None]
     tl.store(O + b * so_b + t[:, None] * so_t + h * so_h + d[None, :], out.to(O.dtype.element_ty), mask=in_t[:, None])
     tl.debug_barrier()  # every thread's ring reads are done before the chunk overwrites the oldest slots
