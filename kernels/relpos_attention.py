@@ -26,7 +26,8 @@ from legato.kernels.dispatch import register
 
 NAME = "relpos_stream_attention"
 MIN_DOT = 16
-SMALL_CHUNK = 4  # chunks of up to this many frames use register multiply-adds instead of tensor-core tiles
+SMALL_CHUNK = 0  # chunks of up to this many frames would use register multiply-adds: measured slower (62.6 vs 39 ms
+# per FastConformer-L step at 4096 streams, bf16, H200), so tensor-core tiles serve every chunk width
 
 
 def _ring_order(ring: torch.Tensor, frames: torch.Tensor, left: int) -> tuple[torch.Tensor, torch.Tensor]:
