@@ -2,9 +2,10 @@
 plain PyTorch reference it is tested against, chosen by ``dispatch``.
 
 * ``dispatch``: registry, backend choice per device, clean fallback.
+* ``causal_dwconv``: GLU + causal depthwise conv over a cache + norm + SiLU, streamed (torch reference, Triton).
 * ``polyphase``: rational polyphase FIR resampling (torch reference, numba).
 * ``relpos_attention``: streaming Transformer-XL relative-position attention over a ring K/V cache (torch, Triton).
 * ``slot_attention``: packed new tokens attending over a slot KV cache (torch reference, Triton).
 """
 
-from legato.kernels import polyphase, relpos_attention, slot_attention  # noqa: F401  (register their implementations)
+from legato.kernels import causal_dwconv, polyphase, relpos_attention, slot_attention  # noqa: F401  (register their implementations)

@@ -33,7 +33,7 @@ from torch import nn
 
 from legato.asr.fastconformer.config import FastConformerConfig, Lookahead
 from legato.asr.fastconformer.subsampling import DwStridingSubsampling
-from legato.kernels import dispatch, relpos_attention
+from legato.kernels import causal_dwconv, dispatch, relpos_attention
 from legato.stream.layers.attention import RelPositionBias
 from legato.stream.module import StreamingModule
 from legato.stream.state import StreamState
@@ -46,7 +46,7 @@ FF_RESIDUAL_SCALE = 0.5  # macaron: each feed-forward adds half its output
 class LayerCache(StreamState):
     keys: torch.Tensor  # (B, H, max_left, d_head) projected keys, a ring: frame f in slot f % max_left
     values: torch.Tensor  # (B, H, max_left, d_head)
-    conv: torch.Tensor  # (B, d_model, kernel - 1) depthwise-conv inputs
+    conv: torch.Tensor  # (B, kernel - 1, d_model) depthwise-conv inputs (gated), oldest first
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,9 +140,13 @@ class ConvModule(nn.Module):
         return self._tail(self.depthwise_conv(h))
 
     def step(self, x: torch.Tensor, cache: LayerCache, valid: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([cache.conv, self._glu(x, valid)], dim=2)
-        cache.conv.copy_(h[:, :, h.shape[2] - self.context :])
-        return self._tail(self.depthwise_conv(h))
+        """GLU, the depthwise conv over the cached inputs, norm and SiLU in one fused call (``kernels/causal_dwconv``)."""
+        w1, w2 = self.pointwise_conv1, self.pointwise_conv2
+        norm = self.norm if isinstance(self.norm, nn.LayerNorm) else None
+        nw, nb = (None, None) if norm is None else (norm.weight, norm.bias)  # batch norm: folded into the conv
+        h = dispatch.call(causal_dwconv.NAME, x.device, F.linear(x, w1.weight[:, :, 0], w1.bias), cache.conv, valid,
+                          self.depthwise_conv.weight[:, 0], self.depthwise_conv.bias, nw, nb, LAYER_NORM_EPS)
+        return F.linear(h, w2.weight[:, :, 0], w2.bias)
 
 
 class ConformerLayer(nn.Module):
@@ -215,7 +219,7 @@ class FastConformerEncoder(StreamingModule):
         return EncoderState(
             subsampling=tuple(zeros(*s) for s in self.pre_encode.context_shapes(batch_size)),
             layers=tuple(
-                LayerCache(zeros(*kv), zeros(*kv), zeros(batch_size, cfg.d_model, cfg.conv_kernel_size - 1)) for _ in range(cfg.n_layers)
+                LayerCache(zeros(*kv), zeros(*kv), zeros(batch_size, cfg.conv_kernel_size - 1, cfg.d_model)) for _ in range(cfg.n_layers)
             ),
             frames=zeros(batch_size, dt=torch.long),
             mel_seen=zeros(batch_size, dt=torch.long),

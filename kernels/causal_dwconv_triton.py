@@ -1,0 +1,50 @@
+"""Triton kernel of ``causal_dwconv`` (imported only when Triton is there; see that module for the maths).
+
+Every thread owns the same channels in every row it touches, so rewriting the cache in place is safe: row r is
+written only after row T + r (> r) has been read, and no other thread reads that channel.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def gated_frame(A, C, b, j, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K: tl.constexpr):
+    """Frame j of [cache (K - 1 rows) | gated chunk], fp32, channels c."""
+    jj = c * 0 + j  # the frame index as a vector: masks are vectors (also in the CPU interpreter)
+    in_cache = jj < K - 1
+    n = jj - (K - 1)
+    x_cache = tl.load(C + b * sc_b + j * sc_t + c, mask=cm & in_cache, other=0.0).to(tl.float32)
+    a = tl.load(A + b * sa_b + n * sa_t + c, mask=cm & (n >= 0), other=0.0).to(tl.float32)
+    gate = tl.load(A + b * sa_b + n * sa_t + d + c, mask=cm & (n >= 0), other=0.0).to(tl.float32)
+    x_new = tl.where((n >= 0) & (n < valid), a * tl.sigmoid(gate), 0.0)
+    # the reference gates in the input dtype: round the same way
+    x_new = x_new.to(A.dtype.element_ty).to(tl.float32)
+    return tl.where(in_cache, x_cache, x_new)
+
+
+@triton.jit
+def kernel(A, C, VALID, W, BIAS, NW, NB, O, sa_b, sa_t, sc_b, sc_t, so_b, so_t, T, d, eps,
+           K: tl.constexpr, BLOCK_D: tl.constexpr, HAS_NORM: tl.constexpr):
+    b = tl.program_id(0)
+    c = tl.arange(0, BLOCK_D)
+    cm = c < d
+    valid = tl.load(VALID + b)
+    bias = tl.load(BIAS + c, mask=cm, other=0.0).to(tl.float32)
+    for t in range(T):
+        acc = bias
+        for k in tl.static_range(K):
+            w = tl.load(W + c * K + k, mask=cm, other=0.0).to(tl.float32)
+            acc += w * gated_frame(A, C, b, t + k, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K)
+        y = acc
+        if HAS_NORM:
+            mean = tl.sum(tl.where(cm, y, 0.0), 0) / d
+            diff = tl.where(cm, y - mean, 0.0)
+            var = tl.sum(diff * diff, 0) / d
+            y = diff * tl.rsqrt(var + eps) * tl.load(NW + c, mask=cm, other=0.0).to(tl.float32) \
+                + tl.load(NB + c, mask=cm, other=0.0).to(tl.float32)
+        y = y * tl.sigmoid(y)
+        tl.store(O + b * so_b + t * so_t + c, y.to(O.dtype.element_ty), mask=cm)
+    for r in tl.static_range(K - 1):
+        x = gated_frame(A, C, b, T + r, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K)
+        tl.store(C + b * sc_b + r * sc_t + c, x.to(C.dtype.element_ty), mask=cm)
