@@ -1,5 +1,5 @@
 """XCodec2's decoder (codes -> 16 kHz audio), loading the official ``model.safetensors`` layout, and a windowed
-streaming decoder.
+streaming decoder. The encoder (audio -> codes, for zero-shot prompts) is ``xcodec2_encoder.py``.
 
 Path (tests/fixtures/xcodec2/NOTES.md): FSQ code (one codebook, 8 digits base 4) -> ``project_out`` -> ``fc_post_a``
 -> VocosBackbone (conv k7, 2 ResNet blocks with GroupNorm, transformer blocks with RMSNorm and bidirectional
@@ -32,6 +32,7 @@ FSQ_LEVELS = 4
 FSQ_DIGITS = 8
 GN_GROUPS, NORM_EPS = 32, 1e-6
 HEAD_DIM_OFFICIAL = 64  # the package hard-codes 16 heads of 64
+MIN_REFERENCE_SAMPLES = 400  # one 25 ms fbank frame: anything shorter has no semantic features
 
 
 class XCodec2Error(ValueError):
@@ -221,16 +222,28 @@ class XCodec2Streamer:
 
 
 class XCodec2Codec:
-    """What a Llasa voice needs from the codec: the rate, a streaming decoder, and (not yet) the encoder."""
+    """What a Llasa voice needs from the codec: the rate, a streaming decoder, and (when loaded) the encoder for
+    zero-shot reference clips."""
 
-    can_encode = False  # the w2v-BERT + acoustic encoder for zero-shot prompts is not implemented yet
-
-    def __init__(self, decoder: XCodec2Decoder, left: int = 50, right: int = 8):
-        self.decoder, self.left, self.right = decoder, left, right
+    def __init__(self, decoder: XCodec2Decoder, left: int = 50, right: int = 8, encoder=None):
+        self.decoder, self.left, self.right, self.encoder = decoder, left, right, encoder
         self.sample_rate = decoder.sample_rate
 
+    @property
+    def can_encode(self) -> bool:
+        return self.encoder is not None
+
     def encode(self, audio: torch.Tensor) -> list[int]:
-        raise XCodec2Error("zero-shot reference audio needs XCodec2's encoder, which legato does not implement yet")
+        """(L,) float audio at 16 kHz -> L // 320 + 1 codes."""
+        if self.encoder is None:
+            raise XCodec2Error("this XCodec2 codec was loaded without its encoder (codec_encoder: false): no reference audio")
+        if audio.dim() != 1:
+            raise XCodec2Error(f"reference audio must be mono samples (L,), got shape {tuple(audio.shape)}")
+        if audio.numel() < MIN_REFERENCE_SAMPLES:
+            raise XCodec2Error(f"reference audio is too short: {audio.numel()} samples, need at least {MIN_REFERENCE_SAMPLES}")
+        if not bool(torch.isfinite(audio).all()):
+            raise XCodec2Error("reference audio contains NaN or infinite samples")
+        return self.encoder.encode(audio)
 
     def streamer(self, context: list[int] | None = None) -> XCodec2Streamer:
         return XCodec2Streamer(self.decoder, self.left, self.right, context)

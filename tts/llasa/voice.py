@@ -32,6 +32,7 @@ CAP_S_BASE, CAP_S_PER_CHAR = 2.0, 0.15  # generation cap: generous for ~7 charac
 MAX_REQUESTS = 64
 MAX_TOKENS = 2048  # per request, prompt included (Llasa's max_length)
 TOKEN_BUDGET = 2048  # tokens per fused step
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class StreamingCodec(Protocol):
@@ -110,22 +111,39 @@ class LlasaVoice(Voice):
 
 def llasa_from_spec(name: str, spec: dict, path) -> LlasaVoice:
     """voices.yaml: ``model: llasa``, ``checkpoint`` (HF Llama folder with its tokenizer), ``codec`` (XCodec2 folder);
-    optional ``device``, ``temperature``, ``top_p``, ``top_k``, ``repetition_penalty``, ``seed``, ``max_requests``,
-    ``max_tokens``, ``codec_left``/``codec_right`` (streaming decode context, codes), ``date`` (the chat template's
-    "Today Date"; default today, as transformers)."""
+    optional ``device``, ``dtype`` (``bfloat16`` on CUDA, ``float32`` on the CPU by default), ``temperature``,
+    ``top_p``, ``top_k``, ``repetition_penalty``, ``seed``, ``max_requests``, ``max_tokens``,
+    ``codec_left``/``codec_right`` (streaming decode context, codes), ``codec_encoder`` (default true: load XCodec2's
+    encoder, about 0.6 B parameters, so requests may bring reference audio; false saves its memory),
+    ``reference_audio`` + ``reference_text`` (a default zero-shot prompt clip and its transcript), ``date`` (the chat
+    template's "Today Date"; default today, as transformers)."""
     from legato.codecs.xcodec2 import XCodec2Codec, load_xcodec2_decoder
+    from legato.codecs.xcodec2_encoder import load_xcodec2_encoder
     from legato.tts.voice import SynthesisError
 
     for key in ("checkpoint", "codec"):
         if not spec.get(key):
             raise SynthesisError(f"voice {name!r}: llasa voices need {key!r} (the Llama folder and the XCodec2 folder)")
     device = spec.get("device", "cpu")
-    llama = Llama.from_pretrained(path(spec["checkpoint"]), device)
+    dtype_name = spec.get("dtype", "bfloat16" if str(device).startswith("cuda") else "float32")
+    if dtype_name not in DTYPES:
+        raise SynthesisError(f"voice {name!r}: dtype {dtype_name!r} is not one of {', '.join(DTYPES)}")
+    llama = Llama.from_pretrained(path(spec["checkpoint"]), device, DTYPES[dtype_name])
     tokenizer = LlasaTokenizer.from_folder(path(spec["checkpoint"]))
     tokenizer.date = spec.get("date")
-    codec = XCodec2Codec(load_xcodec2_decoder(path(spec["codec"]), device), int(spec.get("codec_left", 50)), int(spec.get("codec_right", 8)))
+    encoder = load_xcodec2_encoder(path(spec["codec"]), device) if spec.get("codec_encoder", True) else None
+    codec = XCodec2Codec(load_xcodec2_decoder(path(spec["codec"]), device), int(spec.get("codec_left", 50)),
+                         int(spec.get("codec_right", 8)), encoder)
     params = SamplingParams(float(spec.get("temperature", 0.8)), float(spec.get("top_p", 1.0)), int(spec.get("top_k", 50)),
                             float(spec.get("repetition_penalty", 1.0)))
+    ref_audio, ref_text = None, str(spec.get("reference_text", ""))
+    if spec.get("reference_audio"):
+        if encoder is None:
+            raise SynthesisError(f"voice {name!r}: reference_audio needs the XCodec2 encoder (codec_encoder: true)")
+        from legato.stream.audio_io import read_audio
+
+        ref_audio = read_audio(str(path(spec["reference_audio"])), codec.sample_rate)[0][:, 0]
     seed = spec.get("seed")
     return LlasaVoice(name, llama, tokenizer, codec, params=params, seed=None if seed is None else int(seed),
-                      max_requests=int(spec.get("max_requests", MAX_REQUESTS)), max_tokens=int(spec.get("max_tokens", MAX_TOKENS)))
+                      max_requests=int(spec.get("max_requests", MAX_REQUESTS)), max_tokens=int(spec.get("max_tokens", MAX_TOKENS)),
+                      ref_audio=ref_audio, ref_text=ref_text)
