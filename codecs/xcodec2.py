@@ -32,6 +32,7 @@ FSQ_LEVELS = 4
 FSQ_DIGITS = 8
 GN_GROUPS, NORM_EPS = 32, 1e-6
 HEAD_DIM_OFFICIAL = 64  # the package hard-codes 16 heads of 64
+FADE_SAMPLES = HOP  # cross-fade at each streamed seam: one code, 20 ms
 MIN_REFERENCE_SAMPLES = 400  # one 25 ms fbank frame: anything shorter has no semantic features
 
 
@@ -196,19 +197,32 @@ def load_xcodec2_decoder(folder: str | Path, device: str | torch.device = "cpu")
 class XCodec2Streamer:
     """Codes in as they are generated, audio out: each push decodes ``left`` past codes + everything not yet final
     and emits the audio of all but the last ``right`` codes (their audio waits for more context); ``flush`` emits
-    the rest. ``context`` (a zero-shot reference's codes) is left context only."""
+    the rest. ``context`` (a zero-shot reference's codes) is left context only.
 
-    def __init__(self, decoder: XCodec2Decoder, left: int = 50, right: int = 8, context: list[int] | None = None):
+    Consecutive windows disagree a little where they meet (the decoder is global), so the first ``fade`` samples of
+    each new piece are cross-faded (raised cosine) from what the previous window decoded for them: no step at
+    the seam."""
+
+    def __init__(self, decoder: XCodec2Decoder, left: int = 50, right: int = 8, context: list[int] | None = None,
+                 fade: int = FADE_SAMPLES):
         self.decoder, self.left, self.right = decoder, left, right
         self.codes: list[int] = list(context or [])
         self.emitted = len(self.codes)  # codes whose audio is out (or is the reference's)
+        self.fade = fade if right > 0 else 0
+        self.ahead = torch.zeros(0)  # the previous window's audio just past what it emitted
 
     def _decode(self, upto: int) -> torch.Tensor:
         lo = max(0, self.emitted - self.left)
         codes = torch.tensor([self.codes[lo:]], dtype=torch.long, device=self.decoder.digit_base.device)
-        audio = self.decoder(codes)[0]
+        audio = self.decoder(codes)[0].float().cpu()
         hop = self.decoder.cfg.hop
-        out = audio[(self.emitted - lo) * hop : (upto - lo) * hop].float().cpu()
+        start, end = (self.emitted - lo) * hop, (upto - lo) * hop
+        out = audio[start:end].clone()
+        n = min(self.ahead.numel(), out.numel())
+        if n:
+            rise = 0.5 - 0.5 * torch.cos(torch.pi * (torch.arange(n) + 0.5) / n)  # 0 -> 1
+            out[:n] = self.ahead[:n] * (1 - rise) + out[:n] * rise
+        self.ahead = audio[end:end + self.fade]
         self.emitted = upto
         return out
 

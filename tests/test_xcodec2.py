@@ -89,3 +89,20 @@ def test_llasa_voice_streams_over_grpc(tmp_path):
     same = lambda x: np.concatenate([np.frombuffer(c.audio, "<f4") for c in x])  # noqa: E731
     assert np.array_equal(same(a), same(again))  # a fixed seed gives the same audio whatever shares the batch
     assert voice.cache.in_use == 0
+
+
+def test_streamed_seams_are_cross_faded_from_the_previous_window(fx):
+    dec, z = fx
+    codes = z["codes"][0, 0].astype(np.int64).tolist()
+    s = XCodec2Streamer(dec, 16, 8)
+    first = s.push(codes[:20])
+    ahead = s.ahead.clone()  # what the first window decoded past its end (held back for more context)
+    second = s.push(codes[20:30])
+    assert ahead.numel() == 320 and first.numel() == 12 * 320 and second.numel() == 10 * 320
+    plain = XCodec2Streamer(dec, 16, 8, fade=0)
+    plain.push(codes[:20])
+    unfaded = plain.push(codes[20:30])
+    torch.testing.assert_close(second[320:], unfaded[320:])  # only the first 320 samples are blended
+    w = 0.5 - 0.5 * torch.cos(torch.pi * (torch.arange(320) + 0.5) / 320)
+    # the seam starts on the old window's waveform and ends on the new one's
+    torch.testing.assert_close(second[:320], ahead * (1 - w) + unfaded[:320] * w)
