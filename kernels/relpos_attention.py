@@ -8,7 +8,9 @@ chunk's first ``valid`` frames (chunked-limited attention: the whole current chu
 ``P`` (H, R, D) holds the projected sinusoids of the distances lo..left + T - 1 (the same for every stream, made
 once per step). Frame ``f`` of a stream lives in ring slot ``f % C``; ``frames`` (B,) counts the frames written
 before this chunk, so ring frames ``frames - left .. frames - 1`` that exist (``f >= 0``) are seen. After the
-attention the chunk's keys/values are written to their slots (all T, as NeMo caches the whole chunk).
+attention the chunk's keys/values are written to their slots (all T, as NeMo caches the whole chunk). The ring
+may be stored in a narrower dtype than the queries (fp8 e4m3: half the memory of bf16); it is read back in the
+queries' dtype.
 
 * ``relpos_attention_torch``: the reference (gathers the ring into time order, materialises the scores).
 * ``relpos_attention_triton``: one program per (stream, head) reads the ring in place, does the relative shift
@@ -30,12 +32,17 @@ SMALL_CHUNK = 0  # chunks of up to this many frames would use register multiply-
 # per FastConformer-L step at 4096 streams, bf16, H200), so tensor-core tiles serve every chunk width
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """fp8 tensors as raw bytes: CPU gather/scatter have no fp8 kernels, and moving bits is all they do here."""
+    return t.view(torch.uint8) if t.is_floating_point() and t.element_size() == 1 else t
+
+
 def _ring_order(ring: torch.Tensor, frames: torch.Tensor, left: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, H, C, D) ring -> its last ``left`` frames in time order (B, H, left, D) and which exist (B, left)."""
     cap = ring.shape[2]
     f = frames[:, None] - left + torch.arange(left, device=ring.device)  # (B, left) absolute frame of each key
     index = torch.remainder(f, cap)[:, None, :, None].expand(-1, ring.shape[1], -1, ring.shape[3])
-    return torch.gather(ring, 2, index), f >= 0
+    return torch.gather(_bits(ring), 2, index).view(ring.dtype), f >= 0
 
 
 @register(NAME, "torch")
@@ -46,7 +53,7 @@ def relpos_attention_torch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, 
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
     old_k, seen = _ring_order(ring_k, frames, left)
     old_v, _ = _ring_order(ring_v, frames, left)
-    keys, values = torch.cat([old_k, k], 2), torch.cat([old_v, v], 2)  # (B, H, S, D), S = left + T
+    keys, values = torch.cat([old_k.to(k.dtype), k], 2), torch.cat([old_v.to(v.dtype), v], 2)  # (B, H, S, D), S = left + T
     content = torch.matmul(q + bias_u[:, None].to(q.dtype), keys.transpose(-1, -2))
     by_distance = torch.matmul(q + bias_v[:, None].to(q.dtype), pos.transpose(-1, -2))  # (B, H, T, R)
     j = torch.arange(left + t, device=q.device)
@@ -58,8 +65,8 @@ def relpos_attention_torch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, 
     out = torch.matmul(weights.to(values.dtype), values)
     slots = torch.remainder(frames[:, None] + torch.arange(t, device=q.device), ring_k.shape[2])
     index = slots[:, None, :, None].expand(-1, h, -1, d)
-    ring_k.scatter_(2, index, k.to(ring_k.dtype))
-    ring_v.scatter_(2, index, v.to(ring_v.dtype))
+    _bits(ring_k).scatter_(2, index, _bits(k.to(ring_k.dtype)))
+    _bits(ring_v).scatter_(2, index, _bits(v.to(ring_v.dtype)))
     return out.transpose(1, 2)
 
 

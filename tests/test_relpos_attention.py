@@ -74,3 +74,19 @@ def test_triton_kernel_matches_the_reference(dtype, tol, t, left, cap, d):
         torch.backends.cuda.matmul.allow_tf32 = saved
     torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)
     assert torch.equal(ring_k, rk) and torch.equal(ring_v, rv)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+def test_triton_kernel_with_an_fp8_ring_matches_the_reference():
+    g = torch.Generator().manual_seed(3)
+    b, t, h, d, left = 4, 2, 8, 64, 70
+    mk = lambda *s: torch.randn(*s, generator=g).to("cuda", torch.bfloat16)  # noqa: E731
+    q, k, v, pos, bu, bv = mk(b, t, h, d), mk(b, t, h, d), mk(b, t, h, d), mk(h, left + 2 * t - 1, d), mk(h, d), mk(h, d)
+    ring_k, ring_v = mk(b, h, left, d).to(torch.float8_e4m3fn), mk(b, h, left, d).to(torch.float8_e4m3fn)
+    frames, valid = torch.tensor([0, 5, 69, 300], device="cuda"), torch.tensor([2, 2, 1, 2], device="cuda")
+    rk, rv = ring_k.clone(), ring_v.clone()
+    ref = relpos_attention_torch(q, k, v, rk, rv, frames, valid, pos, bu, bv, left, d ** -0.5)
+    out = dispatch.get(NAME, "cuda")[1](q, k, v, ring_k, ring_v, frames, valid, pos, bu, bv, left, d ** -0.5)
+    torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=3e-2)
+    assert torch.equal(ring_k.view(torch.uint8), rk.view(torch.uint8))
