@@ -135,6 +135,11 @@ class Engine:
         self.step_times = [scheduler.StepTimeModel() for _ in self.stages]
         self._streams: dict[str, _Stream] = {}
         self._members: list[dict[str, tuple[_Stream, int]]] = [{} for _ in self.stages]  # streams open on each stage
+        # streams with input queued at each stage: the pick scans these, not every open stream
+        self._queued: list[dict[str, tuple[_Stream, int]]] = [{} for _ in self.stages]
+        self._generating = [type(s).pending is not Stage.pending for s in self.stages]  # may be ready without input
+        self._earliest = [float("inf")] * len(self.stages)  # earliest queued deadline per stage at the last pick
+        self._waiting = 0  # workers asleep on the condition (a push may need to wake one)
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._stopping = False
@@ -227,11 +232,25 @@ class Engine:
         entry.waiters.clear()
         self._cond.notify_all()
 
+    def _enqueue(self, entry: _Stream, i: int, item: _Item) -> None:
+        entry.queues[i].append(item)
+        self._queued[entry.path[i]][entry.info.stream_id] = (entry, i)
+
+    def _push_wakes(self, entry: _Stream, item: _Item) -> bool:
+        """Whether new input must wake the worker now, rather than at the time it already set for itself: the stage
+        had nothing queued, its batch is now full or complete, or this input is due before everything queued."""
+        if not self._waiting:
+            return False  # every worker is stepping; each picks again afterwards
+        k = entry.path[0]
+        queued, stage = len(self._queued[k]), self.stages[k]
+        return queued == 1 or queued >= min(stage.max_batch, len(self._members[k])) or item.deadline < self._earliest[k]
+
     def _close_stage(self, entry: _Stream, i: int) -> None:
         if entry.open[i] and not entry.in_flight[i]:
             entry.open[i] = False
             k = entry.path[i]
             self._members[k].pop(entry.info.stream_id, None)
+            self._queued[k].pop(entry.info.stream_id, None)
             try:
                 self.stages[k].close(entry.contexts[i])
             except Exception:  # closing must never take the engine down
@@ -241,6 +260,7 @@ class Engine:
         """Finish a stream: drop queued input, close stages not mid-step, deliver ``last``."""
         for i, q in enumerate(entry.queues):
             q.clear()
+            self._queued[entry.path[i]].pop(entry.info.stream_id, None)
             self._close_stage(entry, i)
         if not entry.finished:
             entry.finished = True
@@ -259,12 +279,13 @@ class Engine:
         best, best_deadline, wait = None, float("inf"), float("inf")
         for k in reversed(stage_ids):  # downstream first (within a route): drain before filling
             stage = self.stages[k]
-            active = 0
+            # every open member is active: a finished stream leaves its stages at once unless mid-step, and no step
+            # of this worker runs while it picks
+            active = len(self._members[k])
             ready: list[tuple[float, _Stream, int]] = []
-            for e, i in self._members[k].values():
+            for e, i in (self._members[k] if self._generating[k] else self._queued[k]).values():
                 if e.finished:
                     continue
-                active += 1
                 if not self._has_room_after(e, i):
                     continue
                 if e.queues[i]:
@@ -272,9 +293,11 @@ class Engine:
                 elif stage.pending(e.contexts[i]):
                     ready.append((e.tick_due[i], e, i))
             if not ready:
+                self._earliest[k] = float("inf")
                 continue
             ready.sort(key=lambda r: r[0])
             earliest, first, at = ready[0]
+            self._earliest[k] = earliest
             downstream = sum(self.step_times[j].estimate(1) for j in first.path[at + 1 :])  # the earliest stream's later stages
             n = min(len(ready), stage.max_batch)
             decision = scheduler.decide(
@@ -305,10 +328,16 @@ class Engine:
                     choice, wait = self._pick(stage_ids, now)
                     if choice is not None:
                         break
-                    self._cond.wait(None if wait == float("inf") else wait)
+                    self._waiting += 1
+                    try:
+                        self._cond.wait(None if wait == float("inf") else wait)
+                    finally:
+                        self._waiting -= 1
                 k, members = choice
                 items = [e.queues[i].popleft() if e.queues[i] else _Item(Tick(), e.tick_due[i], now, now) for e, i in members]
                 for e, i in members:
+                    if not e.queues[i]:
+                        self._queued[k].pop(e.info.stream_id, None)
                     e.in_flight[i] = True
                     self._wake(e)  # room freed: a blocked push or upstream may go on
             self._run(k, members, items)
@@ -366,7 +395,7 @@ class Engine:
                 e.out.append(frame)
                 self.end_to_end_s.record(now - it.arrival)
             else:
-                e.queues[i + 1].append(_Item(frame, it.deadline, it.arrival, now))
+                self._enqueue(e, i + 1, _Item(frame, it.deadline, it.arrival, now))
                 if isinstance(frame, EndOfStream):
                     self._close_stage(e, i)
         self._wake(e)
@@ -411,10 +440,12 @@ class StreamHandle:
         if len(e.queues[0]) >= eng.queue_frames:
             return False
         now = eng.clock()
-        e.queues[0].append(_Item(frame, now + self.info.budget_s, now, now))
+        item = _Item(frame, now + self.info.budget_s, now, now)
+        eng._enqueue(e, 0, item)
         if isinstance(frame, EndOfStream):
             e.input_closed = True
-        eng._cond.notify_all()
+        if isinstance(frame, EndOfStream) or eng._push_wakes(e, item):
+            eng._cond.notify_all()
         return True
 
     def push(self, frame: Frame, timeout: float | None = None) -> None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 #: step-time estimates follow new measurements with this weight (exponential average)
 STEP_TIME_SMOOTHING = 0.2
+#: step time beyond the largest batch measured grows as (size ratio) ** this
+EXTRAPOLATION_EXPONENT = 0.5
 #: margin kept before a deadline for thread wake-up jitter and routing
 DEADLINE_SAFETY_S = 0.002
 
@@ -52,9 +54,11 @@ class StepTimeModel:
                 return ta + (tb - ta) * (batch_size - a) / (b - a)
             if above:  # smaller than anything seen: assume no cheaper than the smallest
                 return self._by_size[above[0]]
-            # Larger than anything seen: scale linearly from the largest (pessimistic).
+            # Larger than anything seen: grow as the square root from the largest. Batched steps cost mostly a fixed
+            # amount until the device fills, and a linear guess from small batches would keep every batch small
+            # (the deadline rule would fire at once on whatever is ready, so bigger batches would never be timed).
             top = below[-1]
-            return self._by_size[top] * batch_size / top
+            return self._by_size[top] * (batch_size / top) ** EXTRAPOLATION_EXPONENT
 
 
 @dataclass(frozen=True)

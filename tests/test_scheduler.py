@@ -22,6 +22,6 @@ def test_step_time_model_interpolates_and_extrapolates():
     m.record(1, 0.010)
     m.record(8, 0.024)
     assert abs(m.estimate(4) - (0.010 + 0.014 * 3 / 7)) < 1e-12
-    assert abs(m.estimate(16) - 0.048) < 1e-12
+    assert abs(m.estimate(16) - 0.024 * 2 ** 0.5) < 1e-12  # sublinear beyond the largest batch seen
     m.record(8, 0.034)  # smoothed, not replaced
     assert 0.024 < m.estimate(8) < 0.034

@@ -1,0 +1,182 @@
+"""Load test through the real WebSocket server: N paced real-time client streams over loopback.
+
+Starts ``legato serve`` as a subprocess (its own process and GIL, as in production), then opens N client
+connections from this process. Each sends a speech clip in real time (``--chunk-ms`` pieces on a fixed
+schedule, starts spread over one chunk period), then ``end``, and waits for the server's ``end``. Recorded:
+
+* text latency, partials and finals apart: receive time minus the send time of the chunk holding the event's last
+  word end (what a caption viewer waits, lookahead included; a final also waits for its endpoint);
+* flush latency: ``end`` sent to ``end`` received;
+* client lag: how late the sender ran against its schedule (when it grows past a chunk, this machine's clients,
+  not the server, are the limit, and the figure is invalid);
+* failures: connections refused, ``error`` messages, streams without ``end`` ("no audio lost" = none of these).
+
+    python3 -P bench/load_ws.py --model fastconformer:tests/fixtures/nemo/rnnt_tiny.nemo --streams 16,64,256 \
+        [--clip ../shared/testdata/speech/en_LDC93S1.wav] [--chunk-ms 160] [--seconds 10] [--out load_ws.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
+from common import git_commit, pct  # noqa: E402
+
+SAMPLE_RATE = 16000
+DEFAULT_CLIP = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "speech" / "en_LDC93S1.wav"
+READY_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clip_pcm(path: Path, seconds: float) -> bytes:
+    import soundfile
+
+    audio, rate = soundfile.read(str(path), dtype="int16", always_2d=True)
+    if rate != SAMPLE_RATE:
+        raise SystemExit(f"{path}: {rate} Hz; use a 16 kHz clip")
+    mono = audio[:, 0]
+    reps = int(np.ceil(seconds * SAMPLE_RATE / len(mono)))
+    return np.tile(mono, reps)[: int(seconds * SAMPLE_RATE)].astype("<i2").tobytes()
+
+
+def start_server(args, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-P", "-m", "legato.clients.cli", "serve", "--port", str(port), "--model", args.model,
+           "--max-connections", str(max(int(n) for n in args.streams.split(",")) + 8), "--max-batch", str(args.max_batch),
+           "--latency-budget", str(args.budget)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+
+
+async def wait_ready(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.5)
+    raise SystemExit("server did not start listening")
+
+
+async def one_stream(url: str, pcm: bytes, chunk_ms: int, offset_s: float, rec: dict) -> None:
+    from websockets.asyncio.client import connect
+
+    step = SAMPLE_RATE * chunk_ms // 1000 * 2  # bytes of s16le mono
+    chunks = [pcm[i:i + step] for i in range(0, len(pcm), step)]
+    sent: list[float] = []
+    await asyncio.sleep(offset_s)
+    try:
+        async with connect(url, max_size=None, compression=None, open_timeout=60) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "s16le", "channels": 1}))
+
+            async def send() -> None:
+                t0 = time.monotonic()
+                for k, chunk in enumerate(chunks):
+                    due = t0 + k * chunk_ms / 1000
+                    now = time.monotonic()
+                    if due > now:
+                        await asyncio.sleep(due - now)
+                    rec["lag"].append(max(0.0, time.monotonic() - due))
+                    await ws.send(chunk)
+                    sent.append(time.monotonic())
+                rec["end_sent"] = time.monotonic()
+                await ws.send(json.dumps({"type": "end"}))
+
+            sender = asyncio.create_task(send())
+            async for raw in ws:
+                msg, now = json.loads(raw), time.monotonic()
+                kind = msg.get("type")
+                if kind in ("partial", "final") and msg.get("end") is not None and msg.get("text"):
+                    k = min(len(sent) - 1, int(msg["end"] * 1000 // chunk_ms))
+                    if k >= 0:
+                        rec[kind].append(now - sent[k])
+                elif kind == "error":
+                    rec["errors"].append(msg.get("code", "?"))
+                    break
+                elif kind == "end":
+                    rec["flush"] = now - rec.get("end_sent", now)
+                    rec["ended"] = True
+                    break
+            await sender
+    except Exception as exc:  # noqa: BLE001 - a load test counts failures instead of stopping
+        rec["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
+
+
+async def run_level(port: int, n: int, pcm: bytes, chunk_ms: int) -> dict:
+    recs = [{"lag": [], "partial": [], "final": [], "errors": [], "ended": False} for _ in range(n)]
+    t0 = time.monotonic()
+    await asyncio.gather(*(one_stream(f"ws://127.0.0.1:{port}/", pcm, chunk_ms, chunk_ms / 1000 * i / n, r) for i, r in enumerate(recs)))
+    def dist(kind: str) -> dict | None:
+        xs = [x * 1e3 for r in recs for x in r[kind]]
+        return {"n": len(xs), "p50": statistics.median(xs), "p95": pct(xs, 95), "p99": pct(xs, 99), "max": max(xs)} if xs else None
+
+    lag = [x * 1e3 for r in recs for x in r["lag"]]
+    flush = [r["flush"] * 1e3 for r in recs if "flush" in r]
+    failures = sum(1 for r in recs if r["errors"] or not r["ended"])
+    return {
+        "streams": n, "wall_s": time.monotonic() - t0, "failed_streams": failures,
+        "errors": sorted({e for r in recs for e in r["errors"]})[:5],
+        "partial_latency_ms": dist("partial"), "final_latency_ms": dist("final"),
+        "flush_ms": {"p50": statistics.median(flush), "p99": pct(flush, 99)} if flush else None,
+        "client_lag_ms": {"p99": pct(lag, 99), "max": max(lag)} if lag else None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="whisper-tiny.en", help="a legato serve --model spec")
+    ap.add_argument("--streams", default="1,8,32")
+    ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP, help="16 kHz speech clip, looped to --seconds")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--chunk-ms", type=int, default=160)
+    ap.add_argument("--max-batch", type=int, default=256, help="server --max-batch")
+    ap.add_argument("--budget", type=float, default=0.1, help="server --latency-budget, seconds")
+    ap.add_argument("--port", type=int, default=None, help="use a server already listening on this port (no spawn)")
+    ap.add_argument("--commit", default=None)
+    ap.add_argument("--out", default="load_ws.json")
+    args = ap.parse_args()
+    pcm = clip_pcm(args.clip, args.seconds)
+    port = args.port or free_port()
+    proc = None if args.port else start_server(args, port)
+    rows = []
+    try:
+        if proc is not None:
+            asyncio.run(wait_ready(port, proc))
+        for n in (int(x) for x in args.streams.split(",")):
+            row = asyncio.run(run_level(port, n, pcm, args.chunk_ms))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    info = {"commit": args.commit or git_commit(), "model": args.model, "chunk_ms": args.chunk_ms, "seconds": args.seconds,
+            "clip": str(args.clip), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
+    Path(args.out).write_text(json.dumps(info, indent=1))
+    print(f"wrote {args.out}")
+    return 0 if all(r["failed_streams"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
