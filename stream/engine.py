@@ -16,6 +16,9 @@ Shape of the machine::
   would otherwise be missed), takes one frame from each of up to
   ``max_batch`` ready streams (earliest deadline first), runs the stage, and
   routes outputs to each stream's next stage.
+* The worker keeps, per stage, the streams with queued input, and scans only
+  those; a push wakes it only when that can change its decision (the stage
+  was idle, its batch is full or complete, or the input is due first).
 * A stream is ready for a stage only if the queue *after* the stage has room,
   so a slow consumer stalls its own stream back to ``push``, which blocks (or
   awaits) instead of dropping audio. Queues may overshoot their bound by the
