@@ -79,6 +79,9 @@ class Stage:
         return f"{type(self).__name__}({self.name!r})"
 
 
+PER_STREAM_MAX_BATCH = 4096
+
+
 class PerStreamStage(Stage):
     """A stage that handles each stream on its own (cheap per-stream work: DSP, rechunking).
 
@@ -87,6 +90,9 @@ class PerStreamStage(Stage):
     """
 
     accepts: tuple[type, ...] = ()
+    # Every ready stream in one call: taken one stream per step, per-stream stages fed later stages one stream at a
+    # time, and under load those stages, always late, stepped batches of one (mean 1.1 streams at 64 live streams).
+    max_batch = PER_STREAM_MAX_BATCH
 
     def handle(self, context: Any, frame: Frame) -> list[Frame]:
         raise NotImplementedError
