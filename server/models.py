@@ -11,7 +11,10 @@
 ``paraformer-2pass:ONLINE,OFFLINE``     FunASR's 2pass: partials from the streaming folder, a final from the
                                         offline folder at each VAD endpoint
 
-``LEGATO_DEVICE`` (default: cuda when available, else cpu) picks where models run.
+``LEGATO_DEVICE`` (default: cuda when available, else cpu) picks where models run. FastConformer models also
+read ``LEGATO_PRECISION`` (``fp32``, the default and the parity-tested one, or ``bf16``) and ``LEGATO_KV_CACHE``
+(``model``: the weights' dtype, or ``fp8``: e4m3 attention keys/values, half the per-stream memory);
+``legato serve --precision/--kv-cache`` set them.
 """
 
 from __future__ import annotations
@@ -60,12 +63,31 @@ def model_device() -> str:
     return os.environ.get("LEGATO_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+PRECISIONS = ("fp32", "bf16")
+KV_CACHES = ("model", "fp8")
+
+
+def _setting(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = os.environ.get(name, default)
+    if value not in allowed:
+        raise UnknownModelError(f"{name}={value!r}: use one of {', '.join(allowed)}")
+    return value
+
+
 def _fastconformer(spec: str, path: str):
+    import torch
+
     from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 
     if not Path(path).is_file():
         raise UnknownModelError(f"{spec}: no .nemo file {path}")
+    precision = _setting("LEGATO_PRECISION", "fp32", PRECISIONS)
+    kv_cache = _setting("LEGATO_KV_CACHE", "model", KV_CACHES)
     rec = FastConformerRecognizer.from_nemo(path, device=model_device())
+    if precision == "bf16":
+        rec.model.to(torch.bfloat16)
+    if kv_cache == "fp8":
+        rec.model.encoder.kv_dtype = torch.float8_e4m3fn
     return rec.name, rec
 
 

@@ -164,3 +164,18 @@ def test_cli_transcribe_fastconformer(tmp_path, clips, hybrid):
         capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 2 and "lookahead_ms 7 is not one of this model's lookaheads" in bad.stderr
+
+
+def test_bf16_and_fp8_cache_settings_serve(monkeypatch, clips):
+    """LEGATO_PRECISION / LEGATO_KV_CACHE (legato serve --precision / --kv-cache) reach the model and its state."""
+    from legato.server.models import UnknownModelError
+
+    monkeypatch.setenv("LEGATO_PRECISION", "bf16")
+    monkeypatch.setenv("LEGATO_KV_CACHE", "fp8")
+    _, rec = load_recognizer(f"fastconformer:{NEMO / 'hybrid_tiny.nemo'}")
+    assert next(rec.model.parameters()).dtype == torch.bfloat16 and rec.model.encoder.kv_dtype == torch.float8_e4m3fn
+    out = _serve(rec, {"a": (clips[0], 16000, 1000, {"endpointing": {"enabled": False}})})
+    assert [e for e in out["a"] if e.kind is TextKind.FINAL]  # a bf16 model with an fp8 cache streams to its final
+    monkeypatch.setenv("LEGATO_KV_CACHE", "fp4")
+    with pytest.raises(UnknownModelError, match="LEGATO_KV_CACHE='fp4': use one of model, fp8"):
+        load_recognizer(f"fastconformer:{NEMO / 'hybrid_tiny.nemo'}")

@@ -56,6 +56,7 @@ class FastConformerStage(Stage):
         self.recognizer, self.name, self.max_batch = recognizer, name, max_batch
         model = recognizer.model
         self.device = str(model.param_device())
+        self.dtype = next(model.parameters()).dtype  # the mel front-end runs in fp32; a bf16 model takes bf16 mel
         self.encoder = model.encoder
         self.enc_pool = StatePool(model.encoder, capacity, self.device)
         self.decoders = {kind: model.greedy_decoder(kind) for kind in model.cfg.heads.decoders}
@@ -145,7 +146,7 @@ class FastConformerStage(Stage):
         ctxs: list[_Stream] = [batch[i][0] for i in rows]
         first, kind, lookahead = steps[0].first, ctxs[0].decoder, ctxs[0].lookahead
         dev = self.enc_pool.device
-        mel = torch.stack([s.mel for s in steps]).to(dev)
+        mel = torch.stack([s.mel for s in steps]).to(dev, self.dtype)
         valid = torch.tensor([s.valid for s in steps], device=dev)
         final = torch.tensor([s.final for s in steps], device=dev) if any(s.final for s in steps) else None
         enc_slots, dec_slots = [c.enc_slot for c in ctxs], [c.dec_slot for c in ctxs]
