@@ -150,3 +150,16 @@ def test_unsupported_model_class_names_the_field(tmp_path):
             tar.addfile(info, io.BytesIO(data))
     with pytest.raises(UnsupportedConfigError, match="target"):
         load_nemo(out)
+
+
+def test_incremental_words_equal_the_whole_decode_at_every_prefix():
+    from legato.asr.fastconformer.recognizer import FastConformerRecognizer
+    from legato.asr.fastconformer.words import WordBuilder, words_from_tokens
+
+    tok = FastConformerRecognizer.from_nemo(FIXTURES / "nemo" / "hybrid_tiny.nemo").tokenizer
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, tok.vocab_size, (60,), generator=g).tolist()
+    frames = sorted(torch.randint(0, 200, (60,), generator=g).tolist())
+    builder = WordBuilder()
+    for n in [0, 1, 2, 3, 7, 8, 20, 21, 22, 40, 59, 60]:  # growing, in uneven steps
+        assert builder.words(tok, tokens[:n], frames[:n], 0.08) == words_from_tokens(tok, tokens[:n], frames[:n], 0.08), n

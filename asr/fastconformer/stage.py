@@ -26,7 +26,7 @@ import torch
 
 from legato.asr.fastconformer.chunking import MelChunker, MelStep
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
-from legato.asr.fastconformer.words import words_from_tokens
+from legato.asr.fastconformer.words import WordBuilder
 from legato.asr.utterance_events import utterance_events
 from legato.stream.frames import EndOfStream, FeatureChunk, Frame, TextEvent, TextKind
 from legato.stream.graph import BatchItem, Stage, StreamInfo
@@ -48,6 +48,7 @@ class _Stream:
     frames_done: int = 0  # encoder frames decoded so far
     tokens: list[int] = field(default_factory=list)  # current utterance
     token_frames: list[int] = field(default_factory=list)
+    words: WordBuilder = field(default_factory=WordBuilder)  # the utterance's words, built incrementally
     last_partial: str = ""
 
 
@@ -162,7 +163,7 @@ class FastConformerStage(Stage):
             ctx.frames_done += n
 
     def _event(self, ctx: _Stream, kind: TextKind) -> TextEvent | None:
-        words = words_from_tokens(self.recognizer.tokenizer, ctx.tokens, ctx.token_frames, self.recognizer.frame_s)
+        words = ctx.words.words(self.recognizer.tokenizer, ctx.tokens, ctx.token_frames, self.recognizer.frame_s)
         if not words:
             return None
         return TextEvent(kind, " ".join(w.word for w in words), words[0].start_s, words[-1].end_s, tuple(words) if kind is TextKind.FINAL else ())
@@ -174,5 +175,5 @@ class FastConformerStage(Stage):
         final = end or (ctx.endpoint_frames is not None and silent >= ctx.endpoint_frames)
         out = utterance_events(ctx, final, lambda kind: self._event(ctx, kind))
         if final:
-            ctx.tokens, ctx.token_frames = [], []
+            ctx.tokens, ctx.token_frames, ctx.words = [], [], WordBuilder()
         return out
