@@ -60,9 +60,10 @@ class RelativeKeyAttention(nn.Module):
         q, k, v = (lin(x).view(b, t, self.heads, self.d).transpose(1, 2) for lin in (self.linear_q, self.linear_k, self.linear_v))
         pos = torch.arange(t, device=x.device)
         distance = (pos[None, :] - pos[:, None]).clamp(-LEFT_POSITIONS, RIGHT_POSITIONS) + LEFT_POSITIONS  # key j - query i
-        emb = self.distance_embedding(distance).to(q.dtype)  # (T, T, d)
-        scores = (q @ k.transpose(-1, -2) + torch.einsum("bhid,ijd->bhij", q, emb)) / self.d ** 0.5
-        out = torch.softmax(scores, dim=-1) @ v
+        # q . E[distance] as a gather from q . E for the 73 distances: (B, H, T, 73), not a (T, T, d) table
+        by_distance = q @ self.distance_embedding.weight.to(q.dtype).t()
+        relative = by_distance.gather(-1, distance.expand(b, self.heads, t, t))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=relative / self.d ** 0.5)  # both terms / sqrt(d)
         return self.linear_out(out.transpose(1, 2).reshape(b, t, -1))
 
 

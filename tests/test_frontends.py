@@ -50,6 +50,7 @@ FRONTENDS = {
     "nemo": lambda: NemoMel(NemoMelConfig(normalize="NA")),
     "nemo_pad16": lambda: NemoMel(NemoMelConfig(normalize="NA", pad_to=16)),
     "kaldi_fbank": lambda: KaldiFbank(),
+    "kaldi_fbank_f64": lambda: KaldiFbank(KaldiFbankConfig(window="povey", compute_dtype="float64")),  # w2v-BERT's
     "funasr": lambda: FunasrFrontend(KaldiFbankConfig(), LfrConfig(), _cmvn()),
     "whisper80": lambda: WhisperMel(),
     "whisper128": lambda: WhisperMel(WhisperMelConfig(n_mels=128)),
@@ -111,6 +112,16 @@ def test_frame_counts():
         assert funasr(audio).shape[1] == funasr.num_frames(n) == math.ceil(max(0, 1 + (n - 400) // 160) / 6)
         if n > 200:
             assert whisper(audio).shape[1] == whisper.num_frames(n) == n // 160
+
+
+def test_kaldi_fbank_in_float64_is_float32_out_and_near_the_float32_one():
+    audio = _audio(16000)
+    f64 = KaldiFbank(KaldiFbankConfig(compute_dtype="float64"))
+    assert f64.window.dtype == f64.banks.dtype == torch.float64 and f64(audio).dtype == torch.float32
+    # float32 rounding moves the quietest bins' logs: 4e-4 here, 2e-3 on the XCodec2 fixture's speech
+    torch.testing.assert_close(f64(audio), KaldiFbank()(audio), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        KaldiFbankConfig(compute_dtype="float16")
 
 
 def test_nemo_last_frame_is_padding():

@@ -40,6 +40,7 @@ MEL_SCALE = 1127.0
 SECONDS_PER_MS = 0.001  # torchaudio multiplies by this; dividing by 1000 could truncate differently
 WINDOWS = ("hamming", "hanning", "povey", "rectangular")
 POVEY_POWER = 0.85  # povey window = hann ** 0.85
+COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,13 @@ class KaldiFbankConfig:
     low_freq: float = 20.0  # Hz
     high_freq: float = 0.0  # Hz; <= 0 is an offset from Nyquist
     waveform_scale: float = INT16_SCALE  # 1.0 for audio already in 16-bit units
+    # "float64": window, mel edges and spectra in float64, as transformers' numpy extractors (SeamlessM4T). In float32,
+    # rounding in the window and FFT leaks from loud bins into quiet ones: the lowest mel bins of speech move by ~2e-3
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
         if self.window not in WINDOWS:
             raise ValueError(f"window must be one of {WINDOWS}, got {self.window!r}")
         if not 0.0 <= self.preemph <= 1.0:
@@ -81,14 +87,15 @@ class KaldiFbankConfig:
         return next_power_of_two(self.frame_samples)
 
 
-def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, low_freq: float, high_freq: float) -> torch.Tensor:
-    """(n_mels, n_fft // 2 + 1) float32 Kaldi triangles over FFT bins; the Nyquist column is zero.
+def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, low_freq: float, high_freq: float,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1) Kaldi triangles over FFT bins; the Nyquist column is zero.
 
     Triangle ``m`` rises from mel ``low + m * delta`` to ``low + (m + 1) * delta`` and
     falls to ``low + (m + 2) * delta``, ``delta = (mel(high) - mel(low)) / (n_mels + 1)``.
     Kaldi computes the edges and bin positions in float32 (BaseFloat), and so
     does this: the lowest triangles span only a few FFT bins, and float64 edges
-    move their log energies by up to 3e-4.
+    move their log energies by up to 3e-4 (``dtype=torch.float64``: transformers' edges).
     """
     nyquist = 0.5 * sample_rate
     high = high_freq if high_freq > 0.0 else nyquist + high_freq
@@ -96,12 +103,12 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, low_freq: float, 
         raise ValueError(f"need 0 <= low_freq ({low_freq}) < high_freq ({high}) <= Nyquist ({nyquist})")
     mel_low, mel_high = _mel(low_freq), _mel(high)  # Python floats, as Kaldi's scalar edges
     delta = (mel_high - mel_low) / (n_mels + 1)
-    index = torch.arange(n_mels, dtype=torch.float32)[:, None]
+    index = torch.arange(n_mels, dtype=dtype)[:, None]
     left = mel_low + index * delta
     centre = mel_low + (index + 1.0) * delta
     right = mel_low + (index + 2.0) * delta
     # Kaldi leaves out the Nyquist bin.
-    freqs = torch.arange(n_fft // 2, dtype=torch.float32) * (sample_rate / n_fft)
+    freqs = torch.arange(n_fft // 2, dtype=dtype) * (sample_rate / n_fft)
     bins = MEL_SCALE * torch.log(1.0 + freqs / MEL_BREAK_HZ)
     up = (bins - left) / (centre - left)
     down = (right - bins) / (right - centre)
@@ -114,14 +121,14 @@ def _mel(freq: float) -> float:
     return MEL_SCALE * math.log(1.0 + freq / MEL_BREAK_HZ)
 
 
-def _window(kind: str, length: int) -> torch.Tensor:
+def _window(kind: str, length: int, dtype: torch.dtype) -> torch.Tensor:
     if kind == "hamming":
-        return hamming_window(length)
+        return hamming_window(length, dtype)
     if kind == "hanning":
-        return hann_window(length, periodic=False)
+        return hann_window(length, periodic=False, dtype=dtype)
     if kind == "povey":
-        return hann_window(length, periodic=False).pow(POVEY_POWER)
-    return torch.ones(length)
+        return hann_window(length, periodic=False, dtype=dtype).pow(POVEY_POWER)
+    return torch.ones(length, dtype=dtype)
 
 
 class KaldiFbank(StreamingModule):
@@ -133,8 +140,10 @@ class KaldiFbank(StreamingModule):
         super().__init__()
         self.config = config
         c = config
-        self.register_buffer("window", _window(c.window, c.frame_samples), persistent=False)
-        self.register_buffer("banks", kaldi_mel_banks(c.n_mels, c.n_fft, c.sample_rate, c.low_freq, c.high_freq), persistent=False)
+        dtype = COMPUTE_DTYPES[c.compute_dtype]
+        self.register_buffer("window", _window(c.window, c.frame_samples, dtype), persistent=False)
+        self.register_buffer("banks", kaldi_mel_banks(c.n_mels, c.n_fft, c.sample_rate, c.low_freq, c.high_freq, dtype),
+                             persistent=False)
         self.framer = Framer(c.frame_samples, c.frame_shift_samples)
 
     @classmethod
@@ -146,10 +155,11 @@ class KaldiFbank(StreamingModule):
         return frames_in(num_samples, self.config.frame_samples, self.config.frame_shift_samples)
 
     def _fbank(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, 400) scaled frames -> (B, T, n_mels) log mel energies."""
+        """(B, T, 400) scaled float32 frames -> (B, T, n_mels) float32 log mel energies (computed in ``compute_dtype``)."""
         if frames.shape[1] == 0:  # most small steps: skip the spectral work
             return frames.new_zeros(frames.shape[0], 0, self.config.n_mels)
         c = self.config
+        frames = frames.to(self.window.dtype)
         if c.remove_dc_offset:
             frames = frames - frames.mean(dim=2, keepdim=True)
         if c.preemph:
@@ -157,7 +167,7 @@ class KaldiFbank(StreamingModule):
             before = torch.cat([frames[:, :, :1], frames[:, :, :-1]], dim=2)
             frames = frames - c.preemph * before
         mel = apply_mel(power_spectrum(frames, self.window, c.n_fft, 0), self.banks)
-        return torch.clamp(mel, min=MEL_LOG_FLOOR).log()
+        return torch.clamp(mel, min=MEL_LOG_FLOOR).log().float()
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """Offline: (B, n) -> (B, num_frames(n), n_mels)."""

@@ -15,14 +15,14 @@ import torch.nn.functional as F
 SAMPLE_RATE = 16000  # Hz, every front-end here
 
 
-def hann_window(length: int, periodic: bool) -> torch.Tensor:
-    """(length,) float32 Hann window; ``periodic=False`` is the symmetric one (both ends zero)."""
-    return torch.hann_window(length, periodic=periodic, dtype=torch.float32)
+def hann_window(length: int, periodic: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(length,) Hann window; ``periodic=False`` is the symmetric one (both ends zero)."""
+    return torch.hann_window(length, periodic=periodic, dtype=dtype)
 
 
-def hamming_window(length: int) -> torch.Tensor:
-    """(length,) float32 symmetric Hamming window, 0.54 - 0.46 cos (Kaldi's)."""
-    return torch.hamming_window(length, periodic=False, alpha=0.54, beta=0.46, dtype=torch.float32)
+def hamming_window(length: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(length,) symmetric Hamming window, 0.54 - 0.46 cos (Kaldi's)."""
+    return torch.hamming_window(length, periodic=False, alpha=0.54, beta=0.46, dtype=dtype)
 
 
 def power_spectrum(frames: torch.Tensor, window: torch.Tensor, n_fft: int, offset: int) -> torch.Tensor:
