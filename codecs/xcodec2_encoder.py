@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from legato.codecs.alias_free import Activation1d
 from legato.codecs.w2v_bert import W2vBert, W2vBertConfig
+from legato.codecs.xcodec2 import XCodec2Error
 from legato.codecs.xcodec2_features import semantic_features
 
 HOP = 320
@@ -28,7 +29,7 @@ SEMANTIC_LAYER = 16  # XCodec2 reads hidden_states[16]
 FSQ_LEVELS, FSQ_DIGITS = 4, 8
 FSQ_HALF = (FSQ_LEVELS - 1) * (1 + 1e-3) / 2  # 1.5015
 FSQ_OFFSET = 0.5  # even number of levels
-MIN_SAMPLES = 1
+MIN_SAMPLES = HOP  # 20 ms: a shorter clip would be mostly padding (the package takes even 1 sample)
 
 
 def _fold_weight_norm(state: dict, prefix: str) -> dict:
@@ -146,7 +147,15 @@ class XCodec2Encoder(nn.Module):
         return out
 
     def encode(self, audio: torch.Tensor) -> list[int]:
-        """(L,) float audio at 16 kHz -> L // 320 + 1 codes."""
+        """(L,) float audio at 16 kHz, L >= 320 -> L // 320 + 1 codes; XCodec2Error for anything else."""
+        if not isinstance(audio, torch.Tensor) or audio.dim() != 1:
+            raise XCodec2Error(f"reference audio must be mono samples (L,), got shape {tuple(getattr(audio, 'shape', ()))}")
+        if not audio.is_floating_point():
+            raise XCodec2Error(f"reference audio must be float samples (full scale 1.0), got {audio.dtype}")
+        if audio.numel() < MIN_SAMPLES:
+            raise XCodec2Error(f"reference audio is too short: {audio.numel()} samples, need at least {MIN_SAMPLES} (20 ms)")
+        if not bool(torch.isfinite(audio).all()):
+            raise XCodec2Error("reference audio contains NaN or infinite samples")
         return self.stages(audio.to(self.digit_base.device))["codes"].tolist()
 
 
@@ -172,9 +181,9 @@ def encoder_from_state(state: dict) -> XCodec2Encoder:
 
 
 def load_xcodec2_encoder(folder: str | Path, device: str | torch.device = "cpu") -> XCodec2Encoder:
+    """The official folder's ``model.safetensors`` (the whole model; the decoder's keys are skipped): sizes from the
+    weights, so the release and the tiny test fixture both load. Float32 on ``device``."""
     from safetensors.torch import load_file
-
-    from legato.codecs.xcodec2 import XCodec2Error
 
     path = Path(folder) / "model.safetensors"
     if not path.is_file():

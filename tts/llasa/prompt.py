@@ -76,6 +76,10 @@ class LlasaTokenizer:
         return cls(tok, template, special, offset, count, ids[SPEECH_END])
 
     def speech_tokens(self, codes: list[int]) -> str:
+        bad = [c for c in codes if not 0 <= c < self.speech_count]
+        if bad:  # "<|s_70000|>" would be tokenised as plain text, silently
+            raise LlasaTokenizerError(f"speech code {bad[0]} has no token: this tokenizer has <|s_0|>..<|s_{self.speech_count - 1}|> "
+                                      f"(a codec with more codes than the Llama has speech tokens?)")
         return "".join(f"<|s_{c}|>" for c in codes)
 
     def prompt_text(self, text: str, reference_text: str = "", reference_codes: list[int] | None = None) -> str:

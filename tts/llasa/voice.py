@@ -5,8 +5,10 @@ Each request is one :class:`ArJob` on the voice's :class:`ArStepper` (all reques
 ``max_requests`` slots and every fused step; prompts are prefilled in chunks beside the running decodes). The
 request's generator waits for the first ``first_group`` tokens (fast first audio), then ``group`` at a time,
 and pushes each group through the codec's streaming decoder. Zero-shot: the reference clip is encoded by
-XCodec2, its codes follow ``<|SPEECH_GENERATION_START|>`` in the prompt (its transcript precedes the text), and
-they prime the streaming decoder as left context (decoded, not emitted). Generation stops at
+XCodec2 (the voice's default clip once, at load; a request's own clip in its request), its codes follow
+``<|SPEECH_GENERATION_START|>`` in the prompt (its transcript precedes the text), and they prime the streaming
+decoder as left context (decoded, not emitted). A clip the encoder refuses, or a prompt longer than the KV cache
+holds per request, is the request's fault (``SynthesisError``). Generation stops at
 ``<|SPEECH_GENERATION_END|>`` or at a length cap from the text (``CAP_S_BASE + CAP_S_PER_CHAR`` per character).
 """
 
@@ -21,9 +23,9 @@ import torch
 
 from legato.stream.autoregressive import ArJob, ArStepper, TokenMark
 from legato.tts.llasa.llama import Llama
-from legato.tts.llasa.prompt import LlasaTokenizer
+from legato.tts.llasa.prompt import LlasaTokenizer, LlasaTokenizerError
 from legato.tts.llasa.sampling import SamplingParams, sample
-from legato.tts.voice import Submit, SynthesisRequest, Voice, Wait
+from legato.tts.voice import Submit, SynthesisError, SynthesisRequest, Voice, Wait
 
 TOKENS_PER_S = 50  # XCodec2
 FIRST_GROUP = 10  # tokens before the first audio: 0.2 s of speech
@@ -56,7 +58,10 @@ class LlasaVoice(Voice):
         self.supports_reference = bool(getattr(codec, "can_encode", True))
         self.params, self.seed = params, seed
         self.first_group, self.group = first_group, group
-        self.ref_audio, self.ref_text = ref_audio, ref_text
+        # the default clip is encoded once, here: a bad clip fails at load time, not in every request
+        self.ref_codes = codec.encode(ref_audio) if ref_audio is not None and self.supports_reference else []
+        self.ref_text = ref_text if self.ref_codes else ""
+        tokenizer.speech_tokens(self.ref_codes)  # every code has its token
         self.cache = llama.new_cache(max_requests, max_tokens)
         self.stepper = ArStepper(llama, self.cache, sample, token_budget=token_budget)
         if self.stepper.graphs is not None:
@@ -75,15 +80,19 @@ class LlasaVoice(Voice):
             from legato.stream.resample import Resampler
 
             audio = Resampler(request.reference_rate, self.sample_rate)(request.reference_audio[:, None])[:, 0]
-            return self.codec.encode(audio), request.reference_text
-        if self.ref_audio is not None and self.supports_reference:
-            return self.codec.encode(self.ref_audio), self.ref_text
-        return [], ""
+            try:
+                return self.codec.encode(audio), request.reference_text
+            except ValueError as exc:  # the clip's fault (too short, not finite): a bad request, not a failure
+                raise SynthesisError(f"reference_audio: {exc}") from None
+        return self.ref_codes, self.ref_text
 
     @torch.inference_mode()
     def stream(self, request: SynthesisRequest, cancelled: threading.Event) -> Iterator:
         codes, ref_text = self._reference(request)
         prompt = self.tokenizer.prompt_ids(request.text, ref_text, codes)
+        if len(prompt) >= self.cache.max_tokens:
+            raise SynthesisError(f"the prompt is {len(prompt)} tokens (reference clip {len(codes)} at 50 per second, and the "
+                                 f"texts); this voice holds {self.cache.max_tokens} per request: shorten the reference or the text")
         seed = self.seed if self.seed is not None else random.getrandbits(62)
         params = SamplingParams(self.params.temperature, self.params.top_p, self.params.top_k, self.params.repetition_penalty, seed)
         job = ArJob(prompt, params, frozenset({self.tokenizer.speech_end}), self.cap_tokens(request.text))
@@ -114,12 +123,12 @@ def llasa_from_spec(name: str, spec: dict, path) -> LlasaVoice:
     optional ``device``, ``dtype`` (``bfloat16`` on CUDA, ``float32`` on the CPU by default), ``temperature``,
     ``top_p``, ``top_k``, ``repetition_penalty``, ``seed``, ``max_requests``, ``max_tokens``,
     ``codec_left``/``codec_right`` (streaming decode context, codes), ``codec_encoder`` (default true: load XCodec2's
-    encoder, about 0.6 B parameters, so requests may bring reference audio; false saves its memory),
-    ``reference_audio`` + ``reference_text`` (a default zero-shot prompt clip and its transcript), ``date`` (the chat
-    template's "Today Date"; default today, as transformers)."""
-    from legato.codecs.xcodec2 import XCodec2Codec, load_xcodec2_decoder
+    encoder, 0.44 B float32 parameters (w2v-BERT's first 16 layers and the acoustic convs), so requests may bring
+    reference audio; false saves its memory and the voice takes no reference), ``reference_audio`` +
+    ``reference_text`` (a default zero-shot prompt clip and its transcript, both or neither; encoded at load),
+    ``date`` (the chat template's "Today Date"; default today, as transformers)."""
+    from legato.codecs.xcodec2 import XCodec2Codec, XCodec2Error, load_xcodec2_decoder
     from legato.codecs.xcodec2_encoder import load_xcodec2_encoder
-    from legato.tts.voice import SynthesisError
 
     for key in ("checkpoint", "codec"):
         if not spec.get(key):
@@ -137,6 +146,8 @@ def llasa_from_spec(name: str, spec: dict, path) -> LlasaVoice:
     params = SamplingParams(float(spec.get("temperature", 0.8)), float(spec.get("top_p", 1.0)), int(spec.get("top_k", 50)),
                             float(spec.get("repetition_penalty", 1.0)))
     ref_audio, ref_text = None, str(spec.get("reference_text", ""))
+    if bool(spec.get("reference_audio")) != bool(ref_text.strip()):
+        raise SynthesisError(f"voice {name!r}: reference_audio and reference_text go together (a clip and its transcript)")
     if spec.get("reference_audio"):
         if encoder is None:
             raise SynthesisError(f"voice {name!r}: reference_audio needs the XCodec2 encoder (codec_encoder: true)")
@@ -144,6 +155,9 @@ def llasa_from_spec(name: str, spec: dict, path) -> LlasaVoice:
 
         ref_audio = read_audio(str(path(spec["reference_audio"])), codec.sample_rate)[0][:, 0]
     seed = spec.get("seed")
-    return LlasaVoice(name, llama, tokenizer, codec, params=params, seed=None if seed is None else int(seed),
-                      max_requests=int(spec.get("max_requests", MAX_REQUESTS)), max_tokens=int(spec.get("max_tokens", MAX_TOKENS)),
-                      ref_audio=ref_audio, ref_text=ref_text)
+    try:
+        return LlasaVoice(name, llama, tokenizer, codec, params=params, seed=None if seed is None else int(seed),
+                          max_requests=int(spec.get("max_requests", MAX_REQUESTS)),
+                          max_tokens=int(spec.get("max_tokens", MAX_TOKENS)), ref_audio=ref_audio, ref_text=ref_text)
+    except (XCodec2Error, LlasaTokenizerError) as exc:  # the default clip would not encode, or fit the prompt
+        raise SynthesisError(f"voice {name!r}: reference_audio: {exc}") from None
