@@ -9,11 +9,8 @@ extra last slot, ``scratch``, is never handed out: padded rows of a captured dec
 
 from __future__ import annotations
 
-import threading
-
 import torch
-
-from legato.stream.errors import CapacityError
+from legato.stream.slots import SlotAllocator
 
 
 class KvCache:
@@ -23,25 +20,17 @@ class KvCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.slots, self.max_tokens, self.scratch = slots, max_tokens, slots
-        self._free = list(range(slots - 1, -1, -1))  # pop() gives the lowest free slot
-        self._lock = threading.Lock()
+        self._slots = SlotAllocator(slots, f"all {slots} KV cache slots are in use", "KV slot")
 
     @property
     def in_use(self) -> int:
-        return self.slots - len(self._free)
+        return self._slots.in_use
 
     def acquire(self) -> int:
-        with self._lock:
-            if not self._free:
-                raise CapacityError(f"all {self.slots} KV cache slots are in use")
-            return self._free.pop()
+        return self._slots.acquire()
 
     def release(self, slot: int) -> None:
-        with self._lock:
-            if slot in self._free or not 0 <= slot < self.slots:
-                raise ValueError(f"KV slot {slot} is not in use")
-            self._free.append(slot)
-            self._free.sort(reverse=True)
+        self._slots.release(slot)
 
     def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store keys/values of new tokens: ``slots``/``positions`` (N,) of each, k/v (N, kv_heads, head_dim)."""

@@ -12,13 +12,11 @@ leaves every stream's saved state exactly as it was.
 
 from __future__ import annotations
 
-import threading
 from typing import Sequence
 
 import torch
-
-from legato.stream.errors import CapacityError
 from legato.stream.module import StreamingModule
+from legato.stream.slots import SlotAllocator
 from legato.stream.state import StreamState
 
 
@@ -33,27 +31,20 @@ class StatePool:
         self.device = torch.device(device) if device is not None else module.param_device()
         self.state = module.init_state(capacity, device=self.device)
         self._fresh = module.init_state(1, device=self.device)
-        self._free = list(range(capacity - 1, -1, -1))  # pop() hands out slot 0 first
-        self._lock = threading.Lock()
+        self._slots = SlotAllocator(capacity, f"state pool for {type(module).__name__} is full ({capacity} streams)")
 
     @property
     def in_use(self) -> int:
-        return self.capacity - len(self._free)
+        return self._slots.in_use
 
     def acquire(self) -> int:
         """Take a free slot, reset to the initial state. Raises CapacityError when full."""
-        with self._lock:
-            if not self._free:
-                raise CapacityError(f"state pool for {type(self.module).__name__} is full ({self.capacity} streams)")
-            slot = self._free.pop()
+        slot = self._slots.acquire()
         self.reset([slot])
         return slot
 
     def release(self, slot: int) -> None:
-        with self._lock:
-            if slot in self._free or not 0 <= slot < self.capacity:
-                raise ValueError(f"slot {slot} is not in use")
-            self._free.append(slot)
+        self._slots.release(slot)
 
     def rows(self, slots: Sequence[int]) -> torch.Tensor:
         return torch.as_tensor(list(slots), dtype=torch.long, device=self.device)
