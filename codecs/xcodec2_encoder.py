@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from legato.codecs.alias_free import Activation1d
+from legato.codecs.hifigan import fold_weight_norm
 from legato.codecs.w2v_bert import W2vBert, W2vBertConfig
 from legato.codecs.xcodec2 import XCodec2Error
 from legato.codecs.xcodec2_features import semantic_features
@@ -30,22 +31,6 @@ FSQ_LEVELS, FSQ_DIGITS = 4, 8
 FSQ_HALF = (FSQ_LEVELS - 1) * (1 + 1e-3) / 2  # 1.5015
 FSQ_OFFSET = 0.5  # even number of levels
 MIN_SAMPLES = HOP  # 20 ms: a shorter clip would be mostly padding (the package takes even 1 sample)
-
-
-def _fold_weight_norm(state: dict, prefix: str) -> dict:
-    """``parametrizations.weight.original0/1`` (g, v) -> ``weight`` = g v / |v| (norm over all but dim 0)."""
-    out = {}
-    for key, value in state.items():
-        if not key.startswith(prefix):
-            continue
-        key = key[len(prefix):]
-        if key.endswith("parametrizations.weight.original0"):
-            base = key[: -len("parametrizations.weight.original0")]
-            g, v = value, state[prefix + base + "parametrizations.weight.original1"]
-            out[base + "weight"] = g * v / v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
-        elif not key.endswith("parametrizations.weight.original1"):
-            out[key] = value
-    return out
 
 
 class ResidualUnit(nn.Module):
@@ -173,7 +158,8 @@ def encoder_from_state(state: dict) -> XCodec2Encoder:
     keep = {k: v for k, v in state.items()
             if k.startswith(("SemanticEncoder_module.", "fc_prior.", "generator.quantizer.project_in.", "semantic_model.feature_projection."))
             or (k.startswith("semantic_model.encoder.layers.") and int(k.split(".")[3]) < SEMANTIC_LAYER)}
-    keep.update({"CodecEnc." + k: v for k, v in _fold_weight_norm(state, "CodecEnc.").items()})
+    acoustic_state = {k[len("CodecEnc."):]: v for k, v in state.items() if k.startswith("CodecEnc.")}
+    keep.update({"CodecEnc." + k: v for k, v in fold_weight_norm(acoustic_state).items()})
     missing, unexpected = model.load_state_dict(keep, strict=False)
     if missing or unexpected:
         raise KeyError(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
