@@ -27,9 +27,7 @@ import torch
 from legato.kernels.dispatch import register
 
 NAME = "relpos_stream_attention"
-MIN_DOT = 16
-SMALL_CHUNK = 0  # chunks of up to this many frames would use register multiply-adds: measured slower (62.6 vs 39 ms
-# per FastConformer-L step at 4096 streams, bf16, H200), so tensor-core tiles serve every chunk width
+MIN_DOT = 16  # tl.dot tile side; a 2-frame chunk pads to it (register multiply-adds instead measured slower: 62.6 vs 39 ms per step)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -87,11 +85,10 @@ def relpos_attention_triton(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u,
         return relpos_attention_torch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left, scale)
     pos, bias_u, bias_v = pos.contiguous(), bias_u.contiguous(), bias_v.contiguous()
     out = torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)
-    small = t <= SMALL_CHUNK
     _compile()[(b, h)](q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, out,
                        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                        ring_k.stride(0), ring_k.stride(1), ring_k.stride(2), out.stride(0), out.stride(1), out.stride(2),
                        pos.stride(0), pos.stride(1), t, left, ring_k.shape[2], pos.shape[1], scale,
-                       BLOCK_T=_pow2(t, 2 if small else MIN_DOT), BLOCK_C=_pow2(left), BLOCK_R=_pow2(pos.shape[1]), D=d,
-                       IEEE=q.dtype == torch.float32, SMALL=small)
+                       BLOCK_T=_pow2(t), BLOCK_C=_pow2(left), BLOCK_R=_pow2(pos.shape[1]), D=d,
+                       IEEE=q.dtype == torch.float32)
     return out

@@ -15,8 +15,7 @@ def dot(a, b, IEEE: tl.constexpr):
 def kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O,
            sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, so_b, so_t, so_h, sp_h, sp_r,
            T, LEFT, CAP, R, scale,
-           BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
-           SMALL: tl.constexpr):
+           BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr):
     b, h = tl.program_id(0), tl.program_id(1)
     frames = tl.load(FRAMES + b)
     valid = tl.load(VALID + b)
@@ -29,10 +28,7 @@ def kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O,
     # position scores for every distance: G[t, r] = (q_t + v) . P[r]
     r = tl.arange(0, BLOCK_R)
     p = tl.load(P + h * sp_h + r[:, None] * sp_r + d[None, :], mask=(r < R)[:, None], other=0.0).to(Q.dtype.element_ty)
-    if SMALL:  # few query rows: register multiply-adds (a 16-row tensor-core tile would be mostly padding)
-        g = tl.sum(qv[:, None, :].to(tl.float32) * p[None, :, :].to(tl.float32), 2)
-    else:
-        g = dot(qv, tl.trans(p), IEEE)  # (BLOCK_T, BLOCK_R) fp32
+    g = dot(qv, tl.trans(p), IEEE)  # (BLOCK_T, BLOCK_R) fp32
     # ring keys in time order: j -> frame frames - LEFT + j
     j = tl.arange(0, BLOCK_C)
     f = frames - LEFT + j
@@ -40,20 +36,12 @@ def kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O,
     slot = ((f % CAP) + CAP) % CAP
     ring = RK + b * sr_b + h * sr_h + slot[:, None] * sr_c + d[None, :]
     kr = tl.load(ring, mask=seen[:, None], other=0.0).to(Q.dtype.element_ty)  # mixed dtypes (autocast) compute in q's
-    if SMALL:
-        s_ring = tl.sum(qu[:, None, :].to(tl.float32) * kr[None, :, :].to(tl.float32), 2)
-    else:
-        s_ring = dot(qu, tl.trans(kr), IEEE)
-    s_ring = s_ring + tl.gather(g, tl.minimum(tl.maximum(LEFT - j[None, :] + t[:, None] + T - 1, 0), BLOCK_R - 1), 1)
+    s_ring = dot(qu, tl.trans(kr), IEEE) + tl.gather(g, tl.minimum(tl.maximum(LEFT - j[None, :] + t[:, None] + T - 1, 0), BLOCK_R - 1), 1)
     s_ring = tl.where(seen[None, :], s_ring * scale, float("-inf"))
     # the chunk's own keys (non-causal within the chunk)
     kn = tl.load(K + b * sk_b + t[:, None] * sk_t + h * sk_h + d[None, :], mask=in_t[:, None], other=0.0).to(Q.dtype.element_ty)
     vn = tl.load(V + b * sk_b + t[:, None] * sk_t + h * sk_h + d[None, :], mask=in_t[:, None], other=0.0).to(Q.dtype.element_ty)
-    if SMALL:
-        s_new = tl.sum(qu[:, None, :].to(tl.float32) * kn[None, :, :].to(tl.float32), 2)
-    else:
-        s_new = dot(qu, tl.trans(kn), IEEE)
-    s_new = s_new + tl.gather(g, tl.minimum(tl.maximum(t[:, None] - t[None, :] + T - 1, 0), BLOCK_R - 1), 1)
+    s_new = dot(qu, tl.trans(kn), IEEE) + tl.gather(g, tl.minimum(tl.maximum(t[:, None] - t[None, :] + T - 1, 0), BLOCK_R - 1), 1)
     s_new = tl.where((t < valid)[None, :] & in_t[None, :], s_new * scale, float("-inf"))
     m = tl.maximum(tl.max(s_ring, 1), tl.max(s_new, 1))
     m = tl.where(m == float("-inf"), 0.0, m)
@@ -61,10 +49,7 @@ def kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O,
     e_new = tl.exp(s_new - m[:, None])
     total = tl.sum(e_ring, 1) + tl.sum(e_new, 1)
     vr = tl.load(RV + b * sr_b + h * sr_h + slot[:, None] * sr_c + d[None, :], mask=seen[:, None], other=0.0).to(Q.dtype.element_ty)
-    if SMALL:
-        acc = tl.sum(e_ring[:, :, None] * vr[None, :, :].to(tl.float32), 1) + tl.sum(e_new[:, :, None] * vn[None, :, :].to(tl.float32), 1)
-    else:
-        acc = dot(e_ring.to(vr.dtype), vr, IEEE) + dot(e_new.to(vn.dtype), vn, IEEE)
+    acc = dot(e_ring.to(vr.dtype), vr, IEEE) + dot(e_new.to(vn.dtype), vn, IEEE)
     out = acc / tl.where(total > 0, total, 1.0)[:, None]
     tl.store(O + b * so_b + t[:, None] * so_t + h * so_h + d[None, :], out.to(O.dtype.element_ty), mask=in_t[:, None])
     tl.debug_barrier()  # every thread's ring reads are done before the chunk overwrites the oldest slots
