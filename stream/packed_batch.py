@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from legato.stream.transfer import to_device
+
 
 @dataclass(frozen=True)
 class PackedBatch:
@@ -45,9 +47,7 @@ class PackedBatch:
             token_slots += [slot] * len(chunk)
             last.append(len(tokens) - 1)
         n, nl, nd = len(tokens), len(last), len(decode)
-        flat = torch.tensor(tokens + positions + token_slots + last + [x for b in decode + prefill for x in b], dtype=torch.long)
-        flat = flat.pin_memory() if torch.device(device).type == "cuda" else flat
-        flat = flat.to(device, non_blocking=True)
+        flat = to_device(tokens + positions + token_slots + last + [x for b in decode + prefill for x in b], torch.long, device)
         blocks = flat[3 * n + nl:].to(torch.int32).view(-1, 2)
         return cls(flat[:n], flat[n:2 * n], flat[2 * n:3 * n], flat[3 * n:3 * n + nl], blocks[:nd], blocks[nd:], block_tokens)
 

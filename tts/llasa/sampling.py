@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from legato.stream.transfer import to_device
+
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64
 _M1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
 _M2 = -7723592293110705685  # 0x94D049BB133111EB
@@ -65,12 +67,13 @@ def penalise(logits: torch.Tensor, history: list[list[int]], penalties: list[flo
     return logits
 
 
-def _to_device(values: list, dtype: torch.dtype, device) -> torch.Tensor:
-    """A per-row list as a device tensor without a blocking copy (pinned staging on CUDA)."""
-    t = torch.tensor(values, dtype=dtype)
-    if torch.device(device).type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
+def _top_p_drop(ascending: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """For scores sorted ascending: the tokens outside each row's nucleus (transformers' TopPLogitsWarper: drop the
+    least likely while their total stays within 1 - top_p, keeping at least the most likely)."""
+    cum = ascending.softmax(dim=1).cumsum(dim=1)
+    drop = cum <= (1 - to_device([p.top_p for p in params], torch.float32, ascending.device))[:, None]
+    drop[:, -1] = False
+    return drop
 
 
 def process(logits: torch.Tensor, params: list[SamplingParams], history=None) -> torch.Tensor:
@@ -82,16 +85,14 @@ def process(logits: torch.Tensor, params: list[SamplingParams], history=None) ->
     dev, vocab = logits.device, logits.shape[1]
     temps = [p.temperature or 1.0 for p in params]
     if any(t != 1.0 for t in temps):
-        logits = logits / _to_device(temps, torch.float32, dev)[:, None]
+        logits = logits / to_device(temps, torch.float32, dev)[:, None]
     ks = [min(p.top_k or vocab, vocab) for p in params]
     if any(k < vocab for k in ks):
-        kth = logits.topk(max(ks), dim=1).values.gather(1, _to_device(ks, torch.long, dev)[:, None] - 1)  # not a full sort
+        kth = logits.topk(max(ks), dim=1).values.gather(1, to_device(ks, torch.long, dev)[:, None] - 1)  # not a full sort
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if any(p.top_p < 1 for p in params):
         ordered, index = logits.sort(dim=1)  # ascending, as transformers' TopPLogitsWarper
-        cum = ordered.softmax(dim=1).cumsum(dim=1)
-        drop = cum <= (1 - _to_device([p.top_p for p in params], torch.float32, dev))[:, None]
-        drop[:, -1] = False  # keep at least the most likely token
+        drop = _top_p_drop(ordered, params)
         logits = logits.masked_fill(drop.scatter(1, index, drop), float("-inf"))
     return logits
 
@@ -104,7 +105,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], steps: list[int],
     greedy = [p.temperature == 0 for p in params]
     if all(greedy):
         return logits.argmax(dim=1)
-    seeds_steps = _to_device([p.seed for p in params] + list(steps), torch.long, dev).view(2, -1)
+    seeds_steps = to_device([p.seed for p in params] + list(steps), torch.long, dev).view(2, -1)
     ks = [p.top_k for p in params]
     if all(ks) and max(ks) + TIE_MARGIN < vocab:
         drawn = _draw_top_k(logits, params, seeds_steps)
@@ -114,7 +115,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], steps: list[int],
         drawn = (scores.double() - torch.log(-torch.log(u))).argmax(dim=1)  # Gumbel-max
     if not any(greedy):
         return drawn
-    return torch.where(_to_device(greedy, torch.bool, dev), logits.argmax(dim=1), drawn)
+    return torch.where(to_device(greedy, torch.bool, dev), logits.argmax(dim=1), drawn)
 
 
 def _draw_top_k(logits: torch.Tensor, params: list[SamplingParams], seeds_steps: torch.Tensor) -> torch.Tensor:
@@ -126,15 +127,11 @@ def _draw_top_k(logits: torch.Tensor, params: list[SamplingParams], seeds_steps:
     ks = [p.top_k for p in params]
     values, index = logits.topk(max(ks) + TIE_MARGIN, dim=1)  # sorted, best first
     temps = [p.temperature or 1.0 for p in params]
-    values = values.float() / _to_device(temps, torch.float32, dev)[:, None]
-    kth = values.gather(1, _to_device(ks, torch.long, dev)[:, None] - 1)
+    values = values.float() / to_device(temps, torch.float32, dev)[:, None]
+    kth = values.gather(1, to_device(ks, torch.long, dev)[:, None] - 1)
     values = values.masked_fill(values < kth, float("-inf"))
     if any(p.top_p < 1 for p in params):
-        ascending = values.flip(1)
-        cum = ascending.softmax(dim=1).cumsum(dim=1)
-        drop = cum <= (1 - _to_device([p.top_p for p in params], torch.float32, dev))[:, None]
-        drop[:, -1] = False  # keep at least the most likely token
-        values = values.masked_fill(drop.flip(1), float("-inf"))
+        values = values.masked_fill(_top_p_drop(values.flip(1), params).flip(1), float("-inf"))
     u = uniforms_at(seeds_steps[0], seeds_steps[1], index)
     best = (values.double() - torch.log(-torch.log(u))).argmax(dim=1)
     return index.gather(1, best[:, None])[:, 0]
