@@ -140,7 +140,7 @@ def check(nemo, ours, cfg, li: int, device: str, steps: int, amp) -> dict:
     }
 
 
-class _Step(nn.Module):
+class EncoderStep(nn.Module):
     """``stream_step`` in CapturedStep's ``step(x, state)`` form."""
 
     def __init__(self, enc, li):
@@ -172,7 +172,7 @@ def side_step(side: str, nemo, ours, cfg, li: int, b: int, device: str):
         state = enc.init_state(b, device)
         if side == "ours_bf16":
             return lambda: enc.stream_step(new16[next(n) % N_INPUTS], state, lookahead=li, first=False)
-        cap = CapturedStep(_Step(enc, li), state, new16[0])
+        cap = CapturedStep(EncoderStep(enc, li), state, new16[0])
         return lambda: cap(new16[next(n) % N_INPUTS])
     pool, slots = StatePool(ours, b, device), list(range(b))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
-from bench_fastconformer import FULL  # noqa: E402
+from bench_fastconformer import FULL, EncoderStep  # noqa: E402
 from common import time_steps  # noqa: E402
 
 from legato.asr.fastconformer.encoder import FastConformerEncoder  # noqa: E402
@@ -24,21 +24,10 @@ from legato.stream.cuda_graphs import CapturedStep  # noqa: E402
 LOOKAHEAD = 2  # [70, 1]: 160 ms chunks
 
 
-class Step(torch.nn.Module):
-    """stream_step as a StreamingModule-like object for CapturedStep."""
-
-    def __init__(self, enc):
-        super().__init__()
-        self.enc = enc
-
-    def step(self, x, state):
-        return self.enc.stream_step(x, state, lookahead=LOOKAHEAD, first=False)[0]
-
-
 def variant(enc, b, kind, mel):
     state = enc.init_state(b, "cuda")
     if kind == "graph":
-        cap = CapturedStep(Step(enc), state, mel)
+        cap = CapturedStep(EncoderStep(enc, LOOKAHEAD), state, mel)
         return lambda: cap(mel)
     if kind == "autocast":
         def run():
