@@ -23,13 +23,13 @@ from legato.kernels.dispatch import register
 NAME = "slot_attention"
 MIN_DOT = 16  # tl.dot needs every matrix side >= 16
 KEYS_PER_ITERATION = 64
+PREFILL_ROWS = 64  # query rows (tokens x heads of a group) per prefill block
 
 
-def tokens_per_block(group: int, prefill: bool) -> int:
-    """Tokens per kernel block: a decode block is one token (its query tile is the head group, padded to the
-    dot minimum); a prefill block fills a 64-row query tile."""
-    rows = 64 if prefill else MIN_DOT
-    return max(1, rows // group)
+def tokens_per_block(group: int) -> int:
+    """Prompt tokens per kernel block: enough to fill a 64-row query tile with the group's heads (a decode block is
+    one token; the kernel pads its tile to the dot minimum)."""
+    return max(1, PREFILL_ROWS // group)
 
 
 @register(NAME, "torch")

@@ -17,7 +17,7 @@ def _case(heads, kv_heads, dim, dtype, device, length=200, slots=6):
     g = torch.Generator().manual_seed(heads * 100 + dim)
     k = torch.randn(slots, kv_heads, length, dim, generator=g).to(device, dtype)
     v = torch.randn(slots, kv_heads, length, dim, generator=g).to(device, dtype)
-    block = tokens_per_block(heads // kv_heads, prefill=True)
+    block = tokens_per_block(heads // kv_heads)
     batch = PackedBatch.build([[0] * c for _, _, c in ROWS], [p for _, p, _ in ROWS], [s for s, _, _ in ROWS], device, block)
     q = torch.randn(batch.size, heads, dim, generator=g).to(device, dtype)
     return q, k, v, batch

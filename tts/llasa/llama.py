@@ -192,7 +192,7 @@ class Llama(nn.Module):
     def pack(self, chunks: list[list[int]], starts: list[int], slots: list[int]) -> PackedBatch:
         """A step's input: per row, new tokens ``chunks[r]`` after ``starts[r]`` cached ones, in KV slot ``slots[r]``."""
         group = self.cfg.num_attention_heads // self.cfg.num_key_value_heads
-        return PackedBatch.build(chunks, starts, slots, self.inv_freq.device, tokens_per_block(group, prefill=True))
+        return PackedBatch.build(chunks, starts, slots, self.inv_freq.device, tokens_per_block(group))
 
     @torch.inference_mode()
     def step(self, batch: PackedBatch, cache: KvCache, all_logits: bool = False) -> torch.Tensor:
