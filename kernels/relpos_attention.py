@@ -25,14 +25,10 @@ import os
 import torch
 
 from legato.kernels.dispatch import register
+from legato.stream.state import byte_view
 
 NAME = "relpos_stream_attention"
 MIN_DOT = 16  # tl.dot tile side; a 2-frame chunk pads to it (register multiply-adds instead measured slower: 62.6 vs 39 ms per step)
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """fp8 tensors as raw bytes: CPU gather/scatter have no fp8 kernels, and moving bits is all they do here."""
-    return t.view(torch.uint8) if t.is_floating_point() and t.element_size() == 1 else t
 
 
 def _ring_order(ring: torch.Tensor, frames: torch.Tensor, left: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +36,7 @@ def _ring_order(ring: torch.Tensor, frames: torch.Tensor, left: int) -> tuple[to
     cap = ring.shape[2]
     f = frames[:, None] - left + torch.arange(left, device=ring.device)  # (B, left) absolute frame of each key
     index = torch.remainder(f, cap)[:, None, :, None].expand(-1, ring.shape[1], -1, ring.shape[3])
-    return torch.gather(_bits(ring), 2, index).view(ring.dtype), f >= 0
+    return torch.gather(byte_view(ring), 2, index).view(ring.dtype), f >= 0
 
 
 @register(NAME, "torch")
@@ -63,8 +59,8 @@ def relpos_attention_torch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, 
     out = torch.matmul(weights.to(values.dtype), values)
     slots = torch.remainder(frames[:, None] + torch.arange(t, device=q.device), ring_k.shape[2])
     index = slots[:, None, :, None].expand(-1, h, -1, d)
-    _bits(ring_k).scatter_(2, index, _bits(k.to(ring_k.dtype)))
-    _bits(ring_v).scatter_(2, index, _bits(v.to(ring_v.dtype)))
+    byte_view(ring_k).scatter_(2, index, byte_view(k.to(ring_k.dtype)))
+    byte_view(ring_v).scatter_(2, index, byte_view(v.to(ring_v.dtype)))
     return out.transpose(1, 2)
 
 

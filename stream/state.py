@@ -79,7 +79,7 @@ class StreamState:
 
     def scatter_(self, rows: torch.Tensor, src: "StreamState") -> None:
         """Write ``src`` (batch n) into the given rows of this state, in place."""
-        _zip(self, src, lambda dst, s: _bytes(dst).index_copy_(0, rows, _bytes(s)))
+        _zip(self, src, lambda dst, s: byte_view(dst).index_copy_(0, rows, byte_view(s)))
 
     def copy_(self, src: "StreamState") -> None:
         _zip(self, src, lambda dst, s: dst.copy_(s))
@@ -97,8 +97,9 @@ class StreamState:
         return sum(t.numel() * t.element_size() for _, t in self.leaves())
 
 
-def _bytes(t: torch.Tensor) -> torch.Tensor:
-    """fp8 leaves (an fp8 K/V cache) as raw bytes: the CPU has no fp8 index_copy, and a row copy only moves bits."""
+def byte_view(t: torch.Tensor) -> torch.Tensor:
+    """fp8 tensors as raw bytes (others as they are): the CPU has no fp8 gather, scatter or index_copy, and moving
+    rows only moves bits."""
     return t.view(torch.uint8) if t.is_floating_point() and t.element_size() == 1 else t
 
 
