@@ -3,7 +3,7 @@
 Per variant and batch: step p50 (CUDA events) and, for the largest batch, the top kernels by CUDA time from
 ``torch.profiler``. Variants: fp32 eager; bf16 autocast (what bench_fastconformer's --dtype bf16 measures);
 bf16 weights and caches (no autocast); bf16 weights replayed from a CUDA graph.
-    python3 -P bench/profile_fastconformer_step.py [--batches 256,4096] [--top 25]
+    python3 -P bench/profile_fastconformer_step.py [--batches 256,4096] [--top 25] [--kinds bf16,graph]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--batches", default="256,4096")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--big", default="", help="extra batches for the bf16 and graph variants only")
+    ap.add_argument("--kinds", default="fp32,autocast,bf16,graph", help="variants to run")
     args = ap.parse_args()
     torch.manual_seed(0)
     enc32 = FastConformerEncoder(FULL).cuda().eval()
@@ -53,7 +54,10 @@ def main() -> None:
     enc16.to(torch.bfloat16)
     chunk = FULL.chunk_mel(FULL.lookaheads[LOOKAHEAD])
     batches = [int(x) for x in args.batches.split(",")]
+    kinds = args.kinds.split(",")
     for kind, enc in (("fp32", enc32), ("autocast", enc32), ("bf16", enc16), ("graph", enc16)):
+        if kind not in kinds:
+            continue
         for b in batches + ([int(x) for x in args.big.split(",")] if args.big and kind in ("bf16", "graph") else []):
             dt = torch.bfloat16 if enc is enc16 else torch.float32
             mel = torch.randn(b, chunk, FULL.feat_in, device="cuda", dtype=dt)
