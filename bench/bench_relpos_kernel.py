@@ -1,0 +1,92 @@
+"""The streaming relative-position attention kernels alone, against their memory floor (issue 8).
+
+FastConformer-L's attention shape (8 heads of 64, 70 cached frames) at 160 ms chunks (2 frames) and a wide chunk
+(8 frames): the tensor-core kernel, the row-at-a-time kernel (chunks of up to 4 frames) and the PyTorch reference,
+with bf16 and fp8 rings. Each is first checked against the reference (64 streams), then timed (CUDA events, median
+of 20 after 5 warm-ups). The floor is the bytes a call must move (ring keys/values read, chunk q/k/v read, output
+and new ring rows written) at 4.8 TB/s.
+    python3 -P bench/bench_relpos_kernel.py [--batches 4096,16384]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
+from common import time_steps  # noqa: E402
+
+from legato.kernels import relpos_attention as ra  # noqa: E402
+
+HEADS, D_HEAD, LEFT = 8, 64, 70
+HBM_BYTES_PER_S = 4.8e12  # H200
+
+
+def case(b, t, ring_dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, device="cuda", generator=g).to(torch.bfloat16)  # noqa: E731
+    q, k, v = mk(b, t, HEADS, D_HEAD), mk(b, t, HEADS, D_HEAD), mk(b, t, HEADS, D_HEAD)
+    ring_k, ring_v = mk(b, HEADS, LEFT, D_HEAD).to(ring_dtype), mk(b, HEADS, LEFT, D_HEAD).to(ring_dtype)
+    frames = torch.randint(0, 500, (b,), device="cuda", generator=g)
+    valid = torch.full((b,), t, device="cuda")
+    pos = mk(HEADS, LEFT + 2 * t - 1, D_HEAD)
+    return q, k, v, ring_k, ring_v, frames, valid, pos, mk(HEADS, D_HEAD), mk(HEADS, D_HEAD)
+
+
+def floor_ms(b, t, ring_dtype) -> float:
+    ring_item = torch.empty(0, dtype=ring_dtype).element_size()
+    moved = b * HEADS * D_HEAD * (2 * LEFT * ring_item + 2 * t * ring_item + 4 * t * 2)
+    return moved / HBM_BYTES_PER_S * 1e3
+
+
+def impls(t):
+    out = {"tiles": ra.launch_tiles}
+    if t <= ra.ROWS_MAX_T:
+        out["rows"] = ra.launch_rows
+    return out
+
+
+@torch.inference_mode()
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", default="4096,16384")
+    ap.add_argument("--chunks", default="2,8")
+    args = ap.parse_args()
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  heads {HEADS} x {D_HEAD}, left {LEFT}")
+    print("| chunk T | ring | streams | kernel | ms p50 | floor ms | x floor | max err vs reference |")
+    print("|---:|---|---:|---|---:|---:|---:|---:|")
+    for t in (int(x) for x in args.chunks.split(",")):
+        for ring_dtype in (torch.bfloat16, torch.float8_e4m3fn):
+            check = case(64, t, ring_dtype, seed=1)
+            ref_rings = (check[3].clone(), check[4].clone())
+            ref = ra.relpos_attention_torch(*check[:3], *ref_rings, *check[5:], LEFT, D_HEAD ** -0.5)
+            errs = {}
+            for name, fn in impls(t).items():
+                args_ = list(check)
+                args_[3], args_[4] = check[3].clone(), check[4].clone()
+                out = torch.empty_like(check[0])
+                fn(*args_, LEFT, D_HEAD ** -0.5, out)
+                ring_err = max((args_[3].float() - ref_rings[0].float()).abs().max().item(), (args_[4].float() - ref_rings[1].float()).abs().max().item())
+                errs[name] = f"{(out.float() - ref.float()).abs().max().item():.2e} (ring {ring_err:.0e})"
+            for b in (int(x) for x in args.batches.split(",")):
+                x = case(b, t, ring_dtype)
+                out = torch.empty_like(x[0])
+                runs = {name: (lambda fn=fn: fn(*x, LEFT, D_HEAD ** -0.5, out)) for name, fn in impls(t).items()}
+                runs["torch"] = lambda: ra.relpos_attention_torch(*x, LEFT, D_HEAD ** -0.5)
+                fl = floor_ms(b, t, ring_dtype)
+                for name, fn in runs.items():
+                    try:
+                        ms = sorted(time_steps(fn, 5, 20, True))[10]
+                    except torch.OutOfMemoryError:
+                        print(f"| {t} | {str(ring_dtype)[6:]} | {b} | {name} | OOM | | | |")
+                        continue
+                    print(f"| {t} | {str(ring_dtype)[6:]} | {b} | {name} | {ms:.3f} | {fl:.3f} | {ms / fl:.1f} | {errs.get(name, '-')} |", flush=True)
+                del x, out, runs
+                torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
