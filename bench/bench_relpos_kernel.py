@@ -1,7 +1,7 @@
 """The streaming relative-position attention kernels alone, against their memory floor (issue 8).
 
 FastConformer-L's attention shape (8 heads of 64, 70 cached frames) at 160 ms chunks (2 frames) and a wide chunk
-(8 frames): the tensor-core kernel, the row-at-a-time kernel (chunks of up to 4 frames) and the PyTorch reference,
+(8 frames): the autotuned kernel, fixed head-group / pipeline / warp configurations and the PyTorch reference,
 with bf16 and fp8 rings. Each is first checked against the reference (64 streams), then timed (CUDA events, median
 of 20 after 5 warm-ups). The floor is the bytes a call must move (ring keys/values read, chunk q/k/v read, output
 and new ring rows written) at 4.8 TB/s.
@@ -11,6 +11,7 @@ and new ring rows written) at 4.8 TB/s.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -42,10 +43,14 @@ def floor_ms(b, t, ring_dtype) -> float:
     return moved / HBM_BYTES_PER_S * 1e3
 
 
+FIXED = [(1, 1, 4), (1, 2, 4), (2, 2, 4), (4, 2, 4), (8, 2, 4), (4, 1, 4), (4, 3, 4), (4, 2, 8), (8, 3, 8)]
+
+
 def impls(t):
-    out = {"tiles": ra.launch_tiles}
-    if t <= ra.ROWS_MAX_T:
-        out["rows"] = ra.launch_rows
+    """The autotuned kernel and a few fixed (heads per program, pipeline stages, warps) configurations."""
+    out = {"tuned": ra.launch}
+    for heads, stages, warps in FIXED:
+        out[f"h{heads} s{stages} w{warps}"] = functools.partial(ra.launch, HEADS=heads, STAGES=stages, num_warps=warps)
     return out
 
 
@@ -77,6 +82,8 @@ def main() -> None:
                 runs = {name: (lambda fn=fn: fn(*x, LEFT, D_HEAD ** -0.5, out)) for name, fn in impls(t).items()}
                 runs["torch"] = lambda: ra.relpos_attention_torch(*x, LEFT, D_HEAD ** -0.5)
                 fl = floor_ms(b, t, ring_dtype)
+                if b != int(args.batches.split(",")[0]):  # the configurations only at the first batch size
+                    runs = {k_: f_ for k_, f_ in runs.items() if k_ in ("tuned", "torch")}
                 for name, fn in runs.items():
                     try:
                         ms = sorted(time_steps(fn, 5, 20, True))[10]

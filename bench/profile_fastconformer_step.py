@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--batches", default="256,4096")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--big", default="", help="extra batches for the bf16 and graph variants only")
+    ap.add_argument("--ops", action="store_true", help="also list aten ops with input shapes by CUDA time (bf16 eager)")
     ap.add_argument("--kinds", default="fp32,autocast,bf16,graph", help="variants to run")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -63,7 +64,7 @@ def main() -> None:
             mel = torch.randn(b, chunk, FULL.feat_in, device="cuda", dtype=dt)
             try:
                 fn = variant(enc, b, kind, mel)
-                times = time_steps(fn, 12, 20, True)
+                times = time_steps(fn, 40, 20, True)  # 40 warm-up steps fill the 70-frame caches
             except Exception as exc:  # noqa: BLE001 - a diagnostic: report and go on
                 print(f"{kind} B={b}: failed {type(exc).__name__}: {str(exc)[:200]}", flush=True)
                 continue
@@ -75,6 +76,13 @@ def main() -> None:
                         fn()
                     torch.cuda.synchronize()
                 print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.top, max_name_column_width=70), flush=True)
+            if args.ops and b == batches[-1] and kind == "bf16":
+                acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
+                    fn()
+                    torch.cuda.synchronize()
+                print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cuda_time_total", row_limit=args.top,
+                                                                         max_name_column_width=40, max_shapes_column_width=90), flush=True)
             del fn
             torch.cuda.empty_cache()
 
