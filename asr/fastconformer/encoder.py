@@ -51,7 +51,7 @@ class LayerCache(StreamState):
 
 @dataclass(frozen=True, eq=False)
 class EncoderState(StreamState):
-    subsampling: tuple[torch.Tensor, ...]  # per stage (B, C_in, 2, F_in + 3) cached input frames
+    subsampling: tuple[torch.Tensor, ...]  # per stage (B, 2, F_in, C_in) cached input frames, channels-last
     layers: tuple[LayerCache, ...]
     frames: torch.Tensor  # (B,) int64 encoder frames written to the attention cache so far
     mel_seen: torch.Tensor  # (B,) int64 mel frames consumed

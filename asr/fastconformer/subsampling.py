@@ -18,6 +18,10 @@ new output starting one frame into the cache (``skip = 1``). So every step is
 one attention chunk, as in NeMo's ``cache_aware_stream_step``, and streaming
 equals offline at every frame (NeMo recomputes a 9-frame mel overlap instead,
 which equals this except at its step 1 when fewer than 9 frames came before).
+
+The caches are channels-last (B, 2, F_in, C_in) without the frequency padding. A steady step (not the first,
+no row ending) goes through the ``dw_subsampling_step`` kernel (``legato.kernels.dw_subsampling``: fused
+Triton on CUDA, the plain reference elsewhere); first and final steps, which need masks, stay here.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from legato.asr.fastconformer.config import SUBSAMPLING_KERNEL, SUBSAMPLING_STRIDE, FastConformerConfig
+from legato.kernels import dispatch
+from legato.kernels.dw_subsampling import NAME as STEADY_STEP, STEADY_SKIP, conv_over_context, project
 
 PAD_BEFORE = SUBSAMPLING_KERNEL - 1  # 2
 PAD_AFTER = SUBSAMPLING_STRIDE - 1  # 1
@@ -74,16 +80,22 @@ class DwStridingSubsampling(nn.Module):
         return [mods[:2]] + [mods[2 + 3 * i : 5 + 3 * i] for i in range(self.stages - 1)]
 
     def context_shapes(self, batch_size: int) -> list[tuple[int, ...]]:
-        """Per stage: the cached input frames (B, C_in, 2, F_in padded)."""
+        """Per stage: the cached input frames, channels-last (B, 2, F_in, C_in)."""
         shapes, ch_in, freq = [], 1, self.feat_in
         for _ in range(self.stages):
-            shapes.append((batch_size, ch_in, CONTEXT_FRAMES, freq + PAD_BEFORE + PAD_AFTER))
+            shapes.append((batch_size, CONTEXT_FRAMES, freq, ch_in))
             ch_in, freq = self.channels, freq_after(freq, 1)
         return shapes
 
     def _flatten(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, f = x.shape
-        return self.out(x.transpose(1, 2).reshape(b, t, c * f))
+        return project(x, (self.out.weight, self.out.bias))
+
+    def _weights(self) -> tuple:
+        """The steady-step kernel's weights: stage 1's conv, per later stage (depthwise, pointwise), ``out``."""
+        stages = self._stage_modules()
+        first = (stages[0][0].weight, stages[0][0].bias)
+        later = tuple((dw.weight, dw.bias, pw.weight, pw.bias) for dw, pw, _ in stages[1:])
+        return first, later, (self.out.weight, self.out.bias)
 
     def forward(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Offline. mel (B, T, F), lengths (B,) -> (B, T', d_model), lengths (B,)."""
@@ -109,23 +121,22 @@ class DwStridingSubsampling(nn.Module):
         the row's stream ends with this chunk (None: no row ends). Returns
         (B, T', d_model) and valid (B,).
         """
-        x = mel[:, None]
-        done_in, new_in = seen, valid
-        skip = 0 if first else 1
-        masked = final is not None  # mid-stream chunks are all valid: no masks to apply
-        final = False if final is None else final
-        for mods, context in zip(self._stage_modules(), contexts):
+        done, new, counts = seen, valid, []  # per stage: the outputs this step emits (B,)
+        for _ in range(self.stages):
+            done_out = emitted(done, final=False)
+            counts.append(emitted(done + new, False if final is None else final) - done_out)
+            done, new = done_out, counts[-1]
+        if not first and final is None:  # steady: nothing to mask, every cache window starts STEADY_SKIP in
+            return dispatch.call(STEADY_STEP, mel.device, mel, contexts, *self._weights()), counts[-1]
+        x, new_in = mel[:, None], valid
+        masked = final is not None
+        for mods, context, new_out in zip(self._stage_modules(), contexts, counts):
             if masked:
                 x = _time_mask(x, new_in)
-            x = F.pad(x, (PAD_BEFORE, PAD_AFTER))  # frequency only; time context comes from the cache
-            full = torch.cat([context, x], dim=2)
-            context.copy_(full[:, :, -CONTEXT_FRAMES:])
-            x = mods[0](full[:, :, skip:])
-            done_out = emitted(done_in, final=False)
-            new_out = emitted(done_in + new_in, final) - done_out
+            x = conv_over_context(x, context, mods[0].weight, mods[0].bias, 0 if first else STEADY_SKIP)
             for m in mods[1:]:
                 x = m(_time_mask(x, new_out) if masked else x)
-            done_in, new_in = done_out, new_out
+            new_in = new_out
         if masked:
             x = _time_mask(x, new_in)
         return self._flatten(x), new_in
