@@ -24,7 +24,7 @@ input frames, without the frequency padding (always zero, so not stored).
     weight's columns permuted to ``f * C + c`` (a 512 x 2816 copy, not a pass over the activations).
   Programs own (stream, channel block) with every frequency of it, so a program's cache reads and rewrites
   touch only its own elements (a barrier separates them); stage 1's cache, which every channel block reads,
-  is rewritten after the kernel. Nothing depends on tensor values: the step can be captured in a CUDA graph.
+  is concatenated with the mel frames (a few kB a stream) and rewritten before the kernel. Nothing depends on tensor values: the step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ PAD_AFTER = STRIDE - 1  # ... and 1 after
 CONTEXT_FRAMES = KERNEL - 1  # input frames a stage caches between steps
 STEADY_SKIP = 1  # a steady step's first window starts this many frames into the cache
 
-BLOCK_C = 64  # channels per program: 4 channel blocks of FastConformer's 256
+BLOCK_C = 32  # channels per program: 8 channel blocks of FastConformer's 256; (32 bins x 32) fp32 tiles
 WARPS = 4
 
 
@@ -108,15 +108,16 @@ def dw_subsampling_triton(mel, contexts, first, later, out) -> torch.Tensor:
     dw_w, dw_b, pw_w, pw_b = later[0]
     t, f_mid, f = t // STRIDE ** 2, _out_freq(f), _out_freq(_out_freq(f))
     x = torch.empty(b, t, f, c, device=mel.device, dtype=pw_w.dtype)
+    full = torch.cat([contexts[0][..., 0].to(mel.dtype), mel], dim=1)  # (B, 2 + T, F): stage 1 reads one tensor
+    contexts[0].copy_(full[:, full.shape[1] - CONTEXT_FRAMES:, :, None])
     grid = (b, _cdiv(c, BLOCK_C))
-    k.first_stages[grid](mel, contexts[0], contexts[1], first[0].contiguous(), first[1], dw_w.contiguous(), dw_b, x,
-                         mel.shape[1], mel.shape[2], f_mid, f, c, T_OUT=t, BLOCK_G=_pow2(f), BLOCK_C=BLOCK_C, num_warps=WARPS)
-    contexts[0].copy_(mel[:, mel.shape[1] - CONTEXT_FRAMES:, :, None])  # read by every channel block: after the kernel
+    k.first_stages[grid](full, contexts[1], first[0].contiguous(), first[1], dw_w.contiguous(), dw_b, x, full.shape[1],
+                         full.shape[2], f_mid, f, c, t, BLOCK_G=_pow2(f), BLOCK_C=BLOCK_C, num_warps=WARPS)
     x = F.linear(x, pw_w.view(c, c), pw_b)  # ReLU applied by its reader
     for (dw_w, dw_b, pw_w, pw_b), context in zip(later[1:], contexts[2:]):
         y = torch.empty(b, t // STRIDE, _out_freq(f), c, device=x.device, dtype=x.dtype)
-        k.depthwise[grid](x, context, dw_w.contiguous(), dw_b, y, f, y.shape[2], c,
-                          T_OUT=y.shape[1], BLOCK_G=_pow2(y.shape[2]), BLOCK_C=BLOCK_C, num_warps=WARPS)
+        k.depthwise[grid](x, context, dw_w.contiguous(), dw_b, y, f, y.shape[2], c, y.shape[1],
+                          BLOCK_G=_pow2(y.shape[2]), BLOCK_C=BLOCK_C, num_warps=WARPS)
         t, f = y.shape[1], y.shape[2]
         x = F.linear(y, pw_w.view(c, c), pw_b)
     weight = out[0].view(-1, c, f).transpose(1, 2).reshape(-1, f * c)  # columns c * F' + f -> f * C + c

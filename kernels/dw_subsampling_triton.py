@@ -1,9 +1,10 @@
 """Triton kernels of ``dw_subsampling`` (imported only when Triton is there; see that module for the maths).
 
 Tiles are (bins, channels) of one stream: ``BLOCK_G`` output bins g (every one of the stage, padded to a power
-of two) by ``BLOCK_C`` channels. A 3x3 stride-2 window of output bin g reads input bins 2g - 2 + kf, so each
-input frame is held as three tiles, one per kf; frames are walked in order and the window's last frame (2j + 1)
-is carried over as the next window's first. Everything accumulates in fp32.
+of two) by ``BLOCK_C`` channels. A 3x3 stride-2 window of output bin g reads input bins 2g - 2 + kf, so an input
+frame is three tiles, one per kf; frames are walked in order, a window's frame 2j folded into its sum a tile at a
+time and its frame 2j + 1 carried over as the next window's first. Everything accumulates in fp32. The frame loop
+is a plain loop, not unrolled: unrolled, the live tiles spilled (a first version ran 5x slower than PyTorch).
 """
 
 import triton
@@ -46,33 +47,28 @@ def taps(W, c, cm, kt, x0, x1, x2):
 
 
 @triton.jit
-def mel_bins(MEL, CTX1, b, t, fi, T_IN, F_IN):
-    """Mel frame t of the chunk (-1: the cached frame before it) at bins fi, zero outside [0, F_IN): fp32."""
-    tt = fi * 0 + t  # the frame as a vector: masks must be vectors
-    inside = (fi >= 0) & (fi < F_IN)
-    new = tl.load(MEL + (b * T_IN + tt) * F_IN + fi, mask=inside & (tt >= 0), other=0.0).to(tl.float32)
-    old = tl.load(CTX1 + (b * CACHE + 1) * F_IN + fi, mask=inside & (tt < 0), other=0.0).to(tl.float32)
-    return new + old
-
-
-@triton.jit
-def stage1(MEL, CTX1, W1, bias1, b, r, fs, c, cm, T_IN, F_IN, F_MID, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Stage 1's output frame r at bins fs: ReLU(conv + bias), zero outside [0, F_MID) (stage 2's padding)."""
+def stage1(FULL, W1, bias1, b, r, fs, c, cm, T_FULL, F_IN, F_MID, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Stage 1's output frame r at bins fs: ReLU(conv + bias), zero outside [0, F_MID) (stage 2's padding).
+    FULL (B, T_FULL, F_IN) is [cache | chunk]; frame r's window starts one frame into it."""
     acc = tl.zeros((BLOCK_G, BLOCK_C), tl.float32) + bias1[None, :]
     for a in tl.static_range(TAPS):
         for kb in tl.static_range(TAPS):
-            x = mel_bins(MEL, CTX1, b, 2 * r - 1 + a, 2 * fs - 2 + kb, T_IN, F_IN)
+            fi = 2 * fs - 2 + kb
+            x = tl.load(FULL + (b * T_FULL + 2 * r + 1 + a) * F_IN + fi, mask=(fi >= 0) & (fi < F_IN), other=0.0)
             w = tl.load(W1 + c * TAPS * TAPS + a * TAPS + kb, mask=cm, other=0.0).to(tl.float32)
-            acc += x[:, None] * w[None, :]
+            acc += x.to(tl.float32)[:, None] * w[None, :]
     keep = (fs >= 0) & (fs < F_MID)
     return tl.where(keep[:, None], tl.maximum(acc, 0.0), 0.0)
 
 
 @triton.jit
-def first_stages(MEL, CTX1, CTX2, W1, B1, W2, B2, OUT, T_IN, F_IN, F_MID, F_OUT, C,
-                 T_OUT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr):
-    """MEL (B, T_IN, F_IN); CTX1 (B, 2, F_IN, 1) read only; CTX2 (B, 2, F_MID, C) rewritten;
-    OUT (B, T_OUT, F_OUT, C) stage 2's depthwise conv + bias (before its pointwise conv)."""
+def first_stages(FULL, CTX2, W1, B1, W2, B2, OUT, T_FULL, F_IN, F_MID, F_OUT, C, T_OUT,
+                 BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr):
+    """FULL (B, T_FULL, F_IN) stage 1's cache then the chunk; CTX2 (B, 2, F_MID, C) rewritten;
+    OUT (B, T_OUT, F_OUT, C) stage 2's depthwise conv + bias (before its pointwise conv).
+
+    Per output frame j the stage-1 frames 2j (used once) are folded into the sum tile by tile; the frames 2j + 1
+    are kept for the next window, so at most six tiles are live (registers, not spills)."""
     b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     g = tl.arange(0, BLOCK_G)
@@ -83,26 +79,24 @@ def first_stages(MEL, CTX1, CTX2, W1, B1, W2, B2, OUT, T_IN, F_IN, F_MID, F_OUT,
     prev1 = bins(CTX2, b, 1, CACHE, 2 * g - 1, c, cm, F_MID, C)
     prev2 = bins(CTX2, b, 1, CACHE, 2 * g, c, cm, F_MID, C)
     tl.debug_barrier()  # every read of this program's cache elements before any thread rewrites them
-    last1 = prev1
-    last2 = prev2
-    for j in tl.static_range(T_OUT):
-        even0 = stage1(MEL, CTX1, W1, bias1, b, 2 * j, 2 * g - 2, c, cm, T_IN, F_IN, F_MID, BLOCK_G, BLOCK_C)
-        even1 = stage1(MEL, CTX1, W1, bias1, b, 2 * j, 2 * g - 1, c, cm, T_IN, F_IN, F_MID, BLOCK_G, BLOCK_C)
-        even2 = stage1(MEL, CTX1, W1, bias1, b, 2 * j, 2 * g, c, cm, T_IN, F_IN, F_MID, BLOCK_G, BLOCK_C)
-        odd0 = stage1(MEL, CTX1, W1, bias1, b, 2 * j + 1, 2 * g - 2, c, cm, T_IN, F_IN, F_MID, BLOCK_G, BLOCK_C)
-        odd1 = stage1(MEL, CTX1, W1, bias1, b, 2 * j + 1, 2 * g - 1, c, cm, T_IN, F_IN, F_MID, BLOCK_G, BLOCK_C)
-        odd2 = stage1(MEL, CTX1, W1, bias1, b, 2 * j + 1, 2 * g, c, cm, T_IN, F_IN, F_MID, BLOCK_G, BLOCK_C)
-        y = bias2[None, :] + taps(W2, c, cm, 0, prev0, prev1, prev2) + taps(W2, c, cm, 1, even0, even1, even2) \
-            + taps(W2, c, cm, 2, odd0, odd1, odd2)
+    for j in range(T_OUT):
+        y = bias2[None, :] + taps(W2, c, cm, 0, prev0, prev1, prev2)
+        last = (g * 0 + j) == T_OUT - 1  # the last window's frame 2j is the cache's frame 0 (bin -1: not stored)
+        for kf in tl.static_range(TAPS):
+            even = stage1(FULL, W1, bias1, b, 2 * j, 2 * g - 2 + kf, c, cm, T_FULL, F_IN, F_MID, BLOCK_G, BLOCK_C)
+            w = tl.load(W2 + c * TAPS * TAPS + TAPS + kf, mask=cm, other=0.0).to(tl.float32)
+            y += even * w[None, :]
+            store_bins(CTX2, b, 0, CACHE, tl.where(last, 2 * g - 2 + kf, -1), even, c, cm, F_MID, C)
+        prev0 = stage1(FULL, W1, bias1, b, 2 * j + 1, 2 * g - 2, c, cm, T_FULL, F_IN, F_MID, BLOCK_G, BLOCK_C)
+        prev1 = stage1(FULL, W1, bias1, b, 2 * j + 1, 2 * g - 1, c, cm, T_FULL, F_IN, F_MID, BLOCK_G, BLOCK_C)
+        prev2 = stage1(FULL, W1, bias1, b, 2 * j + 1, 2 * g, c, cm, T_FULL, F_IN, F_MID, BLOCK_G, BLOCK_C)
+        y += taps(W2, c, cm, 2, prev0, prev1, prev2)
         store_bins(OUT, b, j, T_OUT, g, y, c, cm, F_OUT, C)
-        prev0, prev1, prev2 = odd0, odd1, odd2
-        last1, last2 = even1, even2
-    store_frame(CTX2, b, 0, g, last1, last2, c, cm, F_MID, C)  # stage 2's inputs 2 T_OUT - 2 ...
-    store_frame(CTX2, b, 1, g, prev1, prev2, c, cm, F_MID, C)  # ... and 2 T_OUT - 1
+    store_frame(CTX2, b, 1, g, prev1, prev2, c, cm, F_MID, C)  # stage 2's input 2 T_OUT - 1
 
 
 @triton.jit
-def depthwise(X, CTX, W, BIAS, OUT, F_IN, F_OUT, C, T_OUT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr):
+def depthwise(X, CTX, W, BIAS, OUT, F_IN, F_OUT, C, T_OUT, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr):
     """X (B, 2 T_OUT, F_IN, C) the previous stage's pointwise output before its ReLU (applied here as loaded);
     CTX (B, 2, F_IN, C) rewritten; OUT (B, T_OUT, F_OUT, C) the depthwise conv + bias."""
     b = tl.program_id(0).to(tl.int64)
@@ -114,19 +108,17 @@ def depthwise(X, CTX, W, BIAS, OUT, F_IN, F_OUT, C, T_OUT: tl.constexpr, BLOCK_G
     prev1 = bins(CTX, b, 1, CACHE, 2 * g - 1, c, cm, F_IN, C)
     prev2 = bins(CTX, b, 1, CACHE, 2 * g, c, cm, F_IN, C)
     tl.debug_barrier()  # every read of this program's cache elements before any thread rewrites them
-    last1 = prev1
-    last2 = prev2
-    for j in tl.static_range(T_OUT):
-        even0 = tl.maximum(bins(X, b, 2 * j, 2 * T_OUT, 2 * g - 2, c, cm, F_IN, C), 0.0)
-        even1 = tl.maximum(bins(X, b, 2 * j, 2 * T_OUT, 2 * g - 1, c, cm, F_IN, C), 0.0)
-        even2 = tl.maximum(bins(X, b, 2 * j, 2 * T_OUT, 2 * g, c, cm, F_IN, C), 0.0)
-        odd0 = tl.maximum(bins(X, b, 2 * j + 1, 2 * T_OUT, 2 * g - 2, c, cm, F_IN, C), 0.0)
-        odd1 = tl.maximum(bins(X, b, 2 * j + 1, 2 * T_OUT, 2 * g - 1, c, cm, F_IN, C), 0.0)
-        odd2 = tl.maximum(bins(X, b, 2 * j + 1, 2 * T_OUT, 2 * g, c, cm, F_IN, C), 0.0)
-        y = bias[None, :] + taps(W, c, cm, 0, prev0, prev1, prev2) + taps(W, c, cm, 1, even0, even1, even2) \
-            + taps(W, c, cm, 2, odd0, odd1, odd2)
+    for j in range(T_OUT):
+        y = bias[None, :] + taps(W, c, cm, 0, prev0, prev1, prev2)
+        last = (g * 0 + j) == T_OUT - 1
+        for kf in tl.static_range(TAPS):
+            even = tl.maximum(bins(X, b, 2 * j, 2 * T_OUT, 2 * g - 2 + kf, c, cm, F_IN, C), 0.0)
+            w = tl.load(W + c * TAPS * TAPS + TAPS + kf, mask=cm, other=0.0).to(tl.float32)
+            y += even * w[None, :]
+            store_bins(CTX, b, 0, CACHE, tl.where(last, 2 * g - 2 + kf, -1), even, c, cm, F_IN, C)
+        prev0 = tl.maximum(bins(X, b, 2 * j + 1, 2 * T_OUT, 2 * g - 2, c, cm, F_IN, C), 0.0)
+        prev1 = tl.maximum(bins(X, b, 2 * j + 1, 2 * T_OUT, 2 * g - 1, c, cm, F_IN, C), 0.0)
+        prev2 = tl.maximum(bins(X, b, 2 * j + 1, 2 * T_OUT, 2 * g, c, cm, F_IN, C), 0.0)
+        y += taps(W, c, cm, 2, prev0, prev1, prev2)
         store_bins(OUT, b, j, T_OUT, g, y, c, cm, F_OUT, C)
-        prev0, prev1, prev2 = odd0, odd1, odd2
-        last1, last2 = even1, even2
-    store_frame(CTX, b, 0, g, last1, last2, c, cm, F_IN, C)
     store_frame(CTX, b, 1, g, prev1, prev2, c, cm, F_IN, C)
