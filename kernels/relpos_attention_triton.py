@@ -67,16 +67,3 @@ def relpos_attention_kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O,
         dst = b * sr_b + h * sr_h + new_slot[:, None] * sr_c + d[None, :]
         tl.store(RK + dst, tl.load(K + chunk, mask=in_t[:, None], other=0.0).to(RK.dtype.element_ty), mask=in_t[:, None])
         tl.store(RV + dst, tl.load(V + chunk, mask=in_t[:, None], other=0.0).to(RV.dtype.element_ty), mask=in_t[:, None])
-
-
-def _heads_divide(configs, named_args, **kwargs):
-    """Keep the head-group sizes that divide the model's head count."""
-    n_heads = named_args["n_heads"] if "n_heads" in named_args else kwargs["n_heads"]
-    return [c for c in configs if n_heads % c.kwargs["HEADS"] == 0] or configs[:1]
-
-
-# Heads per program, pipeline depth and warps, timed once per shape on first use; timing runs write the ring, so
-# it is restored after each.
-CONFIGS = [triton.Config({"HEADS": g, "STAGES": s}, num_warps=w) for g in (1, 2, 4, 8) for s in (1, 2) for w in (2, 4)]
-tuned = triton.autotune(configs=CONFIGS, key=["T", "LEFT", "BLOCK_T", "D", "n_heads"], restore_value=["RK", "RV"],
-                        prune_configs_by={"early_config_prune": _heads_divide})(relpos_attention_kernel)
