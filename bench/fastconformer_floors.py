@@ -51,7 +51,7 @@ def count(cfg, la) -> dict:
     state = {
         "attention ring keys+values": cfg.n_layers * 2 * cfg.max_left * d,
         "conv inputs": cfg.n_layers * d * (k - 1),
-        "subsampling contexts": sum(c * 2 * (f + 3) for c, f in
+        "subsampling contexts": sum(c * 2 * f for c, f in  # channels-last, no stored zero padding
                                     [(1, cfg.feat_in)] + [(ch, freq_after(cfg.feat_in, s)) for s in range(1, cfg.subsampling_stages)]),
     }
     weights = sum(per_frame_layer[x] // 2 for x in per_frame_layer if "attention" not in x) * cfg.n_layers
