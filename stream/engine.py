@@ -229,11 +229,13 @@ class Engine:
 
     # -- called with the lock held ---------------------------------------------
 
-    def _wake(self, entry: _Stream) -> None:
+    def _wake(self, entry: _Stream, notify: bool = True) -> None:
+        """Resolve the stream's asyncio waiters and (unless the caller notifies once for many streams) wake threads."""
         for loop, fut in entry.waiters:
             loop.call_soon_threadsafe(_resolve, fut)
         entry.waiters.clear()
-        self._cond.notify_all()
+        if notify:
+            self._cond.notify_all()
 
     def _enqueue(self, entry: _Stream, i: int, item: _Item) -> None:
         entry.queues[i].append(item)
@@ -348,8 +350,7 @@ class Engine:
     def _run(self, k: int, members: list[tuple[_Stream, int]], items: list[_Item]) -> None:
         stage, metrics = self.stages[k], self.stage_metrics[k]
         start = self.clock()
-        for it in items:
-            metrics.queue_wait_s.record(start - it.enqueued)
+        metrics.queue_wait_s.record_many([start - it.enqueued for it in items])
         results: list[list[Frame] | BaseException]  # an exception in an item's place fails that stream
         try:
             results = list(stage.process([(e.contexts[i], it.frame) for (e, i), it in zip(members, items)]))
@@ -370,6 +371,7 @@ class Engine:
         metrics.compute_s.record(elapsed)
         metrics.batch_size.record(len(items))
         metrics.frames_in += len(items)
+        delivered: list[float] = []  # end-to-end latencies of frames leaving the last stage
         with self._cond:
             now = self.clock()
             for (e, i), it, res in zip(members, items, results):
@@ -383,10 +385,11 @@ class Engine:
                     metrics.failures += 1
                     self._end(e, _error_event(res, stage.name))
                     continue
-                self._route(e, i, it, res, now)
-            self._cond.notify_all()
+                self._route(e, i, it, res, now, delivered)
+            self._cond.notify_all()  # once for the whole step (routing woke only asyncio waiters)
+        self.end_to_end_s.record_many(delivered)
 
-    def _route(self, e: _Stream, i: int, it: _Item, frames: list[Frame], now: float) -> None:
+    def _route(self, e: _Stream, i: int, it: _Item, frames: list[Frame], now: float, delivered: list[float]) -> None:
         last_stage = i == len(e.path) - 1
         self.stage_metrics[e.path[i]].frames_out += len(frames)
         for frame in frames:
@@ -396,12 +399,12 @@ class Engine:
                     self._end(e, frame)
                     return
                 e.out.append(frame)
-                self.end_to_end_s.record(now - it.arrival)
+                delivered.append(now - it.arrival)
             else:
                 self._enqueue(e, i + 1, _Item(frame, it.deadline, it.arrival, now))
                 if isinstance(frame, EndOfStream):
                     self._close_stage(e, i)
-        self._wake(e)
+        self._wake(e, notify=False)
 
     def metrics(self) -> dict:
         """Snapshot: per-stage histograms (queue wait, compute, batch size) and end-to-end latency."""

@@ -44,12 +44,20 @@ class Histogram:
         return cls([float(i) for i in range(1, largest + 1)])
 
     def record(self, value: float) -> None:
+        self.record_many((value,))
+
+    def record_many(self, values) -> None:
+        """Record every value under one lock acquisition (a step records one value per stream in its batch)."""
+        edges, counts = self.edges, self.counts
         with self._lock:
-            self.counts[bisect.bisect_left(self.edges, value)] += 1
-            self.count += 1
-            self.total += value
-            self.min = min(self.min, value)
-            self.max = max(self.max, value)
+            for value in values:
+                counts[bisect.bisect_left(edges, value)] += 1
+                self.count += 1
+                self.total += value
+                if value < self.min:
+                    self.min = value
+                if value > self.max:
+                    self.max = value
 
     def quantile(self, q: float) -> float:
         """Upper edge of the bucket holding the q-quantile, clipped to the observed range."""

@@ -148,6 +148,7 @@ class ModelStage(Stage):
             slots = [batch[i][0]["slot"] for i in rows]
             work = self.pool.gather(slots)
             y = self.module.step(torch.stack([inputs[i] for i in rows]).to(self.pool.device), work)
+            y = y.detach().cpu()  # one device-to-host copy for the batch, not one (and a sync) per row
             commits.append((slots, work))
             for j, i in enumerate(rows):
                 out[i].extend(self.model_output(batch[i][0], batch[i][1], y[j]))
