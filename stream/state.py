@@ -75,7 +75,7 @@ class StreamState:
 
     def gather(self, rows: torch.Tensor) -> "StreamState":
         """Copy of the given batch rows; ``rows`` is (n,) int64 on the state's device."""
-        return self.map(lambda t: t.index_select(0, rows))
+        return self.map(lambda t: byte_view(t).index_select(0, rows).view(t.dtype))  # fp8 rows moved as bytes
 
     def scatter_(self, rows: torch.Tensor, src: "StreamState") -> None:
         """Write ``src`` (batch n) into the given rows of this state, in place."""

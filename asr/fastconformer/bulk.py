@@ -1,0 +1,235 @@
+"""Bulk streaming transcription: thousands of FastConformer CTC streams stepped as arrays, not per-chunk objects.
+
+The general engine (``stream/engine.py``) moves every chunk of every stream through Python objects, queues and
+stages: about 20 us of CPU per chunk per stage, so one engine carries a few thousand 160 ms streams however fast
+the GPU step is. This path is for the scale the GPU reaches (tens of thousands of streams): audio is pushed
+into a per-slot host array; a worker takes every slot with a complete model chunk queued (oldest first, up to
+``max_batch``) and runs, on the whole batch at once, pre-emphasis, framing and NeMo log-mel, the encoder step over
+the state pool, and CTC greedy; per-stream Python runs only for streams that emitted a token.
+
+Mel geometry (160 ms chunks of 2560 samples at 16 kHz, hop 160, window 400, centred frames): a stream's first
+chunk, with NeMo's 200 samples of zero padding in front, completes 15 frames; every later chunk, with the
+360 samples from the next frame's start carried from the previous one, exactly 16. The encoder's first step takes ``1 + 8 R`` frames and
+every later step ``8 (R + 1)`` (16 at R = 1), so after the first chunk a stream carries the same number of mel
+frames between steps (6 at R = 1, the newest of which the general stage would hold back): each chunk is one
+encoder step, the same frames as the engine's ``FastConformerStage`` feeds it, so the tokens are the same.
+
+Only steady mid-stream chunks are handled (no end-of-stream flush of the short last chunk): the path measures and
+serves the scale regime; a stream's end goes through ``finish`` which returns its tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from legato.asr.fastconformer.recognizer import FastConformerRecognizer
+from legato.stream.errors import CapacityError, NonFiniteAudioError
+from legato.stream.pool import StatePool
+from legato.stream.slots import SlotAllocator
+
+QUEUED_CHUNKS = 4  # complete chunks a stream may have waiting; a push beyond is refused (bounded input)
+
+
+@dataclass
+class BulkStream:
+    tokens: list[int] = field(default_factory=list)
+    token_frames: list[int] = field(default_factory=list)  # encoder frame of each token
+    frames_done: int = 0  # encoder frames decoded (set at finish)
+
+
+class BulkTranscriber:
+    """``open() -> slot``, ``push(slot, samples)`` (float32 16 kHz mono, any length), ``step()`` on a worker,
+    ``finish(slot) -> BulkStream``. ``latencies()`` returns each stepped chunk's seconds from the push that
+    completed it to its tokens being on the host."""
+
+    def __init__(self, recognizer: FastConformerRecognizer, capacity: int, *, lookahead_ms: int | None = None, max_batch: int = 4096):
+        model = recognizer.model
+        head = model.ctc_head()  # the bulk path decodes CTC (raises for an RNNT-only model)
+        mel = recognizer.mel
+        if mel.config.normalize != "NA":
+            raise ValueError(f"normalize={mel.config.normalize!r} cannot stream; the bulk path needs normalize='NA'")
+        self.recognizer, self.encoder, self.head = recognizer, model.encoder, head
+        self.mel, self.capacity, self.max_batch = mel, capacity, max_batch
+        self.lookahead = recognizer.lookahead_index(lookahead_ms)
+        c = mel.config
+        self.hop, self.window, self.pad = c.hop_samples, c.window_samples, c.window_samples // 2
+        self.first_mel = self.encoder.expected_mel(self.lookahead, True)
+        self.step_mel = self.encoder.expected_mel(self.lookahead, False)
+        self.chunk = self.step_mel * self.hop  # samples of one model chunk
+        first_frames = (self.pad + self.chunk - self.window) // self.hop + 1
+        self.carry = first_frames - self.first_mel  # mel frames kept between steps (constant after the first)
+        tail = self.pad + self.chunk - first_frames * self.hop  # samples from the next frame's start on
+        if self.carry < 1 or (tail + self.chunk - self.window) // self.hop + 1 != self.step_mel or self.step_mel * self.hop != self.chunk:
+            raise ValueError(f"mel geometry (window {self.window}, hop {self.hop}) does not give one step per chunk")
+        self.device = model.param_device()
+        self.dtype = next(model.parameters()).dtype
+        dev = self.device
+        # host side: queued audio, written by producers under the lock
+        self._audio = np.zeros((capacity, QUEUED_CHUNKS, self.chunk), np.float32)
+        self._ready = np.zeros((capacity, QUEUED_CHUNKS), np.float64)  # when each queued chunk was completed
+        self._head = np.zeros(capacity, np.int64)  # oldest queued chunk
+        self._count = np.zeros(capacity, np.int64)  # complete chunks queued
+        self._fill = np.zeros(capacity, np.int64)  # samples in the chunk being filled
+        self._started = np.zeros(capacity, bool)  # first step done
+        self._frames = np.zeros(capacity, np.int64)  # encoder frames decoded
+        self._lock = threading.Lock()
+        self._step_lock = threading.Lock()  # a slot is not reopened (reset) or released while a step holds it
+        self._slots = SlotAllocator(capacity, f"bulk transcriber is full ({capacity} streams)")
+        self.streams: dict[int, BulkStream] = {}
+        # device side: per-slot state
+        self.pool = StatePool(self.encoder, capacity, dev)
+        self._last_raw = torch.zeros(capacity, device=dev)  # previous raw sample (pre-emphasis)
+        self._tail = torch.zeros(capacity, tail, device=dev)  # pre-emphasised samples carried to the next frame
+        self._mel_carry = torch.zeros(capacity, self.carry, c.n_mels, device=dev)
+        self._ctc_last = torch.full((capacity,), self.head.blank, dtype=torch.long, device=dev)
+        self._latencies: list[np.ndarray] = []
+
+    # -- producers ---------------------------------------------------------------
+
+    def open(self) -> int:
+        return int(self.open_many(1)[0])
+
+    def open_many(self, n: int) -> np.ndarray:
+        """Open ``n`` streams at once (one state reset for all): their slots. Raises ``CapacityError``, opening
+        none, when fewer than ``n`` slots are free."""
+        with self._step_lock:
+            with self._lock:
+                if self._slots.in_use + n > self.capacity:
+                    raise CapacityError(f"bulk transcriber is full ({self.capacity} streams)")
+                slots = np.array([self._slots.acquire() for _ in range(n)], np.int64)
+                self._head[slots] = self._count[slots] = self._fill[slots] = self._frames[slots] = 0
+                self._started[slots] = False
+            rows = torch.as_tensor(slots, device=self.device)
+            self.pool.reset(slots.tolist())
+            self._last_raw[rows] = 0.0
+            self._ctc_last[rows] = self.head.blank
+            with self._lock:
+                for s in slots.tolist():
+                    self.streams[s] = BulkStream()
+        return slots
+
+    def push(self, slot: int, samples: np.ndarray) -> None:
+        """Queue audio; raises ``CapacityError`` (nothing queued) when it would exceed ``QUEUED_CHUNKS`` complete
+        chunks waiting, ``NonFiniteAudioError`` for NaN or infinite samples."""
+        samples = np.asarray(samples, np.float32).reshape(-1)
+        if not np.isfinite(samples).all():
+            raise NonFiniteAudioError("audio holds NaN or infinite samples")
+        with self._lock:
+            if slot not in self.streams:
+                raise KeyError(f"slot {slot} is not open")
+            free = (QUEUED_CHUNKS - self._count[slot]) * self.chunk - self._fill[slot]
+            if len(samples) > free:
+                raise CapacityError(f"stream in slot {slot} has {self._count[slot]} chunks waiting (the transcriber is behind)")
+            now, i = time.monotonic(), 0
+            while i < len(samples):
+                buf = (self._head[slot] + self._count[slot]) % QUEUED_CHUNKS
+                n = min(len(samples) - i, self.chunk - self._fill[slot])
+                self._audio[slot, buf, self._fill[slot]:self._fill[slot] + n] = samples[i:i + n]
+                self._fill[slot] += n
+                i += n
+                if self._fill[slot] == self.chunk:
+                    self._ready[slot, buf] = now
+                    self._count[slot] += 1
+                    self._fill[slot] = 0
+
+    def push_many(self, slots: np.ndarray, chunks: np.ndarray) -> np.ndarray:
+        """Queue one whole model chunk for each of ``slots`` (distinct, open, none mid-chunk) from ``chunks``
+        (n, chunk) float32 in one array operation: how a front end that gathers many streams' audio hands it over.
+        Returns the mask of slots refused for a full queue (nothing queued for them)."""
+        slots = np.asarray(slots, np.int64)
+        if chunks.shape != (len(slots), self.chunk):
+            raise ValueError(f"chunks must be ({len(slots)}, {self.chunk}), got {chunks.shape}")
+        if not np.isfinite(chunks).all():
+            raise NonFiniteAudioError("audio holds NaN or infinite samples")
+        with self._lock:
+            if (self._fill[slots] != 0).any():
+                raise ValueError("push_many needs streams at a chunk boundary (use push for partial chunks)")
+            full = self._count[slots] >= QUEUED_CHUNKS
+            ok = slots[~full]
+            buf = (self._head[ok] + self._count[ok]) % QUEUED_CHUNKS
+            self._audio[ok, buf] = chunks[~full]
+            self._ready[ok, buf] = time.monotonic()
+            self._count[ok] += 1
+        return full
+
+    def finish(self, slot: int) -> BulkStream:
+        """Close the stream (its partly filled chunk is dropped) and return what it decoded."""
+        with self._step_lock, self._lock:
+            stream = self.streams.pop(slot)
+            self._count[slot] = 0
+            stream.frames_done = int(self._frames[slot])
+            self._slots.release(slot)
+        return stream
+
+    # -- the worker ----------------------------------------------------------------
+
+    def _take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Slots with a complete chunk, oldest first, up to max_batch: (slots, audio, ready times, first step)."""
+        with self._lock:
+            rows = np.flatnonzero(self._count > 0)
+            ready = self._ready[rows, self._head[rows]]
+            order = np.argsort(ready, kind="stable")[: self.max_batch]
+            rows, ready = rows[order], ready[order]
+            audio = self._audio[rows, self._head[rows]]  # a copy: producers may refill the buffer now
+            first = ~self._started[rows]
+            self._head[rows] = (self._head[rows] + 1) % QUEUED_CHUNKS
+            self._count[rows] -= 1
+            self._started[rows] = True
+        return rows, audio, ready, first
+
+    @torch.inference_mode()
+    def step(self) -> int:
+        """Step every slot with a complete chunk queued (up to ``max_batch``); returns how many were stepped."""
+        with self._step_lock:
+            rows, audio, ready, first = self._take()
+            for phase in (True, False):
+                pick = first == phase
+                if pick.any():
+                    self._step_group(rows[pick], audio[pick], phase)
+        if len(rows):
+            self._latencies.append(time.monotonic() - ready)
+        return len(rows)
+
+    def _log_mel(self, rows: torch.Tensor, audio: torch.Tensor, first: bool) -> torch.Tensor:
+        """(B, chunk) raw audio -> (B, the step's mel frames, n_mels); updates pre-emphasis, tail and mel carry."""
+        preemph = self.mel.config.preemph
+        before = torch.cat([self._last_raw[rows, None], audio[:, :-1]], dim=1)
+        y = audio - preemph * before if preemph else audio
+        self._last_raw[rows] = audio[:, -1]
+        context = torch.zeros(len(rows), self.pad, device=audio.device) if first else self._tail[rows]
+        full = torch.cat([context, y], dim=1)
+        self._tail[rows] = full[:, full.shape[1] - self._tail.shape[1]:]
+        mel = self.mel._log_mel(full.unfold(1, self.window, self.hop))
+        if not first:
+            mel = torch.cat([self._mel_carry[rows], mel], dim=1)
+        take = self.first_mel if first else self.step_mel
+        self._mel_carry[rows] = mel[:, take:]
+        return mel[:, :take]
+
+    def _step_group(self, slots: np.ndarray, audio: np.ndarray, first: bool) -> None:
+        rows = torch.as_tensor(slots, device=self.device)
+        mel = self._log_mel(rows, torch.from_numpy(audio).to(self.device, non_blocking=True), first)
+        state = self.pool.gather(slots.tolist())
+        y, _ = self.encoder.stream_step(mel.to(self.dtype), state, lookahead=self.lookahead, first=first)
+        self.pool.scatter(slots.tolist(), state)
+        best = self.head(y).argmax(dim=-1)  # (B, T); every frame of a steady chunk is valid
+        prev = torch.cat([self._ctc_last[rows, None], best[:, :-1]], dim=1)
+        keep = (best != self.head.blank) & (best != prev)
+        self._ctc_last[rows] = best[:, -1]
+        best, keep = best.cpu().numpy(), keep.cpu().numpy()  # the one host sync of the step
+        for j in np.flatnonzero(keep.any(axis=1)):  # Python only for streams with new tokens
+            stream = self.streams.get(int(slots[j]))
+            if stream is not None:
+                at = np.flatnonzero(keep[j])
+                stream.tokens += best[j, at].tolist()
+                stream.token_frames += (self._frames[slots[j]] + at).tolist()
+        self._frames[slots] += best.shape[1]
+
+    def latencies(self) -> np.ndarray:
+        """Seconds from each stepped chunk's completing push to its tokens on the host, oldest first."""
+        return np.concatenate(self._latencies) if self._latencies else np.zeros(0)

@@ -1,0 +1,142 @@
+"""Concurrent real-time streams through the bulk transcription path (issue 8's 40,000-stream target).
+
+N streams, each sending one 160 ms chunk every 160 ms at its own phase (phases spread evenly over a chunk), are
+driven into ``asr/fastconformer/bulk.BulkTranscriber`` by a producer thread (``push_many`` of the streams whose
+chunk is due, as a front end gathering many streams' audio would hand it over); a worker thread steps whatever is
+complete (oldest first, up to --max-batch): log-mel, encoder over the state pool, CTC greedy, tokens to the host.
+Reported per N, after a warm-up: chunk latency (the chunk's last sample pushed -> its tokens on the host) p50 /
+p99 / max, mean batch, whether the worker kept up (chunks stepped vs due) and refused pushes. Model: the
+FastConformer-L shape of bench_fastconformer (17 x 512, 8 heads), a CTC head over 1,024 tokens, random weights.
+
+    python3 -P bench/bench_bulk.py --streams 4096,16384,40000 --seconds 20 [--kv-cache fp8] [--dtype bf16]
+    python3 -P bench/bench_bulk.py --cpu-smoke     # the tiny fixture model on the CPU, 32 streams
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
+from bench_fastconformer import FULL  # noqa: E402
+from common import git_commit  # noqa: E402
+
+from legato.asr.fastconformer.bulk import BulkTranscriber  # noqa: E402
+from legato.asr.fastconformer.model import FastConformerModel, FastConformerModelConfig, HeadConfig  # noqa: E402
+from legato.asr.fastconformer.recognizer import FastConformerRecognizer  # noqa: E402
+from legato.asr.frontends.nemo_mel import NemoMelConfig  # noqa: E402
+
+VOCAB = 1024
+LOOKAHEAD_MS = 80  # right context 1 x 80 ms: 160 ms chunks
+TICK_S = 0.002  # producer wake-up period
+FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "nemo" / "ctc_tiny.nemo"
+
+
+def build(args) -> FastConformerRecognizer:
+    if args.cpu_smoke:
+        return FastConformerRecognizer.from_nemo(FIXTURE)
+    torch.manual_seed(0)
+    cfg = FastConformerModelConfig(mel=NemoMelConfig(normalize="NA"), encoder=FULL, heads=HeadConfig("ctc", VOCAB))
+    model = FastConformerModel(cfg)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, 0, 0.02)
+    model = model.to("cuda", torch.bfloat16 if args.dtype == "bf16" else torch.float32).eval()
+    if args.kv_cache == "fp8":
+        model.encoder.kv_dtype = torch.float8_e4m3fn
+    return FastConformerRecognizer(model, None, "bench")  # no tokenizer: tokens are not turned into words
+
+
+def run(rec: FastConformerRecognizer, n: int, args) -> dict:
+    bulk = BulkTranscriber(rec, capacity=n, lookahead_ms=None if args.cpu_smoke else LOOKAHEAD_MS, max_batch=args.max_batch)
+    chunk_s = bulk.chunk / rec.sample_rate
+    slots = bulk.open_many(n)
+    audio = (np.random.default_rng(0).standard_normal((n, bulk.chunk)) * 0.1).astype(np.float32)
+    stop, stats = threading.Event(), {"due": 0, "refused": 0, "steps": 0, "rows": 0}
+
+    def produce() -> None:
+        start = time.monotonic()
+        phase = np.arange(n) / n * chunk_s
+        sent = np.zeros(n, np.int64)
+        while not stop.is_set():
+            now = time.monotonic() - start
+            due = np.flatnonzero(phase + (sent + 1) * chunk_s <= now)  # chunk k is complete at phase + (k+1) chunk
+            if len(due):
+                stats["refused"] += int(bulk.push_many(slots[due], audio[due]).sum())
+                sent[due] += 1
+                stats["due"] += len(due)
+            time.sleep(TICK_S)
+
+    def work() -> None:
+        while not stop.is_set():
+            rows = bulk.step()
+            stats["steps"] += rows > 0
+            stats["rows"] += rows
+            if not rows:
+                time.sleep(0.0005)
+
+    threads = [threading.Thread(target=produce, daemon=True), threading.Thread(target=work, daemon=True)]
+    for t in threads:
+        t.start()
+    time.sleep(args.warmup)  # compiles, first steps, the streams' first chunks
+    bulk._latencies.clear()
+    for key in stats:
+        stats[key] = 0
+    time.sleep(args.seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    lat = bulk.latencies() * 1e3
+    return {
+        "streams": n, "chunks_due": stats["due"], "chunks_stepped": stats["rows"], "refused_pushes": stats["refused"],
+        "steps": stats["steps"], "mean_batch": stats["rows"] / max(stats["steps"], 1),
+        "kept_up": stats["refused"] == 0 and stats["rows"] >= 0.97 * stats["due"],
+        "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "max": float(lat.max())} if len(lat) else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--streams", default="1024,4096,16384")
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--max-batch", type=int, default=16384)
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--kv-cache", default="same", choices=["same", "fp8"])
+    ap.add_argument("--cpu-smoke", action="store_true")
+    ap.add_argument("--commit", default=None)
+    ap.add_argument("--out", default="bench_bulk.json")
+    args = ap.parse_args()
+    if args.cpu_smoke:  # --streams may still be given
+        args.seconds, args.warmup, args.dtype = 3.0, 1.0, "fp32"
+        args.streams = "32" if args.streams == ap.get_default("streams") else args.streams
+    rec = build(args)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.cpu_smoke else "cpu"
+    print(f"{gpu}  torch {torch.__version__}  {args.dtype}  kv {args.kv_cache}  commit {args.commit or git_commit()}")
+    print("| streams | chunks due / stepped | mean batch | latency p50 / p99 / max ms | kept up | refused pushes |")
+    print("|---:|---:|---:|---:|---|---:|")
+    rows = []
+    for n in (int(x) for x in args.streams.split(",")):
+        try:
+            r = run(rec, n, args)
+        except torch.OutOfMemoryError as exc:
+            print(f"| {n} | OOM: {str(exc)[:80]} | | | | |", flush=True)
+            torch.cuda.empty_cache()
+            continue
+        lat = r["latency_ms"] or {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+        print(f"| {n} | {r['chunks_due']} / {r['chunks_stepped']} | {r['mean_batch']:.0f} | {lat['p50']:.1f} / {lat['p99']:.1f} / "
+              f"{lat['max']:.1f} | {'yes' if r['kept_up'] else 'no'} | {r['refused_pushes']} |", flush=True)
+        rows.append(r)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    Path(args.out).write_text(json.dumps({"gpu": gpu, "args": vars(args), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

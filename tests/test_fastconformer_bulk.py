@@ -1,0 +1,115 @@
+"""The bulk path (arrays of streams, one batched step per model chunk) gives each stream the tokens of the
+general step sequence (offline mel frames, first step then steady steps, encoder.stream_step + CTC greedy),
+whatever the push sizes, the order streams join in and the batches they share; bad input is refused."""
+
+import numpy as np
+import pytest
+import torch
+
+from legato.asr.fastconformer.bulk import QUEUED_CHUNKS, BulkTranscriber
+from legato.asr.fastconformer.decoders import ctc_greedy, ctc_init_state
+from legato.asr.fastconformer.recognizer import FastConformerRecognizer
+from legato.stream.errors import CapacityError, NonFiniteAudioError
+
+from conftest import FIXTURES
+
+NEMO = FIXTURES / "nemo"
+
+
+@pytest.fixture(scope="module", params=["hybrid_tiny", "ctc_tiny"])
+def rec(request):
+    return FastConformerRecognizer.from_nemo(NEMO / f"{request.param}.nemo")
+
+
+def reference(rec, audio: np.ndarray, steps: int, lookahead_ms):
+    """Tokens and frames of ``steps`` encoder steps over the offline mel frames (what the engine stage feeds)."""
+    mel = rec.mel(torch.from_numpy(audio)[None])
+    enc, head = rec.model.encoder, rec.model.ctc_head()
+    la = rec.lookahead_index(lookahead_ms)
+    state, ctc = enc.init_state(1), ctc_init_state(1, head.blank, "cpu")
+    pos, done, tokens, frames, mels = 0, 0, [], [], []
+    for k in range(steps):
+        n = enc.expected_mel(la, k == 0)
+        mels.append(mel[:, pos:pos + n])
+        y, valid = enc.stream_step(mel[:, pos:pos + n], state, lookahead=la, first=k == 0)
+        toks, frs = ctc_greedy(head(y), valid, ctc, head.blank)
+        tokens += toks[0]
+        frames += [done + f for f in frs[0]]
+        pos, done = pos + n, done + y.shape[1]
+    return tokens, frames, done
+
+
+@pytest.mark.parametrize("lookahead_ms", [0, 240])
+def test_streams_joining_at_different_times_get_the_reference_tokens(rec, lookahead_ms):
+    bulk = BulkTranscriber(rec, capacity=4, lookahead_ms=lookahead_ms)
+    if lookahead_ms not in rec.lookaheads_ms:
+        pytest.skip(f"the model's lookaheads are {rec.lookaheads_ms}")
+    rng = np.random.default_rng(0)
+    steps = 6
+    audios = [(rng.standard_normal(bulk.chunk * (steps + 1)) * 0.3).astype(np.float32) for _ in range(3)]
+    slots, sent = [], [0, 0, 0]
+    for tick in range(4 * steps):
+        if tick in (0, 3, 7):  # streams join at different times, so first and steady steps share calls
+            slots.append(bulk.open())
+        for s, slot in enumerate(slots):
+            if sent[s] < bulk.chunk * steps:
+                n = min(int(rng.integers(100, bulk.chunk)), bulk.chunk * steps - sent[s])  # odd push sizes
+                bulk.push(slot, audios[s][sent[s]:sent[s] + n])
+                sent[s] += n
+        bulk.step()
+    while bulk.step():
+        pass
+    for s, slot in enumerate(slots):
+        got = bulk.finish(slot)
+        tokens, frames, done = reference(rec, audios[s], steps, lookahead_ms)
+        assert got.frames_done == done
+        assert (got.tokens, got.token_frames) == (tokens, frames)
+    assert len(bulk.latencies()) == 3 * steps and (bulk.latencies() >= 0).all()
+
+
+def test_bulk_mel_equals_the_offline_frames(rec):
+    bulk = BulkTranscriber(rec, capacity=2, lookahead_ms=0)
+    audio = (np.random.default_rng(1).standard_normal(bulk.chunk * 5) * 0.3).astype(np.float32)
+    offline = rec.mel(torch.from_numpy(audio)[None])[0]
+    rows, got = torch.tensor([1]), []
+    for k in range(4):
+        chunk = torch.from_numpy(audio[k * bulk.chunk:(k + 1) * bulk.chunk])[None]
+        got.append(bulk._log_mel(rows, chunk, first=k == 0)[0])
+    got = torch.cat(got)
+    torch.testing.assert_close(got, offline[:len(got)], atol=1e-5, rtol=1e-5)
+
+
+def test_bad_input_is_refused_and_the_queue_is_bounded(rec):
+    bulk = BulkTranscriber(rec, capacity=1)
+    slot = bulk.open()
+    with pytest.raises(NonFiniteAudioError):
+        bulk.push(slot, np.array([0.0, np.nan], np.float32))
+    bulk.push(slot, np.zeros(bulk.chunk * QUEUED_CHUNKS, np.float32))
+    with pytest.raises(CapacityError, match="behind"):
+        bulk.push(slot, np.zeros(1, np.float32))
+    with pytest.raises(CapacityError, match="full"):
+        bulk.open()
+    with pytest.raises(KeyError):
+        bulk.push(slot + 1, np.zeros(1, np.float32))
+    assert bulk.step() == 1 and bulk.finish(slot).frames_done > 0
+    assert bulk.open() == slot  # the slot is free again
+
+
+def test_push_many_equals_pushing_one_by_one(rec):
+    steps = 3
+    one, many = (BulkTranscriber(rec, capacity=3) for _ in range(2))
+    audio = (np.random.default_rng(2).standard_normal((3, one.chunk * steps)) * 0.3).astype(np.float32)
+    a, b = [one.open() for _ in range(3)], np.array([many.open() for _ in range(3)])
+    for k in range(steps):
+        part = audio[:, k * one.chunk:(k + 1) * one.chunk]
+        for s in range(3):
+            one.push(a[s], part[s])
+        assert not many.push_many(b, part).any()
+        one.step(), many.step()
+    for s in range(3):
+        x, y = one.finish(a[s]), many.finish(int(b[s]))
+        assert (x.tokens, x.token_frames, x.frames_done) == (y.tokens, y.token_frames, y.frames_done)
+    slot = many.open()
+    for _ in range(QUEUED_CHUNKS):
+        many.push_many(np.array([slot]), audio[:1, :many.chunk])
+    assert many.push_many(np.array([slot]), audio[:1, :many.chunk]).all()  # the full queue refuses, no raise
