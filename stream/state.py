@@ -75,11 +75,24 @@ class StreamState:
 
     def gather(self, rows: torch.Tensor) -> "StreamState":
         """Copy of the given batch rows; ``rows`` is (n,) int64 on the state's device."""
-        return self.map(lambda t: byte_view(t).index_select(0, rows).view(t.dtype))  # fp8 rows moved as bytes
+        def rows_of(t: torch.Tensor) -> torch.Tensor:
+            words = row_words(t)
+            if words is None:
+                return byte_view(t).index_select(0, rows).view(t.dtype)  # fp8 rows moved as bytes
+            return words.index_select(0, rows).view(torch.uint8).view(t.dtype).view((len(rows),) + t.shape[1:])
+
+        return self.map(rows_of)
 
     def scatter_(self, rows: torch.Tensor, src: "StreamState") -> None:
         """Write ``src`` (batch n) into the given rows of this state, in place."""
-        _zip(self, src, lambda dst, s: byte_view(dst).index_copy_(0, rows, byte_view(s)))
+        def copy_rows(dst: torch.Tensor, s: torch.Tensor) -> None:
+            d_words, s_words = row_words(dst), row_words(s)
+            if d_words is not None and s_words is not None and d_words.shape[1] == s_words.shape[1]:
+                d_words.index_copy_(0, rows, s_words)
+            else:
+                byte_view(dst).index_copy_(0, rows, byte_view(s))
+
+        _zip(self, src, copy_rows)
 
     def copy_(self, src: "StreamState") -> None:
         _zip(self, src, lambda dst, s: dst.copy_(s))
@@ -101,6 +114,18 @@ def byte_view(t: torch.Tensor) -> torch.Tensor:
     """fp8 tensors as raw bytes (others as they are): the CPU has no fp8 gather, scatter or index_copy, and moving
     rows only moves bits."""
     return t.view(torch.uint8) if t.is_floating_point() and t.element_size() == 1 else t
+
+
+def row_words(t: torch.Tensor) -> torch.Tensor | None:
+    """Each batch row of a contiguous tensor as 8-byte words (B, words), or None when its rows are not whole
+    words. Index kernels move one element per thread: a row of fp8 moved as int64 words is 8x fewer elements (the
+    state pool's row scatter of a 16,384-stream fp8 batch measured 60 ms as bytes)."""
+    if t.dim() == 0 or not t.is_contiguous() or t.shape[0] == 0:
+        return None
+    row_bytes = t[0].numel() * t.element_size()
+    if row_bytes == 0 or row_bytes % 8:
+        return None
+    return t.view(torch.uint8).view(t.shape[0], row_bytes).view(torch.int64)
 
 
 def _leaves(value: Any, name: str) -> Iterator[tuple[str, torch.Tensor]]:
