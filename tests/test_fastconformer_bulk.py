@@ -59,12 +59,14 @@ def test_streams_joining_at_different_times_get_the_reference_tokens(rec, lookah
         bulk.step()
     while bulk.step():
         pass
-    for s, slot in enumerate(slots):
-        got = bulk.finish(slot)
-        tokens, frames, done = reference(rec, audios[s], steps, lookahead_ms)
-        assert got.frames_done == done
-        assert (got.tokens, got.token_frames) == (tokens, frames)
     assert len(bulk.latencies()) == 3 * steps and (bulk.latencies() >= 0).all()
+    for s, slot in enumerate(slots):
+        tokens, frames, done = reference(rec, audios[s], steps, lookahead_ms)  # the batched steady steps
+        stream = bulk.streams[slot]
+        assert (stream.tokens, stream.token_frames, bulk._frames[slot]) == (tokens, frames, done)
+        got = bulk.finish(slot)  # then the end of the stream: offline decoding of all it pushed
+        offline = rec.transcribe_tokens(torch.from_numpy(audios[s][: bulk.chunk * steps]), lookahead_ms, "ctc")
+        assert (got.tokens, got.token_frames) == offline
 
 
 def test_bulk_mel_equals_the_offline_frames(rec):
@@ -113,3 +115,20 @@ def test_push_many_equals_pushing_one_by_one(rec):
     for _ in range(QUEUED_CHUNKS):
         many.push_many(np.array([slot]), audio[:1, :many.chunk])
     assert many.push_many(np.array([slot]), audio[:1, :many.chunk]).all()  # the full queue refuses, no raise
+
+
+@pytest.mark.parametrize("seconds", [0.05, 0.5, 1.37])
+def test_whole_stream_with_finish_equals_offline(rec, seconds):
+    """Streamed through the bulk path (batched steady steps, then finish's last steps) = offline decoding."""
+    bulk = BulkTranscriber(rec, capacity=2)
+    audio = (np.random.default_rng(3).standard_normal(int(16000 * seconds)) * 0.3).astype(np.float32)
+    other = bulk.open()  # a second stream sharing the batches
+    slot = bulk.open()
+    for i in range(0, len(audio), 700):
+        bulk.push(slot, audio[i:i + 700])
+        bulk.push(other, audio[i:i + 700])
+        bulk.step()
+    got = bulk.finish(slot)
+    tokens, frames = rec.transcribe_tokens(torch.from_numpy(audio), bulk.recognizer.lookaheads_ms[bulk.lookahead], "ctc")
+    assert (got.tokens, got.token_frames) == (tokens, frames)
+    assert bulk.finish(other).tokens == tokens

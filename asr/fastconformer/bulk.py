@@ -14,8 +14,8 @@ every later step ``8 (R + 1)`` (16 at R = 1), so after the first chunk a stream 
 frames between steps (6 at R = 1, the newest of which the general stage would hold back): each chunk is one
 encoder step, the same frames as the engine's ``FastConformerStage`` feeds it, so the tokens are the same.
 
-Only steady mid-stream chunks are handled (no end-of-stream flush of the short last chunk): the path measures and
-serves the scale regime; a stream's end goes through ``finish`` which returns its tokens.
+Steady chunks are stepped in batches; a stream's end (``finish``: its queued chunks, its partial last chunk,
+NeMo's right padding and the final short step) runs for that stream alone, as the engine stage's last step.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from legato.asr.fastconformer.decoders import CtcState, ctc_greedy
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.stream.errors import CapacityError, NonFiniteAudioError
 from legato.stream.pool import StatePool
@@ -82,6 +83,7 @@ class BulkTranscriber:
         self._fill = np.zeros(capacity, np.int64)  # samples in the chunk being filled
         self._started = np.zeros(capacity, bool)  # first step done
         self._frames = np.zeros(capacity, np.int64)  # encoder frames decoded
+        self._stepped = np.zeros(capacity, np.int64)  # chunks stepped
         self._lock = threading.Lock()
         self._step_lock = threading.Lock()  # a slot is not reopened (reset) or released while a step holds it
         self._slots = SlotAllocator(capacity, f"bulk transcriber is full ({capacity} streams)")
@@ -107,7 +109,7 @@ class BulkTranscriber:
                 if self._slots.in_use + n > self.capacity:
                     raise CapacityError(f"bulk transcriber is full ({self.capacity} streams)")
                 slots = np.array([self._slots.acquire() for _ in range(n)], np.int64)
-                self._head[slots] = self._count[slots] = self._fill[slots] = self._frames[slots] = 0
+                self._head[slots] = self._count[slots] = self._fill[slots] = self._frames[slots] = self._stepped[slots] = 0
                 self._started[slots] = False
             rows = torch.as_tensor(slots, device=self.device)
             self.pool.reset(slots.tolist())
@@ -163,13 +165,75 @@ class BulkTranscriber:
         return full
 
     def finish(self, slot: int) -> BulkStream:
-        """Close the stream (its partly filled chunk is dropped) and return what it decoded."""
-        with self._step_lock, self._lock:
-            stream = self.streams.pop(slot)
-            self._count[slot] = 0
+        """End the stream: step its queued chunks, then its last partial chunk and the end of its audio (NeMo's
+        right padding, the subsampling's last window) as the engine stage does, and return what it decoded: the
+        tokens offline decoding of the same audio gives."""
+        with self._step_lock:
+            with self._lock:
+                if slot not in self.streams:
+                    raise KeyError(f"slot {slot} is not open")
+            while self._count[slot]:
+                with self._lock:
+                    first = not self._started[slot]
+                    audio = torch.from_numpy(self._audio[slot, self._head[slot]][None].copy())
+                    self._head[slot] = (self._head[slot] + 1) % QUEUED_CHUNKS
+                    self._count[slot] -= 1
+                    self._started[slot] = True
+                self._step_group(np.array([slot]), audio, first)
+            with self._lock:
+                partial = self._audio[slot, self._head[slot], : self._fill[slot]].copy()
+                stream = self.streams.pop(slot)
+                self._count[slot] = self._fill[slot] = 0
+            self._flush(slot, torch.from_numpy(partial), stream)
             stream.frames_done = int(self._frames[slot])
-            self._slots.release(slot)
+            with self._lock:
+                self._slots.release(slot)
         return stream
+
+    @torch.inference_mode()
+    def _flush(self, slot: int, partial: torch.Tensor, stream: BulkStream) -> None:
+        """The stream's last steps (MelChunker.finish's): the frames its audio still completes with the right
+        padding, up to NeMo's valid count (samples // hop), steady steps while a full one remains, then one final
+        zero-padded step with its valid frames (even none: the subsampling's end may still emit a frame)."""
+        started = bool(self._stepped[slot])
+        rows = torch.tensor([slot], device=self.device)
+        audio = partial.to(self.device)[None]
+        total = int(self._stepped[slot]) * self.chunk + audio.shape[1]
+        if not started and total == 0:
+            return
+        used = self.first_mel + (int(self._stepped[slot]) - 1) * self.step_mel if started else 0
+        preemph = self.mel.config.preemph
+        if audio.shape[1]:
+            before = torch.cat([self._last_raw[rows, None], audio[:, :-1]], dim=1)
+            audio = audio - preemph * before if preemph else audio
+        context = self._tail[rows] if started else torch.zeros(1, self.pad, device=self.device)
+        full = torch.cat([context, audio, torch.zeros(1, self.pad, device=self.device)], dim=1)
+        mel = self.mel._log_mel(full.unfold(1, self.window, self.hop)) if full.shape[1] >= self.window else None
+        if started:
+            mel = self._mel_carry[rows] if mel is None else torch.cat([self._mel_carry[rows], mel], dim=1)
+        remaining = total // self.hop - used
+        mel = mel[:, :remaining] if mel is not None else torch.zeros(1, 0, self._mel_carry.shape[2], device=self.device)
+        state = self.pool.gather([slot])
+        pos, first = 0, not started
+        while True:
+            width = self.first_mel if first else self.step_mel
+            n = min(width, remaining - pos)
+            final = n < width
+            chunk = torch.zeros(1, width, mel.shape[2], device=self.device)
+            chunk[:, :n] = mel[:, pos:pos + n]
+            y, valid = self.encoder.stream_step(chunk.to(self.dtype), state, lookahead=self.lookahead, first=first,
+                                                valid=torch.tensor([n], device=self.device),
+                                                final=torch.tensor([final], device=self.device) if final else None)
+            ctc = CtcState(last=self._ctc_last[rows])
+            tokens, frames = ctc_greedy(self.head(y), valid, ctc, self.head.blank)
+            self._ctc_last[rows] = ctc.last
+            stream.tokens += tokens[0]
+            stream.token_frames += [int(self._frames[slot]) + f for f in frames[0]]
+            self._frames[slot] += int(valid[0])
+            pos, first = pos + n, False
+            if final:
+                break
+        self.pool.scatter([slot], state)
 
     # -- the worker ----------------------------------------------------------------
 
@@ -240,6 +304,7 @@ class BulkTranscriber:
                 stream.tokens += best[j, at].tolist()
                 stream.token_frames += (self._frames[slots[j]] + at).tolist()
         self._frames[slots] += best.shape[1]
+        self._stepped[slots] += 1
 
     def latencies(self) -> np.ndarray:
         """Seconds from each stepped chunk's completing push to its tokens on the host, oldest first."""
