@@ -79,8 +79,8 @@ def main() -> None:
             for b in (int(x) for x in args.batches.split(",")):
                 x = case(b, t, ring_dtype)
                 out = torch.empty_like(x[0])
-                runs = {name: (lambda fn=fn: fn(*x, LEFT, D_HEAD ** -0.5, out)) for name, fn in impls(t).items()}
-                runs["torch"] = lambda: ra.relpos_attention_torch(*x, LEFT, D_HEAD ** -0.5)
+                runs = {name: (lambda fn=fn, x=x, out=out: fn(*x, LEFT, D_HEAD ** -0.5, out)) for name, fn in impls(t).items()}
+                runs["torch"] = lambda x=x: ra.relpos_attention_torch(*x, LEFT, D_HEAD ** -0.5)
                 fl = floor_ms(b, t, ring_dtype)
                 if b != int(args.batches.split(",")[0]):  # the configurations only at the first batch size
                     runs = {k_: f_ for k_, f_ in runs.items() if k_ in ("default", "torch")}

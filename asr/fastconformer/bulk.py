@@ -29,7 +29,8 @@ import torch
 
 from legato.asr.fastconformer.decoders import CtcState, ctc_greedy
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
-from legato.stream.errors import CapacityError, NonFiniteAudioError
+from legato.stream.chunk_queues import ChunkQueues
+from legato.stream.errors import CapacityError
 from legato.stream.pool import StatePool
 from legato.stream.slots import SlotAllocator
 
@@ -70,17 +71,8 @@ class BulkTranscriber:
         self.device = model.param_device()
         self.dtype = next(model.parameters()).dtype
         dev = self.device
-        # host side: queued audio, written by producers under the lock
-        # queued audio, and a staging buffer the taken chunks are gathered into: page-locked on CUDA so the copy to
-        # the device is one DMA (pageable copies took 23 ms of a 16,384-stream step on an H200)
-        pin = self.device.type == "cuda"
-        self._audio_t = torch.zeros(capacity * QUEUED_CHUNKS, self.chunk, pin_memory=pin)
-        self._audio = self._audio_t.numpy().reshape(capacity, QUEUED_CHUNKS, self.chunk)
-        self._staging = torch.zeros(min(max_batch, capacity), self.chunk, pin_memory=pin)
-        self._ready = np.zeros((capacity, QUEUED_CHUNKS), np.float64)  # when each queued chunk was completed
-        self._head = np.zeros(capacity, np.int64)  # oldest queued chunk
-        self._count = np.zeros(capacity, np.int64)  # complete chunks queued
-        self._fill = np.zeros(capacity, np.int64)  # samples in the chunk being filled
+        # host side: queued audio, page-locked on CUDA (pageable copies took 23 ms of a 16,384-stream step on an H200)
+        self.queues = ChunkQueues(capacity, self.chunk, max_take=max_batch, pinned=self.device.type == "cuda", depth=QUEUED_CHUNKS)
         self._started = np.zeros(capacity, bool)  # first step done
         self._frames = np.zeros(capacity, np.int64)  # encoder frames decoded
         self._stepped = np.zeros(capacity, np.int64)  # chunks stepped
@@ -109,8 +101,9 @@ class BulkTranscriber:
                 if self._slots.in_use + n > self.capacity:
                     raise CapacityError(f"bulk transcriber is full ({self.capacity} streams)")
                 slots = np.array([self._slots.acquire() for _ in range(n)], np.int64)
-                self._head[slots] = self._count[slots] = self._fill[slots] = self._frames[slots] = self._stepped[slots] = 0
+                self._frames[slots] = self._stepped[slots] = 0
                 self._started[slots] = False
+            self.queues.reset(slots)
             rows = torch.as_tensor(slots, device=self.device)
             self.pool.reset(slots.tolist())
             self._last_raw[rows] = 0.0
@@ -121,48 +114,17 @@ class BulkTranscriber:
         return slots
 
     def push(self, slot: int, samples: np.ndarray) -> None:
-        """Queue audio; raises ``CapacityError`` (nothing queued) when it would exceed ``QUEUED_CHUNKS`` complete
-        chunks waiting, ``NonFiniteAudioError`` for NaN or infinite samples."""
-        samples = np.asarray(samples, np.float32).reshape(-1)
-        if not np.isfinite(samples).all():
-            raise NonFiniteAudioError("audio holds NaN or infinite samples")
-        with self._lock:
-            if slot not in self.streams:
-                raise KeyError(f"slot {slot} is not open")
-            free = (QUEUED_CHUNKS - self._count[slot]) * self.chunk - self._fill[slot]
-            if len(samples) > free:
-                raise CapacityError(f"stream in slot {slot} has {self._count[slot]} chunks waiting (the transcriber is behind)")
-            now, i = time.monotonic(), 0
-            while i < len(samples):
-                buf = (self._head[slot] + self._count[slot]) % QUEUED_CHUNKS
-                n = min(len(samples) - i, self.chunk - self._fill[slot])
-                self._audio[slot, buf, self._fill[slot]:self._fill[slot] + n] = samples[i:i + n]
-                self._fill[slot] += n
-                i += n
-                if self._fill[slot] == self.chunk:
-                    self._ready[slot, buf] = now
-                    self._count[slot] += 1
-                    self._fill[slot] = 0
+        """Queue float32 audio (any length); ``CapacityError`` (nothing queued) beyond ``QUEUED_CHUNKS`` complete
+        chunks waiting, ``NonFiniteAudioError`` for NaN or infinite samples, ``KeyError`` for a slot not open."""
+        if slot not in self.streams:
+            raise KeyError(f"slot {slot} is not open")
+        self.queues.push(slot, samples)
 
     def push_many(self, slots: np.ndarray, chunks: np.ndarray) -> np.ndarray:
-        """Queue one whole model chunk for each of ``slots`` (distinct, open, none mid-chunk) from ``chunks``
-        (n, chunk) float32 in one array operation: how a front end that gathers many streams' audio hands it over.
-        Returns the mask of slots refused for a full queue (nothing queued for them)."""
-        slots = np.asarray(slots, np.int64)
-        if chunks.shape != (len(slots), self.chunk):
-            raise ValueError(f"chunks must be ({len(slots)}, {self.chunk}), got {chunks.shape}")
-        if not np.isfinite(chunks).all():
-            raise NonFiniteAudioError("audio holds NaN or infinite samples")
-        with self._lock:
-            if (self._fill[slots] != 0).any():
-                raise ValueError("push_many needs streams at a chunk boundary (use push for partial chunks)")
-            full = self._count[slots] >= QUEUED_CHUNKS
-            ok = slots[~full]
-            buf = (self._head[ok] + self._count[ok]) % QUEUED_CHUNKS
-            self._audio[ok, buf] = chunks[~full]
-            self._ready[ok, buf] = time.monotonic()
-            self._count[ok] += 1
-        return full
+        """One whole model chunk for each of ``slots`` (open, distinct, none mid-chunk) from ``chunks`` (n, chunk)
+        float32 in one array operation, as a front end gathering many streams' audio would hand it over. Returns
+        the mask of slots refused for a full queue."""
+        return self.queues.push_many(slots, chunks)
 
     def finish(self, slot: int) -> BulkStream:
         """End the stream: step its queued chunks, then its last partial chunk and the end of its audio (NeMo's
@@ -172,18 +134,13 @@ class BulkTranscriber:
             with self._lock:
                 if slot not in self.streams:
                     raise KeyError(f"slot {slot} is not open")
-            while self._count[slot]:
-                with self._lock:
-                    first = not self._started[slot]
-                    audio = torch.from_numpy(self._audio[slot, self._head[slot]][None].copy())
-                    self._head[slot] = (self._head[slot] + 1) % QUEUED_CHUNKS
-                    self._count[slot] -= 1
-                    self._started[slot] = True
+            while (audio := self.queues.take_one(slot)) is not None:
+                first = not self._started[slot]
+                self._started[slot] = True
                 self._step_group(np.array([slot]), audio, first)
+            partial = self.queues.drain_partial(slot)
             with self._lock:
-                partial = self._audio[slot, self._head[slot], : self._fill[slot]].copy()
                 stream = self.streams.pop(slot)
-                self._count[slot] = self._fill[slot] = 0
             self._flush(slot, torch.from_numpy(partial), stream)
             stream.frames_done = int(self._frames[slot])
             with self._lock:
@@ -237,30 +194,15 @@ class BulkTranscriber:
 
     # -- the worker ----------------------------------------------------------------
 
-    def _take(self) -> tuple[np.ndarray, torch.Tensor, np.ndarray, np.ndarray]:
-        """Slots with a complete chunk, oldest first, up to max_batch: (slots, audio in the staging buffer,
-        ready times, first step). The previous step's device copy from the staging buffer is done: that step
-        ended with a host sync."""
-        with self._lock:
-            rows = np.flatnonzero(self._count > 0)
-            ready = self._ready[rows, self._head[rows]]
-            order = np.argsort(ready, kind="stable")[: self.max_batch]
-            rows, ready = rows[order], ready[order]
-            index = torch.from_numpy(rows * QUEUED_CHUNKS + self._head[rows])
-            audio = torch.index_select(self._audio_t, 0, index, out=self._staging[: len(rows)])  # producers may refill now
-            first = ~self._started[rows]
-            self._head[rows] = (self._head[rows] + 1) % QUEUED_CHUNKS
-            self._count[rows] -= 1
-            self._started[rows] = True
-        return rows, audio, ready, first
-
     @torch.inference_mode()
     def step(self) -> int:
         """Step every slot with a complete chunk queued (up to ``max_batch``); returns how many were stepped."""
         with self._step_lock:
-            rows, audio, ready, first = self._take()
+            rows, audio, ready = self.queues.take(self.max_batch)
             if not len(rows):
                 return 0
+            first = ~self._started[rows]
+            self._started[rows] = True
             for phase in (True, False):
                 pick = first == phase
                 if pick.all():
