@@ -85,7 +85,7 @@ def run(rec: FastConformerRecognizer, n: int, args) -> dict:
     for t in threads:
         t.start()
     time.sleep(args.warmup)  # compiles, first steps, the streams' first chunks
-    bulk._latencies.clear()
+    bulk.latencies(clear=True)
     for key in stats:
         stats[key] = 0
     time.sleep(args.seconds)

@@ -16,24 +16,22 @@ import torch
 
 from legato.stream.errors import CapacityError, NonFiniteAudioError
 
-DEFAULT_DEPTH = 4  # complete chunks a slot may have waiting
-
-
 class ChunkQueues:
-    def __init__(self, capacity: int, chunk: int, *, max_take: int, pinned: bool, depth: int = DEFAULT_DEPTH):
+    def __init__(self, capacity: int, chunk: int, *, depth: int, max_take: int, pinned: bool):
+        """``depth``: complete chunks a slot may have waiting."""
         self.capacity, self.chunk, self.depth = capacity, chunk, depth
         self._audio_t = torch.zeros(capacity * depth, chunk, pin_memory=pinned)
         self._audio = self._audio_t.numpy().reshape(capacity, depth, chunk)
         self._staging = torch.zeros(min(max_take, capacity), chunk, pin_memory=pinned)
         self._ready = np.zeros((capacity, depth), np.float64)  # when each queued chunk was completed
         self._head = np.zeros(capacity, np.int64)  # oldest queued chunk
-        self.count = np.zeros(capacity, np.int64)  # complete chunks queued (read without the lock: a hint)
+        self._count = np.zeros(capacity, np.int64)  # complete chunks queued
         self._fill = np.zeros(capacity, np.int64)  # samples in the chunk being filled
         self._lock = threading.Lock()
 
     def reset(self, slots: np.ndarray) -> None:
         with self._lock:
-            self._head[slots] = self.count[slots] = self._fill[slots] = 0
+            self._head[slots] = self._count[slots] = self._fill[slots] = 0
 
     def push(self, slot: int, samples: np.ndarray) -> None:
         """Queue float32 samples (any length). ``CapacityError`` (nothing queued) past ``depth`` complete chunks,
@@ -42,19 +40,19 @@ class ChunkQueues:
         if not np.isfinite(samples).all():
             raise NonFiniteAudioError("audio holds NaN or infinite samples")
         with self._lock:
-            free = (self.depth - self.count[slot]) * self.chunk - self._fill[slot]
+            free = (self.depth - self._count[slot]) * self.chunk - self._fill[slot]
             if len(samples) > free:
-                raise CapacityError(f"stream in slot {slot} has {self.count[slot]} chunks waiting (the consumer is behind)")
+                raise CapacityError(f"stream in slot {slot} has {self._count[slot]} chunks waiting (the consumer is behind)")
             now, i = time.monotonic(), 0
             while i < len(samples):
-                buf = (self._head[slot] + self.count[slot]) % self.depth
+                buf = (self._head[slot] + self._count[slot]) % self.depth
                 n = min(len(samples) - i, self.chunk - self._fill[slot])
                 self._audio[slot, buf, self._fill[slot]:self._fill[slot] + n] = samples[i:i + n]
                 self._fill[slot] += n
                 i += n
                 if self._fill[slot] == self.chunk:
                     self._ready[slot, buf] = now
-                    self.count[slot] += 1
+                    self._count[slot] += 1
                     self._fill[slot] = 0
 
     def push_many(self, slots: np.ndarray, chunks: np.ndarray) -> np.ndarray:
@@ -68,41 +66,41 @@ class ChunkQueues:
         with self._lock:
             if (self._fill[slots] != 0).any():
                 raise ValueError("push_many needs streams at a chunk boundary (use push for partial chunks)")
-            full = self.count[slots] >= self.depth
+            full = self._count[slots] >= self.depth
             ok = slots[~full]
-            buf = (self._head[ok] + self.count[ok]) % self.depth
+            buf = (self._head[ok] + self._count[ok]) % self.depth
             self._audio[ok, buf] = chunks[~full]
             self._ready[ok, buf] = time.monotonic()
-            self.count[ok] += 1
+            self._count[ok] += 1
         return full
 
     def take(self, max_n: int) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
         """Slots with a complete chunk, oldest first, up to ``max_n``: (slots, their chunks in the staging buffer,
         ready times). The staging buffer is reused: the caller's use of the previous take must be complete."""
         with self._lock:
-            rows = np.flatnonzero(self.count > 0)
+            rows = np.flatnonzero(self._count > 0)
             ready = self._ready[rows, self._head[rows]]
             order = np.argsort(ready, kind="stable")[: min(max_n, len(self._staging))]
             rows, ready = rows[order], ready[order]
             index = torch.from_numpy(rows * self.depth + self._head[rows])
             audio = torch.index_select(self._audio_t, 0, index, out=self._staging[: len(rows)])  # producers may refill now
             self._head[rows] = (self._head[rows] + 1) % self.depth
-            self.count[rows] -= 1
+            self._count[rows] -= 1
         return rows, audio, ready
 
     def take_one(self, slot: int) -> torch.Tensor | None:
         """The slot's oldest complete chunk (1, chunk), a copy, or None."""
         with self._lock:
-            if not self.count[slot]:
+            if not self._count[slot]:
                 return None
             audio = torch.from_numpy(self._audio[slot, self._head[slot]][None].copy())
             self._head[slot] = (self._head[slot] + 1) % self.depth
-            self.count[slot] -= 1
+            self._count[slot] -= 1
         return audio
 
     def drain_partial(self, slot: int) -> np.ndarray:
         """The samples of the slot's chunk being filled (a copy); the slot's queue is emptied."""
         with self._lock:
             partial = self._audio[slot, self._head[slot], : self._fill[slot]].copy()
-            self.count[slot] = self._fill[slot] = 0
+            self._count[slot] = self._fill[slot] = 0
         return partial

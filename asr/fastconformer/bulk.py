@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from legato.asr.fastconformer.decoders import CtcState, ctc_greedy
+from legato.asr.fastconformer.decoders import CtcState, ctc_greedy, ctc_greedy_mask
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.stream.chunk_queues import ChunkQueues
 from legato.stream.errors import CapacityError
@@ -73,9 +73,8 @@ class BulkTranscriber:
         dev = self.device
         # host side: queued audio, page-locked on CUDA (pageable copies took 23 ms of a 16,384-stream step on an H200)
         self.queues = ChunkQueues(capacity, self.chunk, max_take=max_batch, pinned=self.device.type == "cuda", depth=QUEUED_CHUNKS)
-        self._started = np.zeros(capacity, bool)  # first step done
         self._frames = np.zeros(capacity, np.int64)  # encoder frames decoded
-        self._stepped = np.zeros(capacity, np.int64)  # chunks stepped
+        self._stepped = np.zeros(capacity, np.int64)  # chunks stepped (0: the next step is the stream's first)
         self._lock = threading.Lock()
         self._step_lock = threading.Lock()  # a slot is not reopened (reset) or released while a step holds it
         self._slots = SlotAllocator(capacity, f"bulk transcriber is full ({capacity} streams)")
@@ -102,7 +101,6 @@ class BulkTranscriber:
                     raise CapacityError(f"bulk transcriber is full ({self.capacity} streams)")
                 slots = np.array([self._slots.acquire() for _ in range(n)], np.int64)
                 self._frames[slots] = self._stepped[slots] = 0
-                self._started[slots] = False
             self.queues.reset(slots)
             rows = torch.as_tensor(slots, device=self.device)
             self.pool.reset(slots.tolist())
@@ -135,9 +133,7 @@ class BulkTranscriber:
                 if slot not in self.streams:
                     raise KeyError(f"slot {slot} is not open")
             while (audio := self.queues.take_one(slot)) is not None:
-                first = not self._started[slot]
-                self._started[slot] = True
-                self._step_group(np.array([slot]), audio, first)
+                self._step_group(np.array([slot]), audio, bool(self._stepped[slot] == 0))
             partial = self.queues.drain_partial(slot)
             with self._lock:
                 stream = self.streams.pop(slot)
@@ -159,10 +155,8 @@ class BulkTranscriber:
         if not started and total == 0:
             return
         used = self.first_mel + (int(self._stepped[slot]) - 1) * self.step_mel if started else 0
-        preemph = self.mel.config.preemph
         if audio.shape[1]:
-            before = torch.cat([self._last_raw[rows, None], audio[:, :-1]], dim=1)
-            audio = audio - preemph * before if preemph else audio
+            audio = self.mel._preemphasis(audio, self._last_raw[rows])
         context = self._tail[rows] if started else torch.zeros(1, self.pad, device=self.device)
         full = torch.cat([context, audio, torch.zeros(1, self.pad, device=self.device)], dim=1)
         mel = self.mel._log_mel(full.unfold(1, self.window, self.hop)) if full.shape[1] >= self.window else None
@@ -201,8 +195,7 @@ class BulkTranscriber:
             rows, audio, ready = self.queues.take(self.max_batch)
             if not len(rows):
                 return 0
-            first = ~self._started[rows]
-            self._started[rows] = True
+            first = self._stepped[rows] == 0
             for phase in (True, False):
                 pick = first == phase
                 if pick.all():
@@ -214,9 +207,7 @@ class BulkTranscriber:
 
     def _log_mel(self, rows: torch.Tensor, audio: torch.Tensor, first: bool) -> torch.Tensor:
         """(B, chunk) raw audio -> (B, the step's mel frames, n_mels); updates pre-emphasis, tail and mel carry."""
-        preemph = self.mel.config.preemph
-        before = torch.cat([self._last_raw[rows, None], audio[:, :-1]], dim=1)
-        y = audio - preemph * before if preemph else audio
+        y = self.mel._preemphasis(audio, self._last_raw[rows])
         self._last_raw[rows] = audio[:, -1]
         context = torch.zeros(len(rows), self.pad, device=audio.device) if first else self._tail[rows]
         full = torch.cat([context, y], dim=1)
@@ -232,12 +223,11 @@ class BulkTranscriber:
         rows = torch.as_tensor(slots, device=self.device)
         mel = self._log_mel(rows, audio.to(self.device, non_blocking=True), first)
         state = self.pool.gather(slots.tolist())
-        y, _ = self.encoder.stream_step(mel.to(self.dtype), state, lookahead=self.lookahead, first=first)
+        y, valid = self.encoder.stream_step(mel.to(self.dtype), state, lookahead=self.lookahead, first=first)
         self.pool.scatter(slots.tolist(), state)
-        best = self.head(y).argmax(dim=-1)  # (B, T); every frame of a steady chunk is valid
-        prev = torch.cat([self._ctc_last[rows, None], best[:, :-1]], dim=1)
-        keep = (best != self.head.blank) & (best != prev)
-        self._ctc_last[rows] = best[:, -1]
+        ctc = CtcState(last=self._ctc_last[rows])
+        best, keep = ctc_greedy_mask(self.head(y), valid, ctc, self.head.blank)
+        self._ctc_last[rows] = ctc.last
         best, keep = best.cpu().numpy(), keep.cpu().numpy()  # the one host sync of the step
         for j in np.flatnonzero(keep.any(axis=1)):  # Python only for streams with new tokens
             stream = self.streams.get(int(slots[j]))
@@ -248,6 +238,10 @@ class BulkTranscriber:
         self._frames[slots] += best.shape[1]
         self._stepped[slots] += 1
 
-    def latencies(self) -> np.ndarray:
-        """Seconds from each stepped chunk's completing push to its tokens on the host, oldest first."""
-        return np.concatenate(self._latencies) if self._latencies else np.zeros(0)
+    def latencies(self, clear: bool = False) -> np.ndarray:
+        """Seconds from each stepped chunk's completing push to its tokens on the host, oldest first; ``clear``
+        forgets them (a benchmark's warm-up)."""
+        out = np.concatenate(self._latencies) if self._latencies else np.zeros(0)
+        if clear:
+            self._latencies.clear()
+        return out

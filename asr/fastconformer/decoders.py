@@ -54,14 +54,21 @@ def ctc_init_state(batch_size: int, blank: int, device) -> CtcState:
     return CtcState(last=torch.full((batch_size,), blank, dtype=torch.long, device=device))
 
 
-def ctc_greedy(log_probs: torch.Tensor, valid: torch.Tensor, state: CtcState, blank: int) -> tuple[list[list[int]], list[list[int]]]:
-    """(B, T, V+1) log-probs of a chunk, valid frames (B,) -> (new token ids, their frame indices) per row; updates ``state``."""
+def ctc_greedy_mask(log_probs: torch.Tensor, valid: torch.Tensor, state: CtcState, blank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, V+1) log-probs of a chunk, valid frames (B,) -> (argmax ids (B, T), which of them are new tokens
+    (B, T) bool), on the device; updates ``state``."""
     best = log_probs.argmax(dim=-1)  # (B, T)
     prev = torch.cat([state.last[:, None], best[:, :-1]], dim=1)
     t = torch.arange(best.shape[1], device=best.device)[None, :]
     keep = (best != blank) & (best != prev) & (t < valid[:, None])
     last_index = (valid - 1).clamp(min=0)
     state.last.copy_(torch.where(valid > 0, best.gather(1, last_index[:, None])[:, 0], state.last))
+    return best, keep
+
+
+def ctc_greedy(log_probs: torch.Tensor, valid: torch.Tensor, state: CtcState, blank: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(B, T, V+1) log-probs of a chunk, valid frames (B,) -> (new token ids, their frame indices) per row; updates ``state``."""
+    best, keep = ctc_greedy_mask(log_probs, valid, state, blank)
     best, keep = best.cpu(), keep.cpu()
     frames = torch.arange(best.shape[1])
     return [best[b][keep[b]].tolist() for b in range(best.shape[0])], [frames[keep[b]].tolist() for b in range(best.shape[0])]
