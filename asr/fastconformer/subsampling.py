@@ -32,11 +32,10 @@ from torch import nn
 
 from legato.asr.fastconformer.config import SUBSAMPLING_KERNEL, SUBSAMPLING_STRIDE, FastConformerConfig
 from legato.kernels import dispatch
-from legato.kernels.dw_subsampling import NAME as STEADY_STEP, STEADY_SKIP, conv_over_context, project
-
-PAD_BEFORE = SUBSAMPLING_KERNEL - 1  # 2
-PAD_AFTER = SUBSAMPLING_STRIDE - 1  # 1
-CONTEXT_FRAMES = SUBSAMPLING_KERNEL - 1  # inputs a stage keeps between steps
+# the causal conv geometry (padding 2 before / 1 after, 2 cached frames) is the kernel module's, one definition
+from legato.kernels.dw_subsampling import (
+    CONTEXT_FRAMES, NAME as STEADY_STEP, PAD_AFTER, PAD_BEFORE, STEADY_SKIP, conv_over_context, project,
+)
 
 
 def freq_after(freq: int, stages: int) -> int:
