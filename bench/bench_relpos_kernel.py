@@ -43,15 +43,32 @@ def floor_ms(b, t, ring_dtype) -> float:
     return moved / HBM_BYTES_PER_S * 1e3
 
 
-FIXED = [(1, 1, 4), (1, 2, 4), (2, 2, 4), (4, 2, 4), (8, 2, 4), (4, 1, 4), (4, 3, 4), (4, 2, 8), (8, 3, 8)]
+# (heads per program, pipeline stages, warps, ring frames per main key tile); main 128: one key tile for the
+# whole 70-frame ring and the chunk, as the kernel was before the tiles were split (8d309a7)
+FIXED = [(8, 2, 4, 128), (8, 2, 4, 32), (8, 2, 4, 16), (8, 3, 4, 64), (8, 2, 2, 64), (8, 2, 8, 64), (4, 2, 4, 64), (2, 2, 4, 64)]
 
 
 def impls(t):
-    """The kernel at its default launch and a few fixed (heads per program, pipeline stages, warps) configurations."""
+    """The kernel at its default launch, a few fixed configurations, and the default reading its streams' rings
+    by pool row ("pool rows": a batch of the pool's odd rows, as the bulk path steps a pool in place)."""
     out = {"default": ra.launch}
-    for heads, stages, warps in FIXED:
-        out[f"h{heads} s{stages} w{warps}"] = functools.partial(ra.launch, HEADS=heads, STAGES=stages, num_warps=warps)
+    for heads, stages, warps, main in FIXED:
+        out[f"h{heads} s{stages} w{warps} m{main}"] = functools.partial(ra.launch, HEADS=heads, STAGES=stages, num_warps=warps, MAIN=main)
     return out
+
+
+def pool_case(x):
+    """The case's rings as rows 1, 3, 5, ... of a pool twice its size (frames likewise)."""
+    b = x[0].shape[0]
+    rows = torch.arange(1, 2 * b, 2, device="cuda")
+    rings = []
+    for ring in x[3:5]:
+        pool = torch.zeros((2 * b,) + ring.shape[1:], device="cuda", dtype=ring.dtype)
+        pool.view(torch.uint8)[rows] = ring.view(torch.uint8)
+        rings.append(pool)
+    frames = torch.zeros(2 * b, device="cuda", dtype=x[5].dtype)
+    frames[rows] = x[5]
+    return (*x[:3], *rings, frames, *x[6:]), rows
 
 
 @torch.inference_mode()
@@ -81,9 +98,11 @@ def main() -> None:
                 out = torch.empty_like(x[0])
                 runs = {name: (lambda fn=fn, x=x, out=out: fn(*x, LEFT, D_HEAD ** -0.5, out)) for name, fn in impls(t).items()}
                 runs["torch"] = lambda x=x: ra.relpos_attention_torch(*x, LEFT, D_HEAD ** -0.5)
+                pooled, rows = pool_case(x)
+                runs["pool rows"] = lambda x=pooled, rows=rows, out=out: ra.launch(*x, LEFT, D_HEAD ** -0.5, out, rows)
                 fl = floor_ms(b, t, ring_dtype)
                 if b != int(args.batches.split(",")[0]):  # the configurations only at the first batch size
-                    runs = {k_: f_ for k_, f_ in runs.items() if k_ in ("default", "torch")}
+                    runs = {k_: f_ for k_, f_ in runs.items() if k_ in ("default", "torch", "pool rows")}
                 for name, fn in runs.items():
                     try:
                         ms = sorted(time_steps(fn, 5, 20, True))[10]
@@ -91,7 +110,7 @@ def main() -> None:
                         print(f"| {t} | {str(ring_dtype)[6:]} | {b} | {name} | OOM | | | |")
                         continue
                     print(f"| {t} | {str(ring_dtype)[6:]} | {b} | {name} | {ms:.3f} | {fl:.3f} | {ms / fl:.1f} | {errs.get(name, '-')} |", flush=True)
-                del x, out, runs
+                del x, out, runs, pooled
                 torch.cuda.empty_cache()
 
 

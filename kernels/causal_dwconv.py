@@ -8,7 +8,7 @@ over channels when ``norm_weight`` is given, and passed through SiLU -> (T, d). 
 
 * ``glu_dwconv_torch``: the reference (GLU, concatenation, ``conv1d``, ``layer_norm``, ``silu``).
 * ``glu_dwconv_triton``: one program per stream does it all in registers: no concatenated copy, no
-  intermediate tensors between the five steps, the cache rewritten in place.
+  intermediate tensors between the five steps, the cache rewritten in place (a pool's row, given ``rows``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,14 @@ NAME = "glu_causal_dwconv"
 
 
 @register(NAME, "torch")
-def glu_dwconv_torch(a, cache, valid, weight, bias, norm_weight, norm_bias, eps: float) -> torch.Tensor:
-    """a (B, T, 2d); cache (B, K - 1, d) updated in place; valid (B,); weight (d, K); bias (d,); norm (d,) or None."""
+def glu_dwconv_torch(a, cache, valid, weight, bias, norm_weight, norm_bias, eps: float, rows=None) -> torch.Tensor:
+    """a (B, T, 2d); cache (B, K - 1, d) updated in place; valid (B,); weight (d, K); bias (d,); norm (d,) or None.
+    ``rows`` (B,) int64: ``cache`` is a pool's (any number of rows) and batch row b's is pool row ``rows[b]``."""
+    if rows is not None:
+        own = cache.index_select(0, rows)
+        out = glu_dwconv_torch(a, own, valid, weight, bias, norm_weight, norm_bias, eps)
+        cache.index_copy_(0, rows, own)
+        return out
     b, t, _ = a.shape
     d, k = weight.shape
     g = F.glu(a, dim=-1) * (torch.arange(t, device=a.device)[None, :] < valid[:, None])[..., None].to(a.dtype)
@@ -42,14 +48,15 @@ def _compile():
 
 
 @register(NAME, "triton")
-def glu_dwconv_triton(a, cache, valid, weight, bias, norm_weight, norm_bias, eps: float) -> torch.Tensor:
+def glu_dwconv_triton(a, cache, valid, weight, bias, norm_weight, norm_bias, eps: float, rows=None) -> torch.Tensor:
     b, t, two_d = a.shape
     d, k = weight.shape
     if a.stride(2) != 1 or cache.stride(2) != 1 or not weight.is_contiguous():
-        return glu_dwconv_torch(a, cache, valid, weight, bias, norm_weight, norm_bias, eps)
+        return glu_dwconv_torch(a, cache, valid, weight, bias, norm_weight, norm_bias, eps, rows)
     out = torch.empty(b, t, d, device=a.device, dtype=a.dtype)
     has_norm = norm_weight is not None
     _compile()[(b,)](a, cache, valid, weight, bias, norm_weight if has_norm else bias, norm_bias if has_norm else bias, out,
+                     valid if rows is None else rows,
                      a.stride(0), a.stride(1), cache.stride(0), cache.stride(1), out.stride(0), out.stride(1), t, d, eps,
-                     K=k, BLOCK_D=1 << (d - 1).bit_length(), HAS_NORM=has_norm)
+                     K=k, BLOCK_D=1 << (d - 1).bit_length(), HAS_NORM=has_norm, HAS_ROWS=rows is not None)
     return out

@@ -9,12 +9,12 @@ import triton.language as tl
 
 
 @triton.jit
-def gated_frame(A, C, b, j, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K: tl.constexpr):
-    """Frame j of [cache (K - 1 rows) | gated chunk], fp32, channels c."""
+def gated_frame(A, C, b, row, j, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K: tl.constexpr):
+    """Frame j of [cache (K - 1 rows) of pool row ``row`` | gated chunk of batch row b], fp32, channels c."""
     jj = c * 0 + j  # the frame index as a vector: masks are vectors (also in the CPU interpreter)
     in_cache = jj < K - 1
     n = jj - (K - 1)
-    x_cache = tl.load(C + b * sc_b + j * sc_t + c, mask=cm & in_cache, other=0.0).to(tl.float32)
+    x_cache = tl.load(C + row * sc_b + j * sc_t + c, mask=cm & in_cache, other=0.0).to(tl.float32)
     a = tl.load(A + b * sa_b + n * sa_t + c, mask=cm & (n >= 0), other=0.0).to(tl.float32)
     gate = tl.load(A + b * sa_b + n * sa_t + d + c, mask=cm & (n >= 0), other=0.0).to(tl.float32)
     x_new = tl.where((n >= 0) & (n < valid), a * tl.sigmoid(gate), 0.0)
@@ -24,9 +24,13 @@ def gated_frame(A, C, b, j, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K: tl.const
 
 
 @triton.jit
-def kernel(A, C, VALID, W, BIAS, NW, NB, O, sa_b, sa_t, sc_b, sc_t, so_b, so_t, T, d, eps,
-           K: tl.constexpr, BLOCK_D: tl.constexpr, HAS_NORM: tl.constexpr):
-    b = tl.program_id(0)
+def kernel(A, C, VALID, W, BIAS, NW, NB, O, ROWS, sa_b, sa_t, sc_b, sc_t, so_b, so_t, T, d, eps,
+           K: tl.constexpr, BLOCK_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROWS: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    if HAS_ROWS:  # the cache is a pool's: this stream's row
+        row = tl.load(ROWS + b).to(tl.int64)
+    else:
+        row = b
     c = tl.arange(0, BLOCK_D)
     cm = c < d
     valid = tl.load(VALID + b)
@@ -35,7 +39,7 @@ def kernel(A, C, VALID, W, BIAS, NW, NB, O, sa_b, sa_t, sc_b, sc_t, so_b, so_t, 
         acc = bias
         for k in tl.static_range(K):
             w = tl.load(W + c * K + k, mask=cm, other=0.0).to(tl.float32)
-            acc += w * gated_frame(A, C, b, t + k, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K)
+            acc += w * gated_frame(A, C, b, row, t + k, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K)
         y = acc
         if HAS_NORM:
             mean = tl.sum(tl.where(cm, y, 0.0), 0) / d
@@ -46,5 +50,5 @@ def kernel(A, C, VALID, W, BIAS, NW, NB, O, sa_b, sa_t, sc_b, sc_t, so_b, so_t, 
         y = y * tl.sigmoid(y)
         tl.store(O + b * so_b + t * so_t + c, y.to(O.dtype.element_ty), mask=cm)
     for r in tl.static_range(K - 1):
-        x = gated_frame(A, C, b, T + r, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K)
-        tl.store(C + b * sc_b + r * sc_t + c, x.to(C.dtype.element_ty), mask=cm)
+        x = gated_frame(A, C, b, row, T + r, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K)
+        tl.store(C + row * sc_b + r * sc_t + c, x.to(C.dtype.element_ty), mask=cm)

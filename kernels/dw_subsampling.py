@@ -70,10 +70,17 @@ def project(x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor]) -> torch.Te
 
 
 @register(NAME, "torch")
-def dw_subsampling_torch(mel, contexts, first, later, out) -> torch.Tensor:
+def dw_subsampling_torch(mel, contexts, first, later, out, rows=None) -> torch.Tensor:
     """mel (B, T, F), T divisible by 2 ** stages; contexts per stage (B, 2, F_in, C_in), updated in place;
     first = (weight (C, 1, 3, 3), bias (C,)); later per stage = (depthwise weight (C, 1, 3, 3), bias (C,),
-    pointwise weight (C, C, 1, 1), bias (C,)); out = (weight (d, C * F'), bias (d,)). Returns (B, T', d)."""
+    pointwise weight (C, C, 1, 1), bias (C,)); out = (weight (d, C * F'), bias (d,)). Returns (B, T', d).
+    ``rows`` (B,) int64: the contexts are a pool's (any number of rows) and batch row b's is pool row ``rows[b]``."""
+    if rows is not None:
+        own = [c.index_select(0, rows) for c in contexts]
+        y = dw_subsampling_torch(mel, own, first, later, out)
+        for c, o in zip(contexts, own):
+            c.index_copy_(0, rows, o)
+        return y
     x = F.relu(conv_over_context(mel[:, None], contexts[0], *first, STEADY_SKIP))
     for (dw_w, dw_b, pw_w, pw_b), context in zip(later, contexts[1:]):
         x = F.relu(F.conv2d(conv_over_context(x, context, dw_w, dw_b, STEADY_SKIP), pw_w, pw_b))
@@ -100,9 +107,9 @@ def _out_freq(freq: int) -> int:
 
 
 @register(NAME, "triton")
-def dw_subsampling_triton(mel, contexts, first, later, out) -> torch.Tensor:
+def dw_subsampling_triton(mel, contexts, first, later, out, rows=None) -> torch.Tensor:
     if not _fits(mel, contexts, first, later):
-        return dw_subsampling_torch(mel, contexts, first, later, out)
+        return dw_subsampling_torch(mel, contexts, first, later, out, rows)
     k = _compile()
     b, t, f = mel.shape
     c = first[0].shape[0]
@@ -110,16 +117,21 @@ def dw_subsampling_triton(mel, contexts, first, later, out) -> torch.Tensor:
     dw_w, dw_b, pw_w, pw_b = later[0]
     t, f_mid, f = t // STRIDE ** 2, _out_freq(f), _out_freq(_out_freq(f))
     x = torch.empty(b, t, f, c, device=mel.device, dtype=pw_w.dtype)
-    full = torch.cat([contexts[0][..., 0].to(mel.dtype), mel], dim=1)  # (B, 2 + T, F): stage 1 reads one tensor
-    contexts[0].copy_(full[:, full.shape[1] - CONTEXT_FRAMES:, :, None])
+    own = contexts[0] if rows is None else contexts[0].index_select(0, rows)
+    full = torch.cat([own[..., 0].to(mel.dtype), mel], dim=1)  # (B, 2 + T, F): stage 1 reads one tensor
+    if rows is None:
+        contexts[0].copy_(full[:, full.shape[1] - CONTEXT_FRAMES:, :, None])
+    else:
+        contexts[0].index_copy_(0, rows, full[:, full.shape[1] - CONTEXT_FRAMES:, :, None].to(contexts[0].dtype))
     grid = (b, _cdiv(c, BLOCK_C))
+    pool_rows = dict(ROWS=mel if rows is None else rows, HAS_ROWS=rows is not None)  # later stages' caches in place
     k.first_stages[grid](full, contexts[1], first[0].contiguous(), first[1], dw_w.contiguous(), dw_b, x, full.shape[1],
-                         full.shape[2], f_mid, f, c, t, BLOCK_G=_pow2(f), BLOCK_C=BLOCK_C, num_warps=WARPS)
+                         full.shape[2], f_mid, f, c, t, BLOCK_G=_pow2(f), BLOCK_C=BLOCK_C, num_warps=WARPS, **pool_rows)
     x = F.linear(x, pw_w.view(c, c), pw_b)  # ReLU applied by its reader
     for (dw_w, dw_b, pw_w, pw_b), context in zip(later[1:], contexts[2:]):
         y = torch.empty(b, t // STRIDE, _out_freq(f), c, device=x.device, dtype=x.dtype)
         k.depthwise[grid](x, context, dw_w.contiguous(), dw_b, y, f, y.shape[2], c, y.shape[1],
-                          BLOCK_G=_pow2(y.shape[2]), BLOCK_C=BLOCK_C, num_warps=WARPS)
+                          BLOCK_G=_pow2(y.shape[2]), BLOCK_C=BLOCK_C, num_warps=WARPS, **pool_rows)
         t, f = y.shape[1], y.shape[2]
         x = F.linear(y, pw_w.view(c, c), pw_b)
     weight = out[0].view(-1, c, f).transpose(1, 2).reshape(-1, f * c)  # columns c * F' + f -> f * C + c

@@ -62,22 +62,26 @@ def stage1(FULL, W1, bias1, b, r, fs, c, cm, T_FULL, F_IN, F_MID, BLOCK_G: tl.co
 
 
 @triton.jit
-def first_stages(FULL, CTX2, W1, B1, W2, B2, OUT, T_FULL, F_IN, F_MID, F_OUT, C, T_OUT,
-                 BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr):
+def first_stages(FULL, CTX2, W1, B1, W2, B2, OUT, T_FULL, F_IN, F_MID, F_OUT, C, T_OUT, ROWS,
+                 BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, HAS_ROWS: tl.constexpr):
     """FULL (B, T_FULL, F_IN) stage 1's cache then the chunk; CTX2 (B, 2, F_MID, C) rewritten;
     OUT (B, T_OUT, F_OUT, C) stage 2's depthwise conv + bias (before its pointwise conv).
 
     Per output frame j the stage-1 frames 2j (used once) are folded into the sum tile by tile; the frames 2j + 1
     are kept for the next window, so at most six tiles are live (registers, not spills)."""
     b = tl.program_id(0).to(tl.int64)
+    if HAS_ROWS:  # the cache is a pool's: this stream's row
+        row = tl.load(ROWS + b).to(tl.int64)
+    else:
+        row = b
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     g = tl.arange(0, BLOCK_G)
     cm = c < C
     bias1 = tl.load(B1 + c, mask=cm, other=0.0).to(tl.float32)
     bias2 = tl.load(B2 + c, mask=cm, other=0.0).to(tl.float32)
-    prev0 = bins(CTX2, b, 1, CACHE, 2 * g - 2, c, cm, F_MID, C)  # stage 2's input frame -1
-    prev1 = bins(CTX2, b, 1, CACHE, 2 * g - 1, c, cm, F_MID, C)
-    prev2 = bins(CTX2, b, 1, CACHE, 2 * g, c, cm, F_MID, C)
+    prev0 = bins(CTX2, row, 1, CACHE, 2 * g - 2, c, cm, F_MID, C)  # stage 2's input frame -1
+    prev1 = bins(CTX2, row, 1, CACHE, 2 * g - 1, c, cm, F_MID, C)
+    prev2 = bins(CTX2, row, 1, CACHE, 2 * g, c, cm, F_MID, C)
     tl.debug_barrier()  # every read of this program's cache elements before any thread rewrites them
     for j in range(T_OUT):
         y = bias2[None, :] + taps(W2, c, cm, 0, prev0, prev1, prev2)
@@ -86,27 +90,33 @@ def first_stages(FULL, CTX2, W1, B1, W2, B2, OUT, T_FULL, F_IN, F_MID, F_OUT, C,
             even = stage1(FULL, W1, bias1, b, 2 * j, 2 * g - 2 + kf, c, cm, T_FULL, F_IN, F_MID, BLOCK_G, BLOCK_C)
             w = tl.load(W2 + c * TAPS * TAPS + TAPS + kf, mask=cm, other=0.0).to(tl.float32)
             y += even * w[None, :]
-            store_bins(CTX2, b, 0, CACHE, tl.where(last, 2 * g - 2 + kf, -1), even, c, cm, F_MID, C)
+            store_bins(CTX2, row, 0, CACHE, tl.where(last, 2 * g - 2 + kf, -1), even, c, cm, F_MID, C)
         prev0 = stage1(FULL, W1, bias1, b, 2 * j + 1, 2 * g - 2, c, cm, T_FULL, F_IN, F_MID, BLOCK_G, BLOCK_C)
         prev1 = stage1(FULL, W1, bias1, b, 2 * j + 1, 2 * g - 1, c, cm, T_FULL, F_IN, F_MID, BLOCK_G, BLOCK_C)
         prev2 = stage1(FULL, W1, bias1, b, 2 * j + 1, 2 * g, c, cm, T_FULL, F_IN, F_MID, BLOCK_G, BLOCK_C)
         y += taps(W2, c, cm, 2, prev0, prev1, prev2)
         store_bins(OUT, b, j, T_OUT, g, y, c, cm, F_OUT, C)
-    store_frame(CTX2, b, 1, g, prev1, prev2, c, cm, F_MID, C)  # stage 2's input 2 T_OUT - 1
+    store_frame(CTX2, row, 1, g, prev1, prev2, c, cm, F_MID, C)  # stage 2's input 2 T_OUT - 1
 
 
 @triton.jit
-def depthwise(X, CTX, W, BIAS, OUT, F_IN, F_OUT, C, T_OUT, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr):
+def depthwise(X, CTX, W, BIAS, OUT, F_IN, F_OUT, C, T_OUT, ROWS, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr,
+              HAS_ROWS: tl.constexpr):
     """X (B, 2 T_OUT, F_IN, C) the previous stage's pointwise output before its ReLU (applied here as loaded);
-    CTX (B, 2, F_IN, C) rewritten; OUT (B, T_OUT, F_OUT, C) the depthwise conv + bias."""
+    CTX (B, 2, F_IN, C) rewritten (a pool's, row ROWS[b], with HAS_ROWS); OUT (B, T_OUT, F_OUT, C) the depthwise
+    conv + bias."""
     b = tl.program_id(0).to(tl.int64)
+    if HAS_ROWS:  # the cache is a pool's: this stream's row
+        row = tl.load(ROWS + b).to(tl.int64)
+    else:
+        row = b
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     g = tl.arange(0, BLOCK_G)
     cm = c < C
     bias = tl.load(BIAS + c, mask=cm, other=0.0).to(tl.float32)
-    prev0 = bins(CTX, b, 1, CACHE, 2 * g - 2, c, cm, F_IN, C)
-    prev1 = bins(CTX, b, 1, CACHE, 2 * g - 1, c, cm, F_IN, C)
-    prev2 = bins(CTX, b, 1, CACHE, 2 * g, c, cm, F_IN, C)
+    prev0 = bins(CTX, row, 1, CACHE, 2 * g - 2, c, cm, F_IN, C)
+    prev1 = bins(CTX, row, 1, CACHE, 2 * g - 1, c, cm, F_IN, C)
+    prev2 = bins(CTX, row, 1, CACHE, 2 * g, c, cm, F_IN, C)
     tl.debug_barrier()  # every read of this program's cache elements before any thread rewrites them
     for j in range(T_OUT):
         y = bias[None, :] + taps(W, c, cm, 0, prev0, prev1, prev2)
@@ -115,10 +125,10 @@ def depthwise(X, CTX, W, BIAS, OUT, F_IN, F_OUT, C, T_OUT, BLOCK_G: tl.constexpr
             even = tl.maximum(bins(X, b, 2 * j, 2 * T_OUT, 2 * g - 2 + kf, c, cm, F_IN, C), 0.0)
             w = tl.load(W + c * TAPS * TAPS + TAPS + kf, mask=cm, other=0.0).to(tl.float32)
             y += even * w[None, :]
-            store_bins(CTX, b, 0, CACHE, tl.where(last, 2 * g - 2 + kf, -1), even, c, cm, F_IN, C)
+            store_bins(CTX, row, 0, CACHE, tl.where(last, 2 * g - 2 + kf, -1), even, c, cm, F_IN, C)
         prev0 = tl.maximum(bins(X, b, 2 * j + 1, 2 * T_OUT, 2 * g - 2, c, cm, F_IN, C), 0.0)
         prev1 = tl.maximum(bins(X, b, 2 * j + 1, 2 * T_OUT, 2 * g - 1, c, cm, F_IN, C), 0.0)
         prev2 = tl.maximum(bins(X, b, 2 * j + 1, 2 * T_OUT, 2 * g, c, cm, F_IN, C), 0.0)
         y += taps(W, c, cm, 2, prev0, prev1, prev2)
         store_bins(OUT, b, j, T_OUT, g, y, c, cm, F_OUT, C)
-    store_frame(CTX, b, 1, g, prev1, prev2, c, cm, F_IN, C)
+    store_frame(CTX, row, 1, g, prev1, prev2, c, cm, F_IN, C)

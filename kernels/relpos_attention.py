@@ -42,9 +42,18 @@ def _ring_order(ring: torch.Tensor, frames: torch.Tensor, left: int) -> tuple[to
 
 
 @register(NAME, "torch")
-def relpos_attention_torch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float) -> torch.Tensor:
+def relpos_attention_torch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float, rows=None) -> torch.Tensor:
     """q/k/v (B, T, H, D) chunk projections; ring_k/ring_v (B, H, C, D) updated in place; frames, valid (B,) int64;
-    pos (H, R, D) with R = left + 2T - 1; bias_u/bias_v (H, D). Returns (B, T, H, D)."""
+    pos (H, R, D) with R = left + 2T - 1; bias_u/bias_v (H, D). Returns (B, T, H, D).
+
+    ``rows`` (B,) int64: the rings and ``frames`` are a pool's (any number of rows) and batch row b's stream lives
+    in pool row ``rows[b]`` (gathered here, written back after)."""
+    if rows is not None:
+        rk, rv = (torch.index_select(byte_view(r), 0, rows).view(r.dtype) for r in (ring_k, ring_v))
+        out = relpos_attention_torch(q, k, v, rk, rv, frames[rows], valid, pos, bias_u, bias_v, left, scale)
+        byte_view(ring_k).index_copy_(0, rows, byte_view(rk))
+        byte_view(ring_v).index_copy_(0, rows, byte_view(rv))
+        return out
     b, t, h, d = q.shape
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
     old_k, seen = _ring_order(ring_k, frames, left)
@@ -78,6 +87,7 @@ def _compile():
 MAX_HEADS_PER_PROGRAM = 8
 PIPELINE_STAGES = 2
 NUM_WARPS = 4
+MAIN_TILE = 64  # ring frames per key tile; the rest of the ring and the chunk share one last tile
 
 
 def heads_per_program(n_heads: int) -> int:
@@ -88,24 +98,26 @@ def _pow2(n: int, floor: int = MIN_DOT) -> int:
     return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
 
-def launch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float, out, **config) -> None:
-    """Run the kernel into ``out``; ``config`` (HEADS, STAGES, num_warps) overrides the measured launch (bench)."""
+def launch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float, out, rows=None, **config) -> None:
+    """Run the kernel into ``out``; ``config`` (HEADS, STAGES, num_warps, MAIN) overrides the measured launch (bench)."""
     b, t, h, d = q.shape
-    config = {"HEADS": heads_per_program(h), "STAGES": PIPELINE_STAGES, "num_warps": NUM_WARPS, **config}
+    config = {"HEADS": heads_per_program(h), "STAGES": PIPELINE_STAGES, "num_warps": NUM_WARPS, "MAIN": MAIN_TILE, **config}
+    n_main = left // config["MAIN"]
     _compile()[(b, h // config["HEADS"])](
-        q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, out,
+        q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, out, frames if rows is None else rows,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         ring_k.stride(0), ring_k.stride(1), ring_k.stride(2), out.stride(0), out.stride(1), out.stride(2),
         pos.stride(0), pos.stride(1), t, left, ring_k.shape[2], pos.shape[1], scale, h,
-        BLOCK_T=_pow2(t), BLOCK_C=_pow2(left), BLOCK_R=_pow2(pos.shape[1]), D=d, IEEE=q.dtype == torch.float32, **config)
+        BLOCK_T=_pow2(t), BLOCK_R=_pow2(pos.shape[1]), D=d, IEEE=q.dtype == torch.float32, N_MAIN=n_main,
+        BLOCK_TAIL=_pow2(left - n_main * config["MAIN"] + t), HAS_ROWS=rows is not None, **config)
 
 
 @register(NAME, "triton")
-def relpos_attention_triton(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float) -> torch.Tensor:
+def relpos_attention_triton(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float, rows=None) -> torch.Tensor:
     b, t, h, d = q.shape
     if d < MIN_DOT or d & (d - 1) or q.stride(3) != 1 or k.stride(3) != 1 or ring_k.stride() != ring_v.stride() or k.stride() != v.stride():
-        return relpos_attention_torch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left, scale)
+        return relpos_attention_torch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left, scale, rows)
     pos, bias_u, bias_v = pos.contiguous(), bias_u.contiguous(), bias_v.contiguous()
     out = torch.empty(b, t, h, d, device=q.device, dtype=q.dtype)
-    launch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left, scale, out)
+    launch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left, scale, out, rows)
     return out

@@ -12,58 +12,84 @@ def dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def relpos_attention_kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O,
+def attend_tile(m, l, acc, qu, g, t, d, kpos, row, b, h, frames, valid, K, V, RK, RV,
+                sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, T, LEFT, CAP, scale, BLOCK_R: tl.constexpr, IEEE: tl.constexpr):
+    """Fold the keys at positions ``kpos`` into the running softmax (max ``m``, sum ``l``, weighted values ``acc``).
+
+    Key position p in [0, LEFT + T): p < LEFT is the ring frame ``frames - LEFT + p`` (seen if it exists), p >= LEFT
+    the chunk's own frame p - LEFT (seen if < valid). Each key is one of two masked loads, so a tile may hold the
+    ring's last frames and the chunk's together: with 70 cached frames and 2-frame chunks the keys are one tile of
+    64 and one of 16 (8 used), where a single power-of-two tile would be 128 wide (45 % padding)."""
+    dt = K.dtype.element_ty
+    f = frames - LEFT + kpos
+    in_ring = (kpos < LEFT) & (f >= 0)
+    n = kpos - LEFT
+    in_chunk = (n >= 0) & (n < T) & (n < valid)
+    slot = ((f % CAP) + CAP) % CAP
+    ring = row * sr_b + h * sr_h + slot[:, None] * sr_c + d[None, :]
+    chunk = b * sk_b + n[:, None] * sk_t + h * sk_h + d[None, :]
+    k = tl.load(RK + ring, mask=in_ring[:, None], other=0.0).to(dt) + tl.load(K + chunk, mask=in_chunk[:, None], other=0.0)
+    v = tl.load(RV + ring, mask=in_ring[:, None], other=0.0).to(dt) + tl.load(V + chunk, mask=in_chunk[:, None], other=0.0)
+    # score = content + position; the position term of query t and key p is column (LEFT + t - p) + T - 1 of g
+    shift = tl.minimum(tl.maximum(LEFT + t[:, None] - kpos[None, :] + T - 1, 0), BLOCK_R - 1)
+    s = dot(qu, tl.trans(k), IEEE) + tl.gather(g, shift, 1)
+    s = tl.where((in_ring | in_chunk)[None, :], s * scale, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a query that has seen nothing yet
+    alpha = tl.exp(m - m_safe)
+    e = tl.exp(s - m_safe[:, None])
+    return m_new, l * alpha + tl.sum(e, 1), acc * alpha[:, None] + dot(e.to(dt), v, IEEE)
+
+
+@triton.jit
+def relpos_attention_kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O, ROWS,
                             sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, so_b, so_t, so_h, sp_h, sp_r,
                             T, LEFT, CAP, R, scale, n_heads,
-                            BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, D: tl.constexpr,
-                            IEEE: tl.constexpr, HEADS: tl.constexpr, STAGES: tl.constexpr):
+                            BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
+                            HEADS: tl.constexpr, STAGES: tl.constexpr, MAIN: tl.constexpr, N_MAIN: tl.constexpr,
+                            BLOCK_TAIL: tl.constexpr, HAS_ROWS: tl.constexpr):
     """One program per (stream, group of HEADS heads). A (stream, head) is little work (9 KB of keys, 9 of values),
     so a program walks several heads in a software-pipelined loop: the next head's ring rows load while this one
-    computes, which keeps more bytes in flight than one short-lived program per head."""
-    b = tl.program_id(0)
-    frames = tl.load(FRAMES + b)
+    computes, which keeps more bytes in flight than one short-lived program per head. Keys go in N_MAIN tiles of
+    MAIN ring frames, then one tile of BLOCK_TAIL holding the remaining ring frames and the chunk's.
+
+    ``ROWS`` (with HAS_ROWS): program b's stream state (ring, frames) is pool row ROWS[b], read and written in
+    place; the chunk (q, k, v, valid, out) is batch row b."""
+    b = tl.program_id(0).to(tl.int64)
+    if HAS_ROWS:
+        row = tl.load(ROWS + b).to(tl.int64)
+    else:
+        row = b
+    frames = tl.load(FRAMES + row)
     valid = tl.load(VALID + b)
     t = tl.arange(0, BLOCK_T)
     d = tl.arange(0, D)
     in_t = t < T
     r = tl.arange(0, BLOCK_R)
-    # ring keys in time order: j -> frame frames - LEFT + j
-    j = tl.arange(0, BLOCK_C)
-    f = frames - LEFT + j
-    seen = (j < LEFT) & (f >= 0)
-    slot = ((f % CAP) + CAP) % CAP
+    dt = K.dtype.element_ty
     for i in tl.range(0, HEADS, num_stages=STAGES):
         h = tl.program_id(1) * HEADS + i
-        ring = b * sr_b + h * sr_h + slot[:, None] * sr_c + d[None, :]
-        kr = tl.load(RK + ring, mask=seen[:, None], other=0.0).to(Q.dtype.element_ty)  # mixed dtypes compute in q's
-        vr = tl.load(RV + ring, mask=seen[:, None], other=0.0).to(Q.dtype.element_ty)
-        chunk = b * sk_b + t[:, None] * sk_t + h * sk_h + d[None, :]
-        kn = tl.load(K + chunk, mask=in_t[:, None], other=0.0).to(Q.dtype.element_ty)
-        vn = tl.load(V + chunk, mask=in_t[:, None], other=0.0).to(Q.dtype.element_ty)
         q = tl.load(Q + b * sq_b + t[:, None] * sq_t + h * sq_h + d[None, :], mask=in_t[:, None], other=0.0).to(tl.float32)
-        qu = (q + tl.load(BU + h * D + d).to(tl.float32)[None, :]).to(Q.dtype.element_ty)
-        qv = (q + tl.load(BV + h * D + d).to(tl.float32)[None, :]).to(Q.dtype.element_ty)
-        # position scores for every distance: G[t, r] = (q_t + v) . P[r]
-        p = tl.load(P + h * sp_h + r[:, None] * sp_r + d[None, :], mask=(r < R)[:, None], other=0.0).to(Q.dtype.element_ty)
+        qu = (q + tl.load(BU + h * D + d).to(tl.float32)[None, :]).to(dt)
+        qv = (q + tl.load(BV + h * D + d).to(tl.float32)[None, :]).to(dt)
+        # position scores for every distance: g[t, r] = (q_t + v) . P[r]
+        p = tl.load(P + h * sp_h + r[:, None] * sp_r + d[None, :], mask=(r < R)[:, None], other=0.0).to(dt)
         g = dot(qv, tl.trans(p), IEEE)  # (BLOCK_T, BLOCK_R) fp32
-        s_ring = dot(qu, tl.trans(kr), IEEE) + tl.gather(g, tl.minimum(tl.maximum(LEFT - j[None, :] + t[:, None] + T - 1, 0), BLOCK_R - 1), 1)
-        s_ring = tl.where(seen[None, :], s_ring * scale, float("-inf"))
-        # the chunk's own keys (non-causal within the chunk)
-        s_new = dot(qu, tl.trans(kn), IEEE) + tl.gather(g, tl.minimum(tl.maximum(t[:, None] - t[None, :] + T - 1, 0), BLOCK_R - 1), 1)
-        s_new = tl.where((t < valid)[None, :] & in_t[None, :], s_new * scale, float("-inf"))
-        m = tl.maximum(tl.max(s_ring, 1), tl.max(s_new, 1))
-        m = tl.where(m == float("-inf"), 0.0, m)
-        e_ring = tl.exp(s_ring - m[:, None])
-        e_new = tl.exp(s_new - m[:, None])
-        total = tl.sum(e_ring, 1) + tl.sum(e_new, 1)
-        acc = dot(e_ring.to(vr.dtype), vr, IEEE) + dot(e_new.to(vn.dtype), vn, IEEE)
-        out = acc / tl.where(total > 0, total, 1.0)[:, None]
+        m = tl.full((BLOCK_T,), float("-inf"), tl.float32)
+        l = tl.zeros((BLOCK_T,), tl.float32)
+        acc = tl.zeros((BLOCK_T, D), tl.float32)
+        for tile in tl.static_range(N_MAIN):
+            m, l, acc = attend_tile(m, l, acc, qu, g, t, d, tile * MAIN + tl.arange(0, MAIN), row, b, h, frames, valid,
+                                    K, V, RK, RV, sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, T, LEFT, CAP, scale, BLOCK_R, IEEE)
+        m, l, acc = attend_tile(m, l, acc, qu, g, t, d, N_MAIN * MAIN + tl.arange(0, BLOCK_TAIL), row, b, h, frames, valid,
+                                K, V, RK, RV, sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, T, LEFT, CAP, scale, BLOCK_R, IEEE)
+        out = acc / tl.where(l > 0, l, 1.0)[:, None]  # a query that sees nothing outputs 0, as NeMo
         tl.store(O + b * so_b + t[:, None] * so_t + h * so_h + d[None, :], out.to(O.dtype.element_ty), mask=in_t[:, None])
     tl.debug_barrier()  # every thread's ring reads are done before the chunk overwrites the oldest slots
     new_slot = (frames + t) % CAP
     for i in tl.range(0, HEADS):
         h = tl.program_id(1) * HEADS + i
         chunk = b * sk_b + t[:, None] * sk_t + h * sk_h + d[None, :]
-        dst = b * sr_b + h * sr_h + new_slot[:, None] * sr_c + d[None, :]
+        dst = row * sr_b + h * sr_h + new_slot[:, None] * sr_c + d[None, :]
         tl.store(RK + dst, tl.load(K + chunk, mask=in_t[:, None], other=0.0).to(RK.dtype.element_ty), mask=in_t[:, None])
         tl.store(RV + dst, tl.load(V + chunk, mask=in_t[:, None], other=0.0).to(RV.dtype.element_ty), mask=in_t[:, None])

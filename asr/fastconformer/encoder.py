@@ -96,14 +96,14 @@ class RelPosSelfAttention(nn.Module):
         rel = (pos[:, None] - pos[None, :]).expand(x.shape[0], t, t)
         return self._attend(q, k, v, rel, -(t - 1), t - 1, visible)
 
-    def step(self, x: torch.Tensor, cache: LayerCache, frames: torch.Tensor, valid: torch.Tensor, left: int) -> torch.Tensor:
+    def step(self, x: torch.Tensor, cache: LayerCache, frames: torch.Tensor, valid: torch.Tensor, left: int, rows=None) -> torch.Tensor:
         """x (B, T, d): one chunk; attends to the last ``left`` cached frames and the chunk's first ``valid`` frames,
-        then writes its keys/values into the ring."""
+        then writes its keys/values into the ring (pool rows ``rows``, if given)."""
         b, t, _ = x.shape
         q, k, v = (lin(x).view(b, t, self.n_heads, self.d_head) for lin in (self.linear_q, self.linear_k, self.linear_v))
         pos = self.rel.projected(-(t - 1), left + t - 1, q.dtype)
         out = dispatch.call(relpos_attention.NAME, x.device, q, k, v, cache.keys, cache.values, frames, valid, pos,
-                            self.rel.pos_bias_u, self.rel.pos_bias_v, left, self.d_head ** -0.5)
+                            self.rel.pos_bias_u, self.rel.pos_bias_v, left, self.d_head ** -0.5, rows)
         return self.linear_out(out.reshape(b, t, -1))
 
 
@@ -139,13 +139,13 @@ class ConvModule(nn.Module):
         h = F.pad(self._glu(x, valid), (self.context, 0))
         return self._tail(self.depthwise_conv(h))
 
-    def step(self, x: torch.Tensor, cache: LayerCache, valid: torch.Tensor) -> torch.Tensor:
+    def step(self, x: torch.Tensor, cache: LayerCache, valid: torch.Tensor, rows=None) -> torch.Tensor:
         """GLU, the depthwise conv over the cached inputs, norm and SiLU in one fused call (``kernels/causal_dwconv``)."""
         w1, w2 = self.pointwise_conv1, self.pointwise_conv2
         norm = self.norm if isinstance(self.norm, nn.LayerNorm) else None
         nw, nb = (None, None) if norm is None else (norm.weight, norm.bias)  # batch norm: folded into the conv
         h = dispatch.call(causal_dwconv.NAME, x.device, F.linear(x, w1.weight[:, :, 0], w1.bias), cache.conv, valid,
-                          self.depthwise_conv.weight[:, 0], self.depthwise_conv.bias, nw, nb, LAYER_NORM_EPS)
+                          self.depthwise_conv.weight[:, 0], self.depthwise_conv.bias, nw, nb, LAYER_NORM_EPS, rows)
         return F.linear(h, w2.weight[:, :, 0], w2.bias)
 
 
@@ -173,8 +173,8 @@ class ConformerLayer(nn.Module):
     def forward(self, x: torch.Tensor, visible: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return self._run(x, lambda h: self.self_attn(h, visible), lambda h: self.conv(h, valid))
 
-    def step(self, x, cache: LayerCache, frames, valid, left: int) -> torch.Tensor:
-        return self._run(x, lambda h: self.self_attn.step(h, cache, frames, valid, left), lambda h: self.conv.step(h, cache, valid))
+    def step(self, x, cache: LayerCache, frames, valid, left: int, rows=None) -> torch.Tensor:
+        return self._run(x, lambda h: self.self_attn.step(h, cache, frames, valid, left, rows), lambda h: self.conv.step(h, cache, valid, rows))
 
 
 def chunked_limited_visible(length: torch.Tensor, t: int, la: Lookahead) -> torch.Tensor:
@@ -242,6 +242,7 @@ class FastConformerEncoder(StreamingModule):
         first: bool,
         valid: torch.Tensor | None = None,
         final: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One attention chunk for every row.
 
@@ -250,6 +251,11 @@ class FastConformerEncoder(StreamingModule):
         row's stream ends with this chunk, whose ``valid`` real frames are
         fewer than T_mel (the rest padding). Returns (B, right + 1, d_model)
         and the valid output frames (B,).
+
+        ``rows`` (B,) int64 distinct: ``state`` is a pool's (any number of
+        rows) and batch row b's stream is pool row ``rows[b]``, read and
+        updated in place by the kernels (no gathered working copy; a step
+        that raises part way leaves those rows part-updated).
         """
         want = self.expected_mel(lookahead, first)
         if mel.shape[1] != want:
@@ -257,10 +263,15 @@ class FastConformerEncoder(StreamingModule):
         if valid is None:
             valid = torch.full((mel.shape[0],), want, device=mel.device, dtype=torch.long)
         la = self.cfg.lookahead(lookahead)
-        x, out_valid = self.pre_encode.step(mel, list(state.subsampling), state.mel_seen, valid, first, final)
+        seen = state.mel_seen if rows is None else state.mel_seen[rows]
+        x, out_valid = self.pre_encode.step(mel, list(state.subsampling), seen, valid, first, final, rows)
         x = x * self.xscale
         for layer, cache in zip(self.layers, state.layers):
-            x = layer.step(x, cache, state.frames, out_valid, la.left)
-        state.frames.add_(x.shape[1])
-        state.mel_seen.add_(valid)
+            x = layer.step(x, cache, state.frames, out_valid, la.left, rows)
+        if rows is None:
+            state.frames.add_(x.shape[1])
+            state.mel_seen.add_(valid)
+        else:
+            state.frames.index_add_(0, rows, torch.full_like(valid, x.shape[1]))
+            state.mel_seen.index_add_(0, rows, valid.to(state.mel_seen.dtype))
         return x, out_valid

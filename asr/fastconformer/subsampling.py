@@ -109,7 +109,8 @@ class DwStridingSubsampling(nn.Module):
         return self._flatten(_time_mask(x, valid)), valid
 
     def step(
-        self, mel: torch.Tensor, contexts: list[torch.Tensor], seen: torch.Tensor, valid: torch.Tensor, first: bool, final: torch.Tensor | None
+        self, mel: torch.Tensor, contexts: list[torch.Tensor], seen: torch.Tensor, valid: torch.Tensor, first: bool,
+        final: torch.Tensor | None, rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One streaming step for rows in the same phase.
 
@@ -118,7 +119,8 @@ class DwStridingSubsampling(nn.Module):
         ``seen`` (B,) mel frames before this step. ``first``: no step came
         before (rows' contexts are zeros, the left padding). ``final`` (B,) bool:
         the row's stream ends with this chunk (None: no row ends). Returns
-        (B, T', d_model) and valid (B,).
+        (B, T', d_model) and valid (B,). ``rows``: the contexts are a pool's and
+        batch row b's are pool row ``rows[b]`` (``seen`` is the batch's).
         """
         done, new, counts = seen, valid, []  # per stage: the outputs this step emits (B,)
         for _ in range(self.stages):
@@ -126,7 +128,10 @@ class DwStridingSubsampling(nn.Module):
             counts.append(emitted(done + new, False if final is None else final) - done_out)
             done, new = done_out, counts[-1]
         if not first and final is None:  # steady: nothing to mask, every cache window starts STEADY_SKIP in
-            return dispatch.call(STEADY_STEP, mel.device, mel, contexts, *self._weights()), counts[-1]
+            return dispatch.call(STEADY_STEP, mel.device, mel, contexts, *self._weights(), rows), counts[-1]
+        pool = contexts
+        if rows is not None:  # first and final steps (once per stream) work on a gathered copy
+            contexts = [c.index_select(0, rows) for c in pool]
         x, new_in = mel[:, None], valid
         masked = final is not None
         for mods, context, new_out in zip(self._stage_modules(), contexts, counts):
@@ -138,4 +143,7 @@ class DwStridingSubsampling(nn.Module):
             new_in = new_out
         if masked:
             x = _time_mask(x, new_in)
+        if rows is not None:
+            for c, own in zip(pool, contexts):
+                c.index_copy_(0, rows, own)
         return self._flatten(x), new_in
