@@ -43,17 +43,21 @@ def floor_ms(b, t, ring_dtype) -> float:
     return moved / HBM_BYTES_PER_S * 1e3
 
 
-# (heads per program, pipeline stages, warps, ring frames per main key tile); main 128: one key tile for the
-# whole 70-frame ring and the chunk, as the kernel was before the tiles were split (8d309a7)
-FIXED = [(8, 2, 4, 128), (8, 2, 4, 32), (8, 2, 4, 16), (8, 3, 4, 64), (8, 2, 2, 64), (8, 2, 8, 64), (4, 2, 4, 64), (2, 2, 4, 64)]
+# Fixed configurations beside the default: (heads per program, pipeline stages, warps, ring frames per main key
+# tile, position scores made before the kernel). Main 64: the 70-frame ring split 64 + the rest with the chunk
+# (online softmax over two tiles); 128: one tile. "pre": (q + v) . P for every stream by one matrix product
+# before the kernel, which then loads its shifted columns (no P loads, product or register gather in the kernel).
+FIXED = [(8, 2, 4, 64, False), (8, 2, 4, 128, True), (8, 3, 4, 128, True), (8, 2, 8, 128, True), (4, 2, 4, 128, True),
+         (8, 3, 4, 128, False)]
 
 
 def impls(t):
     """The kernel at its default launch, a few fixed configurations, and the default reading its streams' rings
     by pool row ("pool rows": a batch of the pool's odd rows, as the bulk path steps a pool in place)."""
     out = {"default": ra.launch}
-    for heads, stages, warps, main in FIXED:
-        out[f"h{heads} s{stages} w{warps} m{main}"] = functools.partial(ra.launch, HEADS=heads, STAGES=stages, num_warps=warps, MAIN=main)
+    for heads, stages, warps, main, pre in FIXED:
+        out[f"h{heads} s{stages} w{warps} m{main}{' pre' if pre else ''}"] = functools.partial(
+            ra.launch, HEADS=heads, STAGES=stages, num_warps=warps, MAIN=main, PRE_POS=pre)
     return out
 
 

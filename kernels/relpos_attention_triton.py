@@ -12,8 +12,9 @@ def dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def attend_tile(m, l, acc, qu, g, t, d, kpos, row, b, h, frames, valid, K, V, RK, RV,
-                sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, T, LEFT, CAP, scale, BLOCK_R: tl.constexpr, IEEE: tl.constexpr):
+def attend_tile(m, l, acc, qu, g, t, d, kpos, row, b, h, frames, valid, K, V, RK, RV, G,
+                sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, sg_b, sg_t, sg_h, T, LEFT, CAP, R, scale,
+                BLOCK_R: tl.constexpr, IEEE: tl.constexpr, PRE_POS: tl.constexpr):
     """Fold the keys at positions ``kpos`` into the running softmax (max ``m``, sum ``l``, weighted values ``acc``).
 
     Key position p in [0, LEFT + T): p < LEFT is the ring frame ``frames - LEFT + p`` (seen if it exists), p >= LEFT
@@ -31,8 +32,12 @@ def attend_tile(m, l, acc, qu, g, t, d, kpos, row, b, h, frames, valid, K, V, RK
     k = tl.load(RK + ring, mask=in_ring[:, None], other=0.0).to(dt) + tl.load(K + chunk, mask=in_chunk[:, None], other=0.0)
     v = tl.load(RV + ring, mask=in_ring[:, None], other=0.0).to(dt) + tl.load(V + chunk, mask=in_chunk[:, None], other=0.0)
     # score = content + position; the position term of query t and key p is column (LEFT + t - p) + T - 1 of g
-    shift = tl.minimum(tl.maximum(LEFT + t[:, None] - kpos[None, :] + T - 1, 0), BLOCK_R - 1)
-    s = dot(qu, tl.trans(k), IEEE) + tl.gather(g, shift, 1)
+    shift = LEFT + t[:, None] - kpos[None, :] + T - 1
+    if PRE_POS:  # g precomputed for every stream (B, T, H, R): the shift is an address, not a register gather
+        pos = tl.load(G + b * sg_b + h * sg_h + t[:, None] * sg_t + shift, mask=(t < T)[:, None] & (shift >= 0) & (shift < R), other=0.0)
+    else:
+        pos = tl.gather(g, tl.minimum(tl.maximum(shift, 0), BLOCK_R - 1), 1)
+    s = dot(qu, tl.trans(k), IEEE) + pos
     s = tl.where((in_ring | in_chunk)[None, :], s * scale, float("-inf"))
     m_new = tl.maximum(m, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a query that has seen nothing yet
@@ -42,19 +47,21 @@ def attend_tile(m, l, acc, qu, g, t, d, kpos, row, b, h, frames, valid, K, V, RK
 
 
 @triton.jit
-def relpos_attention_kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O, ROWS,
+def relpos_attention_kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O, ROWS, G,
                             sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, so_b, so_t, so_h, sp_h, sp_r,
-                            T, LEFT, CAP, R, scale, n_heads,
+                            sg_b, sg_t, sg_h, T, LEFT, CAP, R, scale, n_heads,
                             BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
                             HEADS: tl.constexpr, STAGES: tl.constexpr, MAIN: tl.constexpr, N_MAIN: tl.constexpr,
-                            BLOCK_TAIL: tl.constexpr, HAS_ROWS: tl.constexpr):
+                            BLOCK_TAIL: tl.constexpr, HAS_ROWS: tl.constexpr, PRE_POS: tl.constexpr):
     """One program per (stream, group of HEADS heads). A (stream, head) is little work (9 KB of keys, 9 of values),
     so a program walks several heads in a software-pipelined loop: the next head's ring rows load while this one
     computes, which keeps more bytes in flight than one short-lived program per head. Keys go in N_MAIN tiles of
     MAIN ring frames, then one tile of BLOCK_TAIL holding the remaining ring frames and the chunk's.
 
     ``ROWS`` (with HAS_ROWS): program b's stream state (ring, frames) is pool row ROWS[b], read and written in
-    place; the chunk (q, k, v, valid, out) is batch row b."""
+    place; the chunk (q, k, v, valid, out) is batch row b. ``G`` (with PRE_POS): the position scores (q + v) . P
+    of every stream, head and distance, made before the kernel by one matrix product: the kernel then loads what
+    it needs instead of P (8 heads x 9 KB per stream, from L2), a product and a register gather."""
     b = tl.program_id(0).to(tl.int64)
     if HAS_ROWS:
         row = tl.load(ROWS + b).to(tl.int64)
@@ -71,18 +78,22 @@ def relpos_attention_kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O, ROWS,
         h = tl.program_id(1) * HEADS + i
         q = tl.load(Q + b * sq_b + t[:, None] * sq_t + h * sq_h + d[None, :], mask=in_t[:, None], other=0.0).to(tl.float32)
         qu = (q + tl.load(BU + h * D + d).to(tl.float32)[None, :]).to(dt)
-        qv = (q + tl.load(BV + h * D + d).to(tl.float32)[None, :]).to(dt)
-        # position scores for every distance: g[t, r] = (q_t + v) . P[r]
-        p = tl.load(P + h * sp_h + r[:, None] * sp_r + d[None, :], mask=(r < R)[:, None], other=0.0).to(dt)
-        g = dot(qv, tl.trans(p), IEEE)  # (BLOCK_T, BLOCK_R) fp32
+        if PRE_POS:
+            g = 0.0
+        else:  # position scores for every distance: g[t, r] = (q_t + v) . P[r]
+            qv = (q + tl.load(BV + h * D + d).to(tl.float32)[None, :]).to(dt)
+            p = tl.load(P + h * sp_h + r[:, None] * sp_r + d[None, :], mask=(r < R)[:, None], other=0.0).to(dt)
+            g = dot(qv, tl.trans(p), IEEE)  # (BLOCK_T, BLOCK_R) fp32
         m = tl.full((BLOCK_T,), float("-inf"), tl.float32)
         l = tl.zeros((BLOCK_T,), tl.float32)
         acc = tl.zeros((BLOCK_T, D), tl.float32)
         for tile in tl.static_range(N_MAIN):
             m, l, acc = attend_tile(m, l, acc, qu, g, t, d, tile * MAIN + tl.arange(0, MAIN), row, b, h, frames, valid,
-                                    K, V, RK, RV, sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, T, LEFT, CAP, scale, BLOCK_R, IEEE)
+                                    K, V, RK, RV, G, sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, sg_b, sg_t, sg_h, T, LEFT, CAP, R, scale,
+                                    BLOCK_R, IEEE, PRE_POS)
         m, l, acc = attend_tile(m, l, acc, qu, g, t, d, N_MAIN * MAIN + tl.arange(0, BLOCK_TAIL), row, b, h, frames, valid,
-                                K, V, RK, RV, sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, T, LEFT, CAP, scale, BLOCK_R, IEEE)
+                                K, V, RK, RV, G, sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, sg_b, sg_t, sg_h, T, LEFT, CAP, R, scale,
+                                    BLOCK_R, IEEE, PRE_POS)
         out = acc / tl.where(l > 0, l, 1.0)[:, None]  # a query that sees nothing outputs 0, as NeMo
         tl.store(O + b * so_b + t[:, None] * so_t + h * so_h + d[None, :], out.to(O.dtype.element_ty), mask=in_t[:, None])
     tl.debug_barrier()  # every thread's ring reads are done before the chunk overwrites the oldest slots

@@ -39,9 +39,12 @@ def _gathered(pool_tensors, rows, fn):
 
 
 @pytest.mark.parametrize("impl,device", _impls())
-@pytest.mark.parametrize("t,left,cap,d,main", [(2, 70, 70, 64, 64), (3, 10, 16, 16, 64), (2, 70, 70, 64, 32), (8, 70, 70, 64, 64)])
-def test_relpos_attention_over_pool_rows(impl, device, t, left, cap, d, main, monkeypatch):
+@pytest.mark.parametrize("t,left,cap,d,main,pre", [(2, 70, 70, 64, 64, False), (3, 10, 16, 16, 128, True), (2, 70, 70, 64, 32, True),
+                                                   (8, 70, 70, 64, 128, False)])
+def test_relpos_attention_over_pool_rows(impl, device, t, left, cap, d, main, pre, monkeypatch):
+    """Key tiles of ``main`` ring frames (then the rest with the chunk's); ``pre``: position scores made before the kernel."""
     monkeypatch.setattr(relpos_attention, "MAIN_TILE", main)
+    monkeypatch.setattr(relpos_attention, "PRECOMPUTED_POSITIONS", pre)
     g = torch.Generator().manual_seed(t + left)
     h = 4
     mk = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
@@ -90,7 +93,8 @@ def test_dw_subsampling_over_pool_rows(impl, device):
     fn = _pick(dw_subsampling, impl)
     for _ in range(2):
         mel = mk(5, chunk, feat, scale=1.0)
-        want, want_ctx = _gathered(contexts, rows, lambda own: dw_subsampling.dw_subsampling_torch(mel, own, first, later, out))
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # cuDNN's fp32 convs default to TF32
+            want, want_ctx = _gathered(contexts, rows, lambda own: dw_subsampling.dw_subsampling_torch(mel, own, first, later, out))
         got = fn(mel, contexts, first, later, out, rows)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
         for c, w in zip(contexts, want_ctx):
