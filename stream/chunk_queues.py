@@ -55,9 +55,11 @@ class ChunkQueues:
                     self._count[slot] += 1
                     self._fill[slot] = 0
 
-    def push_many(self, slots: np.ndarray, chunks: np.ndarray) -> np.ndarray:
+    def push_many(self, slots: np.ndarray, chunks: np.ndarray, arrived: np.ndarray | None = None) -> np.ndarray:
         """One whole chunk for each of ``slots`` (distinct, none mid-chunk) from ``chunks`` (n, chunk), in one array
-        operation. Returns the mask of slots refused for a full queue (nothing queued for them)."""
+        operation; ``arrived`` (n,) ``time.monotonic()`` seconds when each chunk's last sample reached the front end
+        (default: now), from which latency is counted. Returns the mask of slots refused for a full queue (nothing
+        queued for them)."""
         slots = np.asarray(slots, np.int64)
         if chunks.shape != (len(slots), self.chunk):
             raise ValueError(f"chunks must be ({len(slots)}, {self.chunk}), got {chunks.shape}")
@@ -67,10 +69,14 @@ class ChunkQueues:
             if (self._fill[slots] != 0).any():
                 raise ValueError("push_many needs streams at a chunk boundary (use push for partial chunks)")
             full = self._count[slots] >= self.depth
-            ok = slots[~full]
+            some_full = bool(full.any())
+            ok = slots[~full] if some_full else slots
             buf = (self._head[ok] + self._count[ok]) % self.depth
-            self._audio[ok, buf] = chunks[~full]
-            self._ready[ok, buf] = time.monotonic()
+            self._audio[ok, buf] = chunks[~full] if some_full else chunks
+            if arrived is None:
+                self._ready[ok, buf] = time.monotonic()
+            else:
+                self._ready[ok, buf] = np.asarray(arrived, np.float64)[~full] if some_full else arrived
             self._count[ok] += 1
         return full
 

@@ -122,11 +122,12 @@ class BulkTranscriber:
             raise KeyError(f"slot {slot} is not open")
         self.queues.push(slot, samples)
 
-    def push_many(self, slots: np.ndarray, chunks: np.ndarray) -> np.ndarray:
+    def push_many(self, slots: np.ndarray, chunks: np.ndarray, arrived: np.ndarray | None = None) -> np.ndarray:
         """One whole model chunk for each of ``slots`` (open, distinct, none mid-chunk) from ``chunks`` (n, chunk)
-        float32 in one array operation, as a front end gathering many streams' audio would hand it over. Returns
-        the mask of slots refused for a full queue."""
-        return self.queues.push_many(slots, chunks)
+        float32 in one array operation, as a front end gathering many streams' audio would hand it over;
+        ``arrived``: ``time.monotonic()`` when each chunk's last sample came in (default now), the start of its
+        latency. Returns the mask of slots refused for a full queue."""
+        return self.queues.push_many(slots, chunks, arrived)
 
     def finish(self, slot: int) -> BulkStream:
         """End the stream: step its queued chunks, then its last partial chunk and the end of its audio (NeMo's
