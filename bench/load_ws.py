@@ -13,6 +13,8 @@ schedule, starts spread over one chunk period), then ``end``, and waits for the 
 
     python3 -P bench/load_ws.py --model fastconformer:tests/fixtures/nemo/rnnt_tiny.nemo --streams 16,64,256 \
         [--clip ../shared/testdata/speech/en_LDC93S1.wav] [--chunk-ms 160] [--seconds 10] [--out load_ws.json]
+    python3 -P bench/load_ws.py --bulk --model fastconformer:tests/fixtures/nemo/ctc_tiny.nemo --streams 1024,4096 \
+        --client-procs 8 --ramp-s 2     # the bulk server; clients from 8 processes
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -57,8 +60,11 @@ def clip_pcm(path: Path, seconds: float) -> bytes:
 
 def start_server(args, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-P", "-m", "legato.clients.cli", "serve", "--port", str(port), "--model", args.model,
-           "--max-connections", str(max(int(n) for n in args.streams.split(",")) + 8), "--max-batch", str(args.max_batch),
-           "--latency-budget", str(args.budget)]
+           "--max-connections", str(max(int(n) for n in args.streams.split(",")) + 8), "--latency-budget", str(args.budget)]
+    if args.bulk:
+        cmd.append("--bulk")
+    if args.max_batch or not args.bulk:
+        cmd += ["--max-batch", str(args.max_batch or 256)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
 
 
@@ -120,10 +126,30 @@ async def one_stream(url: str, pcm: bytes, chunk_ms: int, offset_s: float, rec: 
         rec["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
 
 
-async def run_level(port: int, n: int, pcm: bytes, chunk_ms: int) -> dict:
-    recs = [{"lag": [], "partial": [], "final": [], "errors": [], "ended": False} for _ in range(n)]
+async def run_streams(port: int, first: int, count: int, n: int, pcm: bytes, chunk_ms: int, ramp_s: float) -> list[dict]:
+    """Streams first .. first + count - 1 of a level of n, started evenly over ``ramp_s``."""
+    recs = [{"lag": [], "partial": [], "final": [], "errors": [], "ended": False} for _ in range(count)]
+    await asyncio.gather(*(one_stream(f"ws://127.0.0.1:{port}/", pcm, chunk_ms, ramp_s * (first + i) / n, r) for i, r in enumerate(recs)))
+    return recs
+
+
+def _client_process(job: tuple) -> list[dict]:
+    return asyncio.run(run_streams(*job))
+
+
+def run_level(port: int, n: int, pcm: bytes, chunk_ms: int, procs: int, ramp_s: float) -> dict:
+    """n paced streams from ``procs`` client processes (one asyncio loop each: one process's loop carries about a
+    thousand paced streams)."""
     t0 = time.monotonic()
-    await asyncio.gather(*(one_stream(f"ws://127.0.0.1:{port}/", pcm, chunk_ms, chunk_ms / 1000 * i / n, r) for i, r in enumerate(recs)))
+    if procs <= 1:
+        recs = asyncio.run(run_streams(port, 0, n, n, pcm, chunk_ms, ramp_s))
+    else:
+        bounds = np.linspace(0, n, procs + 1).astype(int)
+        jobs = [(port, int(a), int(b - a), n, pcm, chunk_ms, ramp_s) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+            recs = [r for part in pool.map(_client_process, jobs) for r in part]
+    wall = time.monotonic() - t0
+
     def dist(kind: str) -> dict | None:
         xs = [x * 1e3 for r in recs for x in r[kind]]
         return {"n": len(xs), "p50": statistics.median(xs), "p95": pct(xs, 95), "p99": pct(xs, 99), "max": max(xs)} if xs else None
@@ -132,7 +158,7 @@ async def run_level(port: int, n: int, pcm: bytes, chunk_ms: int) -> dict:
     flush = [r["flush"] * 1e3 for r in recs if "flush" in r]
     failures = sum(1 for r in recs if r["errors"] or not r["ended"])
     return {
-        "streams": n, "wall_s": time.monotonic() - t0, "failed_streams": failures,
+        "streams": n, "client_processes": procs, "wall_s": wall, "failed_streams": failures,
         "errors": sorted({e for r in recs for e in r["errors"]})[:5],
         "partial_latency_ms": dist("partial"), "final_latency_ms": dist("final"),
         "flush_ms": {"p50": statistics.median(flush), "p99": pct(flush, 99)} if flush else None,
@@ -147,7 +173,12 @@ def main() -> int:
     ap.add_argument("--clip", type=Path, default=DEFAULT_CLIP, help="16 kHz speech clip, looped to --seconds")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--chunk-ms", type=int, default=160)
-    ap.add_argument("--max-batch", type=int, default=256, help="server --max-batch")
+    ap.add_argument("--max-batch", type=int, default=None, help="server --max-batch (default 256; the server's with --bulk)")
+    ap.add_argument("--bulk", action="store_true", help="serve through the bulk path (legato serve --bulk; a CTC fastconformer model)")
+    ap.add_argument("--client-procs", type=int, default=1, help="client processes sharing each level's streams")
+    ap.add_argument("--ramp-s", type=float, default=None, help="seconds over which a level's streams start (default one chunk)")
+    ap.add_argument("--warmup-s", type=float, default=3.0, help="a 4-stream warm-up level of this many seconds first "
+                    "(the server compiles its kernels; not reported); 0: none")
     ap.add_argument("--budget", type=float, default=0.1, help="server --latency-budget, seconds")
     ap.add_argument("--port", type=int, default=None, help="use a server already listening on this port (no spawn)")
     ap.add_argument("--commit", default=None)
@@ -160,8 +191,11 @@ def main() -> int:
     try:
         if proc is not None:
             asyncio.run(wait_ready(port, proc))
+        ramp = args.ramp_s if args.ramp_s is not None else args.chunk_ms / 1000
+        if args.warmup_s > 0:
+            run_level(port, 4, clip_pcm(args.clip, args.warmup_s), args.chunk_ms, 1, ramp)
         for n in (int(x) for x in args.streams.split(",")):
-            row = asyncio.run(run_level(port, n, pcm, args.chunk_ms))
+            row = run_level(port, n, pcm, args.chunk_ms, args.client_procs, ramp)
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
@@ -171,7 +205,7 @@ def main() -> int:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    info = {"commit": args.commit or git_commit(), "model": args.model, "chunk_ms": args.chunk_ms, "seconds": args.seconds,
+    info = {"commit": args.commit or git_commit(), "model": args.model, "bulk": args.bulk, "chunk_ms": args.chunk_ms, "seconds": args.seconds,
             "clip": str(args.clip), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
     Path(args.out).write_text(json.dumps(info, indent=1))
     print(f"wrote {args.out}")

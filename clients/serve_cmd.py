@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(default; matches NeMo to 1e-5) or bf16 (about 3x faster on a GPU at thousands of streams)")
     model.add_argument("--kv-cache", choices=["model", "fp8"], help="FastConformer attention cache: the model's dtype "
                        "(default) or fp8 e4m3 (half the memory per stream: about twice the streams per GPU)")
+    model.add_argument("--bulk", action="store_true", help="serve one fastconformer:FILE.nemo model with a CTC head through "
+                       "the bulk path (thousands of streams per GPU; 16 kHz audio, one lookahead, CTC; server/bulk_engine.py) "
+                       "instead of the general engine")
+    model.add_argument("--lookahead-ms", type=int, help="--bulk: the one lookahead served (default: the model's first)")
     tts = p.add_argument_group("text-to-speech (gRPC, docs/TTS.md)")
     tts.add_argument("--voices", metavar="FILE", help="voices YAML: serve legato.tts.v1 over gRPC with these voices")
     tts.add_argument("--grpc-port", type=int, default=50051, help="gRPC port for the TTS service (default 50051)")
@@ -41,8 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-message-bytes", type=int, default=1 << 20, help="largest audio message (default 1 MiB)")
     limits.add_argument("--idle-timeout", type=float, default=30.0, help="seconds without a client message before the stream is closed (default 30)")
     limits.add_argument("--latency-budget", type=float, default=1.0, help="per-stream latency budget for batching, seconds (default 1.0)")
-    limits.add_argument("--max-batch", type=int, default=8, help="streams per model step (default 8)")
+    limits.add_argument("--max-batch", type=int, help=f"streams per model step (default {GENERAL_MAX_BATCH}; "
+                        f"{BULK_MAX_BATCH} with --bulk)")
     p.set_defaults(func=run)
+
+
+GENERAL_MAX_BATCH = 8
+BULK_MAX_BATCH = 16384
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +75,9 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.no_asr and not args.voices:
         print("legato serve: --no-asr needs --voices", flush=True)
         return 2
+    if args.bulk:
+        return await _serve_bulk(args, token)
+    args.max_batch = args.max_batch or GENERAL_MAX_BATCH
     # One engine serves every ASR model and every voice: one worker per device schedules all of their work.
     routes: dict = {}
     models: list[str] = []
@@ -120,5 +132,42 @@ async def _serve(args: argparse.Namespace) -> int:
     for srv in servers:
         await (srv.drain() if hasattr(srv, "drain") else srv.stop())
     engine.stop()
+    print("legato: stopped", flush=True)
+    return 0
+
+
+async def _serve_bulk(args: argparse.Namespace, token: str | None) -> int:
+    """--bulk: one FastConformer CTC model, streams stepped as arrays (server/bulk_engine.py)."""
+    from legato.server.bulk_engine import BulkEngine
+    from legato.server.models import UnknownModelError, load_recognizer
+    from legato.server.ws_server import ServerConfig, TranscriptionServer
+
+    specs = args.models or []
+    if args.voices or args.no_asr or len(specs) != 1 or not specs[0].startswith("fastconformer:"):
+        print("legato serve: --bulk serves exactly one --model fastconformer:FILE.nemo (no voices)", flush=True)
+        return 2
+    print(f"legato: loading {specs[0]} ...", flush=True)
+    try:
+        name, recognizer = load_recognizer(specs[0])
+        engine = BulkEngine(name, recognizer, capacity=args.max_connections, max_batch=args.max_batch or BULK_MAX_BATCH,
+                            lookahead_ms=args.lookahead_ms)
+    except (UnknownModelError, ValueError) as exc:
+        print(f"legato serve: {exc}", flush=True)
+        return 2
+    config = ServerConfig(
+        host=args.host, port=args.port, max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
+        idle_timeout_s=args.idle_timeout, latency_budget_s=args.latency_budget, auth_token=token,
+        certfile=args.certfile, keyfile=args.keyfile,
+    )
+    server = await TranscriptionServer(engine, [name], config).start()
+    print(f"legato: serving live transcription (bulk path, lookahead {engine.lookahead_ms} ms, up to {args.max_connections} "
+          f"streams) on {server.url} (model: {name}); health at {server.url.replace('ws', 'http', 1)}/healthz", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("legato: draining: no new streams; finishing the open ones", flush=True)
+    await server.drain()
     print("legato: stopped", flush=True)
     return 0

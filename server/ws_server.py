@@ -51,6 +51,9 @@ from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, TextEvent
 log = logging.getLogger("legato.server")
 
 
+ACCEPT_BACKLOG = 1024
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -143,6 +146,9 @@ class TranscriptionServer:
             ping_interval=self.config.ping_interval_s,
             ping_timeout=self.config.ping_timeout_s,
             ssl=ssl_ctx,
+            # connections arriving together (a load balancer's failover, thousands of clients at once) must queue in
+            # the kernel, not be dropped and retried seconds later: asyncio's default accept backlog is 100
+            backlog=max(ACCEPT_BACKLOG, self.config.max_connections),
         )
         return self
 
@@ -190,9 +196,10 @@ class _Connection:
     async def run(self) -> None:
         try:
             while not self.ended:
-                try:
-                    message = await asyncio.wait_for(self.ws.recv(), self.server.config.idle_timeout_s)
-                except asyncio.TimeoutError:
+                try:  # asyncio.timeout, not wait_for: no task per message (a server carries thousands a second)
+                    async with asyncio.timeout(self.server.config.idle_timeout_s):
+                        message = await self.ws.recv()
+                except TimeoutError:
                     await self.reject("idle_timeout", f"no message for {self.server.config.idle_timeout_s:g} s", CloseCode.POLICY_VIOLATION)
                     return
                 actions = self.protocol.receive_binary(message) if isinstance(message, bytes) else self.protocol.receive_text(message)
@@ -229,8 +236,13 @@ class _Connection:
                 "endpointing": {"enabled": req.endpointing.enabled, "threshold": req.endpointing.threshold, "min_silence_ms": req.endpointing.min_silence_ms},
             }
             options.update({k: v for k, v in (("lookahead_ms", req.lookahead_ms), ("decoder", req.decoder)) if v is not None})
+            options["sample_rate"] = req.pcm.sample_rate
+            engine, args = self.server.engine, (self.server.config.latency_budget_s, options, uuid.uuid4().hex[:12])
             try:
-                self.handle = self.server.engine.open_stream(self.server.config.latency_budget_s, options, uuid.uuid4().hex[:12], route=name)
+                if hasattr(engine, "aopen_stream"):  # an engine whose opening may wait (the bulk path's state reset)
+                    self.handle = await engine.aopen_stream(*args, route=name)
+                else:
+                    self.handle = engine.open_stream(*args, route=name)
             except CapacityError as exc:
                 await self.reject("capacity", str(exc), CloseCode.TRY_AGAIN_LATER)
                 return False

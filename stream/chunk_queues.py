@@ -94,6 +94,10 @@ class ChunkQueues:
             self._count[rows] -= 1
         return rows, audio, ready
 
+    def queued(self, slot: int) -> int:
+        """Complete chunks waiting in the slot's queue."""
+        return int(self._count[slot])
+
     def take_one(self, slot: int) -> torch.Tensor | None:
         """The slot's oldest complete chunk (1, chunk), a copy, or None."""
         with self._lock:

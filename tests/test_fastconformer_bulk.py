@@ -132,3 +132,33 @@ def test_whole_stream_with_finish_equals_offline(rec, seconds):
     tokens, frames = rec.transcribe_tokens(torch.from_numpy(audio), bulk.recognizer.lookaheads_ms[bulk.lookahead], "ctc")
     assert (got.tokens, got.token_frames) == (tokens, frames)
     assert bulk.finish(other).tokens == tokens
+
+
+def test_streams_ended_together_step_their_ends_as_one_batch_and_equal_offline(rec):
+    """end() on streams of many lengths (none, part of a first chunk, whole chunks, chunks and a bit, with chunks
+    still queued): their last steps run batched inside step(), on_finish gets each once, each equals offline."""
+    lengths = [0, 300, 2560 * 2, 9000, 16000, 23456]
+    done = {}
+    bulk = BulkTranscriber(rec, capacity=len(lengths) + 1, on_finish=lambda items: done.update(items))
+    rng = np.random.default_rng(7)
+    audios = [(rng.standard_normal(n) * 0.3).astype(np.float32) for n in lengths]
+    slots = [bulk.open() for _ in lengths]
+    for i in range(0, max(lengths), 1200):
+        for s, a in zip(slots, audios):
+            if i < len(a):
+                bulk.push(s, a[i:i + 1200])
+        if i % 4800 == 0:
+            bulk.step()
+    for s in slots:
+        bulk.end(s)
+    with pytest.raises(KeyError):
+        bulk.push(slots[0], audios[1][:10])  # an ended stream takes no more audio
+    calls = 0
+    while len(done) < len(slots):
+        bulk.step()
+        calls += 1
+        assert calls < 20
+    for s, a in zip(slots, audios):
+        tokens, frames = rec.transcribe_tokens(torch.from_numpy(a), bulk.recognizer.lookaheads_ms[bulk.lookahead], "ctc") if len(a) else ([], [])
+        assert (done[s].tokens, done[s].token_frames) == (tokens, frames), len(a)
+    assert bulk.open() in slots  # the slots are free again

@@ -27,11 +27,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
-from legato.asr.fastconformer.decoders import CtcState, ctc_greedy, ctc_greedy_mask
+from legato.asr.fastconformer.bulk_flush import flush
+from legato.asr.fastconformer.decoders import CtcState, ctc_greedy_mask
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.stream.chunk_queues import ChunkQueues
 from legato.stream.errors import CapacityError
@@ -53,14 +55,20 @@ class BulkTranscriber:
     ``finish(slot) -> BulkStream``. ``latencies()`` returns each stepped chunk's seconds from the push that
     completed it to its tokens being on the host."""
 
-    def __init__(self, recognizer: FastConformerRecognizer, capacity: int, *, lookahead_ms: int | None = None, max_batch: int = 4096):
+    def __init__(self, recognizer: FastConformerRecognizer, capacity: int, *, lookahead_ms: int | None = None, max_batch: int = 4096,
+                 on_step: Callable[[np.ndarray, list[int]], None] | None = None,
+                 on_finish: Callable[[list[tuple[int, "BulkStream"]]], None] | None = None):
+        """``on_step(stepped_slots, slots_with_new_tokens)``: called at the end of every ``step`` that stepped rows,
+        on the stepping thread, before another step, ``open`` or ``finish`` can run (a front end's hook for text
+        events and endpointing). ``on_finish([(slot, stream), ...])``: the streams ended with ``end`` whose last
+        steps a ``step`` has just run, before their slots are free."""
         model = recognizer.model
         head = model.ctc_head()  # the bulk path decodes CTC (raises for an RNNT-only model)
         mel = recognizer.mel
         if mel.config.normalize != "NA":
             raise ValueError(f"normalize={mel.config.normalize!r} cannot stream; the bulk path needs normalize='NA'")
         self.recognizer, self.encoder, self.head = recognizer, model.encoder, head
-        self.mel, self.capacity, self.max_batch = mel, capacity, max_batch
+        self.mel, self.capacity, self.max_batch, self.on_step, self.on_finish = mel, capacity, max_batch, on_step, on_finish
         self.lookahead = recognizer.lookahead_index(lookahead_ms)
         c = mel.config
         self.hop, self.window, self.pad = c.hop_samples, c.window_samples, c.window_samples // 2
@@ -83,6 +91,7 @@ class BulkTranscriber:
         self._step_lock = threading.Lock()  # a slot is not reopened (reset) or released while a step holds it
         self._slots = SlotAllocator(capacity, f"bulk transcriber is full ({capacity} streams)")
         self.streams: dict[int, BulkStream] = {}
+        self._ending: set[int] = set()  # ended (``end``), their last steps not yet run
         # device side: per-slot state
         self.pool = StatePool(self.encoder, capacity, dev)
         self._last_raw = torch.zeros(capacity, device=dev)  # previous raw sample (pre-emphasis)
@@ -118,7 +127,7 @@ class BulkTranscriber:
     def push(self, slot: int, samples: np.ndarray) -> None:
         """Queue float32 audio (any length); ``CapacityError`` (nothing queued) beyond ``QUEUED_CHUNKS`` complete
         chunks waiting, ``NonFiniteAudioError`` for NaN or infinite samples, ``KeyError`` for a slot not open."""
-        if slot not in self.streams:
+        if slot not in self.streams or slot in self._ending:
             raise KeyError(f"slot {slot} is not open")
         self.queues.push(slot, samples)
 
@@ -139,55 +148,35 @@ class BulkTranscriber:
                     raise KeyError(f"slot {slot} is not open")
             while (audio := self.queues.take_one(slot)) is not None:
                 self._step_group(np.array([slot]), audio, bool(self._stepped[slot] == 0))
-            partial = self.queues.drain_partial(slot)
-            with self._lock:
-                stream = self.streams.pop(slot)
-            self._flush(slot, torch.from_numpy(partial), stream)
-            stream.frames_done = int(self._frames[slot])
-            with self._lock:
-                self._slots.release(slot)
-        return stream
+            return self._finish_many([slot])[0][1]
 
-    @torch.inference_mode()
-    def _flush(self, slot: int, partial: torch.Tensor, stream: BulkStream) -> None:
-        """The stream's last steps (MelChunker.finish's): the frames its audio still completes with the right
-        padding, up to NeMo's valid count (samples // hop), steady steps while a full one remains, then one final
-        zero-padded step with its valid frames (even none: the subsampling's end may still emit a frame)."""
-        started = bool(self._stepped[slot])
-        rows = torch.tensor([slot], device=self.device)
-        audio = partial.to(self.device)[None]
-        total = int(self._stepped[slot]) * self.chunk + audio.shape[1]
-        if not started and total == 0:
-            return
-        used = self.first_mel + (int(self._stepped[slot]) - 1) * self.step_mel if started else 0
-        if audio.shape[1]:
-            audio = self.mel._preemphasis(audio, self._last_raw[rows])
-        context = self._tail[rows] if started else torch.zeros(1, self.pad, device=self.device)
-        full = torch.cat([context, audio, torch.zeros(1, self.pad, device=self.device)], dim=1)
-        mel = self.mel._log_mel(full.unfold(1, self.window, self.hop)) if full.shape[1] >= self.window else None
-        if started:
-            mel = self._mel_carry[rows] if mel is None else torch.cat([self._mel_carry[rows], mel], dim=1)
-        remaining = total // self.hop - used
-        mel = mel[:, :remaining] if mel is not None else torch.zeros(1, 0, self._mel_carry.shape[2], device=self.device)
-        pos, first = 0, not started
-        while True:
-            width = self.first_mel if first else self.step_mel
-            n = min(width, remaining - pos)
-            final = n < width
-            chunk = torch.zeros(1, width, mel.shape[2], device=self.device)
-            chunk[:, :n] = mel[:, pos:pos + n]
-            y, valid = self.encoder.stream_step(chunk.to(self.dtype), self.pool.state, lookahead=self.lookahead, first=first,
-                                                valid=torch.tensor([n], device=self.device),
-                                                final=torch.tensor([final], device=self.device) if final else None, rows=rows)
-            ctc = CtcState(last=self._ctc_last[rows])
-            tokens, frames = ctc_greedy(self.head(y), valid, ctc, self.head.blank)
-            self._ctc_last[rows] = ctc.last
-            stream.tokens += tokens[0]
-            stream.token_frames += [int(self._frames[slot]) + f for f in frames[0]]
-            self._frames[slot] += int(valid[0])
-            pos, first = pos + n, False
-            if final:
-                break
+    def end(self, slot: int) -> None:
+        """No more audio for the stream: a later ``step`` steps what it has queued, then its end (batched with
+        every other stream ending then), and hands ``(slot, BulkStream)`` to ``on_finish``; the slot is then free."""
+        with self._lock:
+            if slot not in self.streams or slot in self._ending:
+                raise KeyError(f"slot {slot} is not open")
+            self._ending.add(slot)
+
+    def _finish_many(self, slots: list[int]) -> list[tuple[int, BulkStream]]:
+        """The ends of streams with nothing queued but their partial chunk (step lock held); frees their slots."""
+        results = flush(self, slots, [self.queues.drain_partial(s) for s in slots])
+        done = []
+        with self._lock:
+            for s in slots:
+                stream = self.streams.pop(s)
+                tokens, frames = results[s]
+                stream.tokens += tokens
+                stream.token_frames += frames
+                stream.frames_done = int(self._frames[s])
+                self._ending.discard(s)
+                done.append((s, stream))
+        if self.on_finish is not None:
+            self.on_finish(done)  # before the slots are free: nothing can reopen them meanwhile
+        with self._lock:
+            for s in slots:
+                self._slots.release(s)
+        return done
 
     # -- the worker ----------------------------------------------------------------
 
@@ -197,16 +186,28 @@ class BulkTranscriber:
         with self._step_lock:
             rows, audio, ready = self.queues.take(self.max_batch)
             if not len(rows):
-                return 0
+                return self._finish_ended()
             first = self._stepped[rows] == 0
+            updated: list[int] = []
             for phase in (True, False):
                 pick = first == phase
                 if pick.all():
-                    self._step_group(rows, audio, phase)
+                    updated += self._step_group(rows, audio, phase)
                 elif pick.any():
-                    self._step_group(rows[pick], audio[torch.from_numpy(pick)], phase)
+                    updated += self._step_group(rows[pick], audio[torch.from_numpy(pick)], phase)
+            if self.on_step is not None:
+                self.on_step(rows, updated)
+            ended = self._finish_ended()
         self._latencies.append(time.monotonic() - ready)
-        return len(rows)
+        return len(rows) + ended
+
+    def _finish_ended(self) -> int:
+        """Step the ends of the ended streams with no complete chunk left queued (step lock held)."""
+        with self._lock:
+            ready = [s for s in self._ending if not self.queues.queued(s)]
+        if ready:
+            self._finish_many(sorted(ready))
+        return len(ready)
 
     def _log_mel(self, rows: torch.Tensor, audio: torch.Tensor, first: bool) -> torch.Tensor:
         """(B, chunk) raw audio -> (B, the step's mel frames, n_mels); updates pre-emphasis, tail and mel carry."""
@@ -222,7 +223,8 @@ class BulkTranscriber:
         self._mel_carry[rows] = mel[:, take:]
         return mel[:, :take]
 
-    def _step_group(self, slots: np.ndarray, audio: torch.Tensor, first: bool) -> None:
+    def _step_group(self, slots: np.ndarray, audio: torch.Tensor, first: bool) -> list[int]:
+        """Step these slots (one phase); returns the slots that got new tokens."""
         rows = torch.as_tensor(slots, device=self.device)
         mel = self._log_mel(rows, audio.to(self.device, non_blocking=True), first)
         # the kernels read and write the pool's rows in place: no gathered copy (a 16,384-stream step's gather and
@@ -233,14 +235,31 @@ class BulkTranscriber:
         best, keep = ctc_greedy_mask(self.head(y), valid, ctc, self.head.blank)
         self._ctc_last[rows] = ctc.last
         best, keep = best.cpu().numpy(), keep.cpu().numpy()  # the one host sync of the step
+        updated = []
         for j in np.flatnonzero(keep.any(axis=1)):  # Python only for streams with new tokens
             stream = self.streams.get(int(slots[j]))
             if stream is not None:
                 at = np.flatnonzero(keep[j])
                 stream.tokens += best[j, at].tolist()
                 stream.token_frames += (self._frames[slots[j]] + at).tolist()
+                updated.append(int(slots[j]))
         self._frames[slots] += best.shape[1]
         self._stepped[slots] += 1
+        return updated
+
+    def frames_decoded(self, slots: np.ndarray) -> np.ndarray:
+        """Encoder frames decoded so far for each of ``slots``."""
+        return self._frames[slots]
+
+    def cancel(self, slot: int) -> None:
+        """Drop the stream: its queued audio and state are discarded, nothing is decoded; the slot is free again."""
+        with self._step_lock:
+            with self._lock:
+                if self.streams.pop(slot, None) is None:
+                    raise KeyError(f"slot {slot} is not open")
+                self._ending.discard(slot)
+                self._slots.release(slot)
+            self.queues.reset(np.array([slot]))
 
     def latencies(self, clear: bool = False) -> np.ndarray:
         """Seconds from each stepped chunk's completing push to its tokens on the host, oldest first; ``clear``

@@ -1,0 +1,275 @@
+"""The WebSocket server over the bulk path (``legato serve --bulk``): one FastConformer CTC model, streams as arrays.
+
+The general engine moves every chunk through per-stream stage objects (~20 us of CPU per chunk per stage), which
+caps one server at a few hundred real-time streams (docs/PERFORMANCE.md, load test). Here the server's
+connections push their audio straight into ``BulkTranscriber``'s per-slot queues; one worker thread steps every
+complete chunk of every stream as one batch; per-stream Python runs only for streams whose step emitted tokens
+(their partial text) or whose utterance just ended (endpointing, vectorised over the batch). The class offers what
+``TranscriptionServer`` uses of ``Engine``: ``routes``, ``start``/``stop`` and ``open_stream`` -> a handle with
+``apush``/``aend``/``cancel`` and the stream's events as an async iterator (partials, finals, then the end).
+
+What it serves: 16 kHz audio (mono, or channels averaged), the model's CTC head, one lookahead (``--lookahead-ms``
+at start; a client asking for another is refused), endpointing and interim results per stream as the general
+path. Events go to the event loop in one hand-over per step, never one per stream. A full stream queue (the
+worker behind) holds the client's pushes (TCP back-pressure), it is not an error. Streams that end are stepped
+to their end by the worker, all those ending at once in one batch (``bulk_flush``): one at a time, each end is a
+few launch-bound steps of batch one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from legato.asr.fastconformer.bulk import BulkStream, BulkTranscriber
+from legato.asr.fastconformer.recognizer import FastConformerRecognizer
+from legato.asr.fastconformer.words import WordBuilder
+from legato.asr.utterance_events import utterance_events
+from legato.stream.engine import UnknownRouteError
+from legato.stream.errors import CapacityError, NonFiniteAudioError
+from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame, TextEvent, TextKind
+
+log = logging.getLogger("legato.bulk")
+
+SAMPLE_RATE = 16000
+DEFAULT_MIN_SILENCE_MS = 500  # as the general FastConformer stage
+NO_ENDPOINT = np.iinfo(np.int64).max // 4
+IDLE_S = 0.002  # worker nap when no chunk is complete
+FULL_QUEUE_RETRY_S = 0.02  # a push into a full stream queue waits this long before trying again
+
+
+@dataclass
+class _Text:
+    """A stream's utterance state (worker thread and, after the stream's last step, its finisher)."""
+
+    interim: bool
+    start: int = 0  # first token of the current utterance in the stream's token list
+    words: WordBuilder = field(default_factory=WordBuilder)
+    last_partial: str = ""
+
+
+class BulkHandle:
+    def __init__(self, engine: "BulkEngine", slot: int, stream_id: str, text: _Text):
+        self.engine, self.slot, self.stream_id, self.text = engine, slot, stream_id, text
+        self.finished = False
+        self._out: asyncio.Queue[Frame] = asyncio.Queue()
+        self._ending = False
+
+    async def apush(self, chunk: AudioChunk) -> None:
+        if self._ending:
+            return
+        x = chunk.samples
+        mono = (x.mean(dim=1) if x.shape[1] > 1 else x[:, 0]).numpy().astype(np.float32, copy=False)
+        while True:
+            try:
+                self.engine.bulk.push(self.slot, mono)
+                return
+            except CapacityError:  # the worker is behind: hold this client (back-pressure), keep the audio
+                await asyncio.sleep(FULL_QUEUE_RETRY_S)
+            except NonFiniteAudioError as exc:
+                self._fail("non_finite_audio", str(exc))
+                return
+
+    async def aend(self) -> None:
+        """No more audio: the worker steps what is queued and then the stream's end, batched with the other streams
+        ending then; its final text and the end of stream follow on the iterator."""
+        if self._ending:
+            return
+        self._ending = True
+        self.engine._end(self)
+
+    def cancel(self) -> None:
+        if not self._ending:
+            self._ending = True
+            self.engine._forget(self)
+            try:
+                self.engine.bulk.cancel(self.slot)
+            except KeyError:
+                pass
+        self.finished = True
+
+    def _fail(self, code: str, message: str) -> None:
+        self._out.put_nowait(ErrorEvent(code, message, "bulk"))
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Frame:
+        if self.finished:
+            raise StopAsyncIteration
+        frame = await self._out.get()
+        if isinstance(frame, (EndOfStream, ErrorEvent)):
+            self.finished = True
+            if isinstance(frame, ErrorEvent) and not self._ending:
+                self.cancel()
+        return frame
+
+
+class BulkEngine:
+    """``Engine``'s face for ``TranscriptionServer``, over one ``BulkTranscriber``."""
+
+    def __init__(self, name: str, recognizer: FastConformerRecognizer, *, capacity: int, max_batch: int = 4096,
+                 lookahead_ms: int | None = None):
+        if recognizer.tokenizer is None:
+            raise ValueError("the bulk server needs the model's tokenizer (words)")
+        self.routes = [name]
+        self.recognizer = recognizer
+        self.bulk = BulkTranscriber(recognizer, capacity, lookahead_ms=lookahead_ms, max_batch=max_batch, on_step=self._on_step,
+                                    on_finish=self._on_finish)
+        self.lookahead_ms = recognizer.lookaheads_ms[self.bulk.lookahead]
+        self._handles: dict[int, BulkHandle] = {}
+        self._endpoint = np.full(capacity, NO_ENDPOINT, np.int64)  # encoder frames of silence that end an utterance
+        self._open = np.zeros(capacity, bool)  # the slot's utterance has tokens
+        self._last_token = np.zeros(capacity, np.int64)  # encoder frame of its last token
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        # opening resets the slot's state between steps: done on this thread, not the event loop
+        self._opener = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="legato-bulk-open")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- Engine's interface ----------------------------------------------------------
+
+    def start(self) -> "BulkEngine":
+        if self._worker is None:
+            self._stop.clear()
+            self._worker = threading.Thread(target=self._work, name="legato-bulk-worker", daemon=True)
+            self._worker.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        self._opener.shutdown(wait=True)
+
+    def open_stream(self, budget_s: float | None = None, options: dict | None = None, stream_id: str | None = None,
+                    route: str | None = None) -> BulkHandle:
+        """Raises UnknownRouteError, CapacityError when every slot is taken, ValueError for options the bulk path
+        cannot honour (another sample rate, lookahead or decoder)."""
+        opts = self._check(options, route)
+        return self._open_slot(self.bulk.open(), stream_id, opts)  # CapacityError when full
+
+    def _check(self, options: dict | None, route: str | None) -> dict:
+        opts = dict(options or {})
+        if route is not None and route not in self.routes:
+            raise UnknownRouteError(f"unknown model {route!r}; this engine serves: {', '.join(self.routes)}")
+        rate = opts.get("sample_rate", SAMPLE_RATE)
+        if rate != SAMPLE_RATE:
+            raise ValueError(f"the bulk server takes {SAMPLE_RATE} Hz audio, not {rate} Hz (resample on the client)")
+        if opts.get("lookahead_ms", self.lookahead_ms) != self.lookahead_ms:
+            raise ValueError(f"this bulk server runs lookahead_ms={self.lookahead_ms} only")
+        if opts.get("decoder", "ctc") != "ctc":
+            raise ValueError("the bulk server decodes CTC only")
+        return opts
+
+    async def aopen_stream(self, budget_s: float | None = None, options: dict | None = None, stream_id: str | None = None,
+                           route: str | None = None) -> BulkHandle:
+        """``open_stream`` without holding the event loop while a step runs (opening resets the slot's state
+        between steps)."""
+        opts = self._check(options, route)
+        slot = await asyncio.get_running_loop().run_in_executor(self._opener, self.bulk.open)
+        return self._open_slot(slot, stream_id, opts)
+
+    def _open_slot(self, slot: int, stream_id: str | None, opts: dict) -> BulkHandle:
+        self._loop = asyncio.get_running_loop()
+        ep = opts.get("endpointing") or {}
+        endpoint = NO_ENDPOINT
+        if ep.get("enabled", True):
+            ms = int(ep.get("min_silence_ms") or DEFAULT_MIN_SILENCE_MS)
+            endpoint = max(1, round(ms / 1000 / self.recognizer.frame_s))
+        handle = BulkHandle(self, slot, stream_id or f"bulk-{slot}", _Text(bool(opts.get("interim_results", True))))
+        with self._lock:
+            self._handles[slot] = handle
+            self._endpoint[slot], self._open[slot] = endpoint, False
+        return handle
+
+    # -- the worker ------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                stepped = self.bulk.step()
+            except Exception:  # noqa: BLE001 - a failed step must not stop the server; its chunks are lost
+                log.exception("bulk step failed")
+                stepped = 0
+            if not stepped:
+                self._stop.wait(IDLE_S)
+
+    def _on_step(self, stepped: np.ndarray, updated: list[int]) -> None:
+        """Partials for the streams with new tokens, finals for those whose utterance hit its endpoint; handed to
+        the event loop in one call."""
+        out: list[tuple[BulkHandle, Frame]] = []
+        with self._lock:
+            handles = self._handles
+            for slot in updated:
+                h = handles.get(slot)
+                if h is not None:
+                    self._open[slot] = True
+                    self._last_token[slot] = self.bulk.streams[slot].token_frames[-1]
+            silent = self.bulk.frames_decoded(stepped) - 1 - self._last_token[stepped]
+            ended = stepped[self._open[stepped] & (silent >= self._endpoint[stepped])]
+            ending = set(ended.tolist())
+            for slot in set(updated) | ending:
+                h = handles.get(slot)
+                stream = self.bulk.streams.get(slot)
+                if h is None or stream is None:
+                    continue
+                out += [(h, e) for e in self._events(h, stream, final=slot in ending)]
+                if slot in ending:
+                    self._open[slot] = False
+        if out and self._loop is not None:
+            self._loop.call_soon_threadsafe(_deliver, out)
+
+    def _on_finish(self, done: list) -> None:
+        """Finals and the end of stream for the streams whose last steps just ran (their slots not yet free)."""
+        out: list[tuple[BulkHandle, Frame]] = []
+        with self._lock:
+            for slot, stream in done:
+                h = self._handles.pop(slot, None)
+                if h is None:
+                    continue
+                out += [(h, e) for e in self._events(h, stream, final=True)] + [(h, EndOfStream())]
+        if out and self._loop is not None:
+            self._loop.call_soon_threadsafe(_deliver, out)
+
+    def _end(self, h: BulkHandle) -> None:
+        try:
+            self.bulk.end(h.slot)
+        except KeyError:  # cancelled meanwhile
+            h._fail("stream_closed", "the stream was closed")
+
+    def _events(self, h: BulkHandle, stream: BulkStream, final: bool) -> list[TextEvent]:
+        """The utterance's partial (if its text changed) or its final; a final starts the next utterance."""
+        text = h.text
+        tokens, frames = stream.tokens[text.start:], stream.token_frames[text.start:]
+        if not tokens:
+            return []
+
+        def make(kind: TextKind) -> TextEvent | None:
+            words = text.words.words(self.recognizer.tokenizer, tokens, frames, self.recognizer.frame_s)
+            if not words:
+                return None
+            return TextEvent(kind, " ".join(w.word for w in words), words[0].start_s, words[-1].end_s,
+                             tuple(words) if kind is TextKind.FINAL else ())
+
+        events = utterance_events(text, final, make)
+        if final:
+            text.start, text.words = len(stream.tokens), WordBuilder()
+        return events
+
+    def _forget(self, h: BulkHandle) -> None:
+        with self._lock:
+            if self._handles.get(h.slot) is h:
+                del self._handles[h.slot]
+
+
+def _deliver(out: list[tuple[BulkHandle, Frame]]) -> None:
+    for h, frame in out:
+        h._out.put_nowait(frame)

@@ -1,0 +1,157 @@
+"""The WebSocket server over the bulk path (``legato serve --bulk``, server/bulk_engine.py) end to end on loopback:
+several real clips at once give the offline decode's words; partials arrive; options the bulk path cannot honour,
+a full server and a dropped client get their documented outcome while other streams go on."""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+import torch
+from websockets.asyncio.client import connect
+
+from conftest import FIXTURES
+from legato.asr.fastconformer.recognizer import FastConformerRecognizer
+from legato.asr.fastconformer.words import words_from_tokens
+from legato.server.bulk_engine import BulkEngine
+from legato.server.ws_server import ServerConfig, TranscriptionServer
+from legato.stream.audio_io import read_audio
+
+CLIPS = ["en_cards_001.wav", "en_goforward.wav", "en_one_two_three.wav"]
+
+
+@pytest.fixture(scope="module")
+def rec():
+    return FastConformerRecognizer.from_nemo(FIXTURES / "nemo" / "ctc_tiny.nemo")
+
+
+def _server(rec, capacity=8, **config):
+    return TranscriptionServer(BulkEngine(rec.name, rec, capacity=capacity, max_batch=64), [rec.name], ServerConfig(port=0, **config))
+
+
+def _pcm(audio: np.ndarray) -> np.ndarray:
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2")
+
+
+def _offline_words(rec, audio: np.ndarray) -> list[str]:
+    """Offline decoding of what the server receives (the s16le samples)."""
+    tokens, frames = rec.transcribe_tokens(torch.from_numpy(_pcm(audio) / np.float32(32768)), rec.lookaheads_ms[0], "ctc")
+    return [w.word for w in words_from_tokens(rec.tokenizer, tokens, frames, rec.frame_s)]
+
+
+async def _stream(url, audio: np.ndarray, *, start_extra=None, chunk=1600, stop_after=None, pace_s=0.0):
+    """Send s16le 16 kHz audio in ``chunk``-sample messages, then ``end``; return every server message."""
+    out = []
+    start = {"type": "start", "sample_rate": 16000, "endpointing": {"enabled": False}, **(start_extra or {})}
+    async with connect(url) as ws:
+        await ws.send(json.dumps(start))
+        first = json.loads(await ws.recv())
+        out.append(first)
+        if first["type"] != "ready":
+            return out
+        pcm = _pcm(audio)
+        for i in range(0, len(pcm), chunk):
+            if stop_after is not None and i >= stop_after:
+                return out  # the client goes away mid-stream
+            await ws.send(pcm[i:i + chunk].tobytes())
+            await asyncio.sleep(pace_s)
+        await ws.send(json.dumps({"type": "end"}))
+        async for raw in ws:
+            out.append(json.loads(raw))
+    return out
+
+
+def _run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 300))
+
+
+def _clip(speech_dir, name):
+    return read_audio(str(speech_dir / name), sample_rate=16000)[0][:, 0].numpy()
+
+
+def test_clips_at_once_give_the_offline_words(rec, speech_dir):
+    clips = [_clip(speech_dir, c) for c in CLIPS]
+
+    async def main():
+        server = await _server(rec).start()
+        try:
+            return await asyncio.gather(*(_stream(server.url, a, chunk=700 + 300 * i) for i, a in enumerate(clips)))
+        finally:
+            await server.drain()
+
+    for audio, msgs in zip(clips, _run(main())):
+        assert msgs[0]["type"] == "ready" and msgs[-1]["type"] == "end", msgs[-2:]
+        finals = [m for m in msgs if m["type"] == "final"]
+        assert [w["word"] for m in finals for w in m["words"]] == _offline_words(rec, audio)
+        assert " ".join(m["text"] for m in finals).split() == _offline_words(rec, audio)
+    assert any(m["type"] == "partial" for msgs in _run(main()) for m in msgs)
+
+
+def test_endpointing_splits_finals_and_keeps_the_words(rec, speech_dir):
+    audio = np.concatenate([_clip(speech_dir, "en_cards_001.wav"), np.zeros(16000, np.float32), _clip(speech_dir, "en_goforward.wav")])
+
+    async def main():
+        server = await _server(rec).start()
+        try:
+            return await _stream(server.url, audio, start_extra={"endpointing": {"enabled": True, "min_silence_ms": 300}})
+        finally:
+            await server.drain()
+
+    msgs = _run(main())
+    finals = [m for m in msgs if m["type"] == "final"]
+    assert msgs[-1]["type"] == "end" and len(finals) >= 2
+    starts = [m["start"] for m in finals]
+    assert starts == sorted(starts)
+
+
+@pytest.mark.parametrize("extra,code", [({"sample_rate": 8000}, "bad_request"), ({"lookahead_ms": 12345}, "bad_request"),
+                                        ({"decoder": "rnnt"}, "bad_request")])
+def test_options_the_bulk_path_cannot_honour_are_refused(rec, speech_dir, extra, code):
+    audio = _clip(speech_dir, "en_cards_001.wav")
+
+    async def main():
+        server = await _server(rec).start()
+        try:
+            good = asyncio.create_task(_stream(server.url, audio))
+            bad = await _stream(server.url, audio[:1600], start_extra=extra)
+            return bad, await good
+        finally:
+            await server.drain()
+
+    bad, good = _run(main())
+    assert bad[-1]["type"] == "error" and bad[-1]["code"] == code, bad
+    assert good[-1]["type"] == "end"
+
+
+def test_full_server_refuses_and_a_dropped_client_frees_its_slot(rec, speech_dir):
+    audio = _clip(speech_dir, "en_cards_001.wav")
+
+    async def main():
+        server = await _server(rec, capacity=1).start()
+        try:
+            dropped = await _stream(server.url, audio, stop_after=8000)  # leaves mid-stream: its slot must come back
+            for _ in range(100):
+                if server.engine.bulk._slots.in_use == 0:
+                    break
+                await asyncio.sleep(0.05)
+            first = asyncio.create_task(_stream(server.url, audio, pace_s=0.05))
+            await asyncio.sleep(0.3)
+            refused = await _stream(server.url, audio[:1600])
+            return dropped, refused, await first
+        finally:
+            await server.drain()
+
+    dropped, refused, first = _run(main())
+    assert dropped[0]["type"] == "ready"
+    assert refused[-1]["type"] == "error" and refused[-1]["code"] == "capacity"
+    assert first[-1]["type"] == "end" and [w["word"] for m in first if m["type"] == "final" for w in m["words"]] == _offline_words(rec, audio)
+
+
+def test_serve_bulk_refuses_what_it_cannot_serve():
+    import subprocess
+    import sys
+
+    for extra in (["--model", "whisper-tiny.en"], []):
+        proc = subprocess.run([sys.executable, "-m", "legato.clients.cli", "serve", "--bulk", "--port", "0", *extra],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "--bulk serves exactly one --model fastconformer:FILE.nemo" in proc.stdout
