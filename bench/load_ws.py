@@ -65,14 +65,21 @@ def start_server(args, port: int) -> subprocess.Popen:
         cmd.append("--bulk")
     if args.max_batch or not args.bulk:
         cmd += ["--max-batch", str(args.max_batch or 256)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    # The server's log goes to a file: into a pipe nobody reads during the run, its per-connection lines filled the
+    # 64 KB pipe buffer at about a thousand connections and the server blocked writing its log (every client then
+    # timed out on keepalive pings: the connection drops of earlier load tests were this, not the server).
+    log = open(args.server_log, "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+
+
+SERVER_LOG_HINT = "--server-log (default load_ws_server.log)"
 
 
 async def wait_ready(port: int, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+            raise SystemExit(f"server exited; its log: {SERVER_LOG_HINT}")
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
@@ -181,6 +188,7 @@ def main() -> int:
                     "(the server compiles its kernels; not reported); 0: none")
     ap.add_argument("--budget", type=float, default=0.1, help="server --latency-budget, seconds")
     ap.add_argument("--port", type=int, default=None, help="use a server already listening on this port (no spawn)")
+    ap.add_argument("--server-log", default="load_ws_server.log", help="where the spawned server's output goes")
     ap.add_argument("--commit", default=None)
     ap.add_argument("--out", default="load_ws.json")
     args = ap.parse_args()
