@@ -32,10 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(default; matches NeMo to 1e-5) or bf16 (about 3x faster on a GPU at thousands of streams)")
     model.add_argument("--kv-cache", choices=["model", "fp8"], help="FastConformer attention cache: the model's dtype "
                        "(default) or fp8 e4m3 (half the memory per stream: about twice the streams per GPU)")
-    model.add_argument("--bulk", action="store_true", help="serve one fastconformer:FILE.nemo model with a CTC head through "
-                       "the bulk path (thousands of streams per GPU; 16 kHz audio, one lookahead, CTC; server/bulk_engine.py) "
+    model.add_argument("--bulk", action="store_true", help="serve one fastconformer:FILE.nemo model through the bulk path "
+                       "(thousands of streams per GPU; 16 kHz audio, one lookahead and one decoder; server/bulk_engine.py) "
                        "instead of the general engine")
     model.add_argument("--lookahead-ms", type=int, help="--bulk: the one lookahead served (default: the model's first)")
+    model.add_argument("--decoder", choices=["ctc", "rnnt"], help="--bulk: the one decoder served (default: the model's "
+                       "own, RNNT for hybrids; CTC is the faster at scale)")
     tts = p.add_argument_group("text-to-speech (gRPC, docs/TTS.md)")
     tts.add_argument("--voices", metavar="FILE", help="voices YAML: serve legato.tts.v1 over gRPC with these voices")
     tts.add_argument("--grpc-port", type=int, default=50051, help="gRPC port for the TTS service (default 50051)")
@@ -150,7 +152,7 @@ async def _serve_bulk(args: argparse.Namespace, token: str | None) -> int:
     try:
         name, recognizer = load_recognizer(specs[0])
         engine = BulkEngine(name, recognizer, capacity=args.max_connections, max_batch=args.max_batch or BULK_MAX_BATCH,
-                            lookahead_ms=args.lookahead_ms)
+                            lookahead_ms=args.lookahead_ms, decoder=args.decoder)
     except (UnknownModelError, ValueError) as exc:
         print(f"legato serve: {exc}", flush=True)
         return 2

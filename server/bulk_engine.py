@@ -1,4 +1,4 @@
-"""The WebSocket server over the bulk path (``legato serve --bulk``): one FastConformer CTC model, streams as arrays.
+"""The WebSocket server over the bulk path (``legato serve --bulk``): one FastConformer model, streams as arrays.
 
 The general engine moves every chunk through per-stream stage objects (~20 us of CPU per chunk per stage), which
 caps one server at a few hundred real-time streams (docs/PERFORMANCE.md, load test). Here the server's
@@ -8,9 +8,9 @@ complete chunk of every stream as one batch; per-stream Python runs only for str
 ``TranscriptionServer`` uses of ``Engine``: ``routes``, ``start``/``stop`` and ``open_stream`` -> a handle with
 ``apush``/``aend``/``cancel`` and the stream's events as an async iterator (partials, finals, then the end).
 
-What it serves: 16 kHz audio (mono, or channels averaged), the model's CTC head, one lookahead (``--lookahead-ms``
-at start; a client asking for another is refused), endpointing and interim results per stream as the general
-path. Events go to the event loop in one hand-over per step, never one per stream. A full stream queue (the
+What it serves: 16 kHz audio (mono, or channels averaged), one decoder (CTC or RNNT, ``--decoder``) and one
+lookahead (``--lookahead-ms``) chosen at start (a client asking for another is refused), endpointing and interim
+results per stream as the general path. Events go to the event loop in one hand-over per step, never one per stream. A full stream queue (the
 worker behind) holds the client's pushes (TCP back-pressure), it is not an error. Streams that end are stepped
 to their end by the worker, all those ending at once in one batch (``bulk_flush``): one at a time, each end is a
 few launch-bound steps of batch one.
@@ -114,13 +114,15 @@ class BulkEngine:
     """``Engine``'s face for ``TranscriptionServer``, over one ``BulkTranscriber``."""
 
     def __init__(self, name: str, recognizer: FastConformerRecognizer, *, capacity: int, max_batch: int = 4096,
-                 lookahead_ms: int | None = None):
+                 lookahead_ms: int | None = None, decoder: str | None = None):
+        """``decoder``: "ctc" or "rnnt" (None: the model's own, RNNT for a hybrid); ``lookahead_ms``: the one
+        lookahead served (None: the model's first)."""
         if recognizer.tokenizer is None:
             raise ValueError("the bulk server needs the model's tokenizer (words)")
         self.routes = [name]
         self.recognizer = recognizer
-        self.bulk = BulkTranscriber(recognizer, capacity, lookahead_ms=lookahead_ms, max_batch=max_batch, on_step=self._on_step,
-                                    on_finish=self._on_finish)
+        self.bulk = BulkTranscriber(recognizer, capacity, lookahead_ms=lookahead_ms, max_batch=max_batch, decoder=decoder,
+                                    on_step=self._on_step, on_finish=self._on_finish)
         self.lookahead_ms = recognizer.lookaheads_ms[self.bulk.lookahead]
         self._handles: dict[int, BulkHandle] = {}
         self._endpoint = np.full(capacity, NO_ENDPOINT, np.int64)  # encoder frames of silence that end an utterance
@@ -165,8 +167,8 @@ class BulkEngine:
             raise ValueError(f"the bulk server takes {SAMPLE_RATE} Hz audio, not {rate} Hz (resample on the client)")
         if opts.get("lookahead_ms", self.lookahead_ms) != self.lookahead_ms:
             raise ValueError(f"this bulk server runs lookahead_ms={self.lookahead_ms} only")
-        if opts.get("decoder", "ctc") != "ctc":
-            raise ValueError("the bulk server decodes CTC only")
+        if opts.get("decoder", self.bulk.decoder) != self.bulk.decoder:
+            raise ValueError(f"this bulk server runs the {self.bulk.decoder} decoder only")
         return opts
 
     async def aopen_stream(self, budget_s: float | None = None, options: dict | None = None, stream_id: str | None = None,

@@ -25,17 +25,18 @@ def rec():
     return FastConformerRecognizer.from_nemo(FIXTURES / "nemo" / "ctc_tiny.nemo")
 
 
-def _server(rec, capacity=8, **config):
-    return TranscriptionServer(BulkEngine(rec.name, rec, capacity=capacity, max_batch=64), [rec.name], ServerConfig(port=0, **config))
+def _server(rec, capacity=8, decoder=None, **config):
+    engine = BulkEngine(rec.name, rec, capacity=capacity, max_batch=64, decoder=decoder)
+    return TranscriptionServer(engine, [rec.name], ServerConfig(port=0, **config))
 
 
 def _pcm(audio: np.ndarray) -> np.ndarray:
     return (np.clip(audio, -1, 1) * 32767).astype("<i2")
 
 
-def _offline_words(rec, audio: np.ndarray) -> list[str]:
+def _offline_words(rec, audio: np.ndarray, decoder: str = "ctc") -> list[str]:
     """Offline decoding of what the server receives (the s16le samples)."""
-    tokens, frames = rec.transcribe_tokens(torch.from_numpy(_pcm(audio) / np.float32(32768)), rec.lookaheads_ms[0], "ctc")
+    tokens, frames = rec.transcribe_tokens(torch.from_numpy(_pcm(audio) / np.float32(32768)), rec.lookaheads_ms[0], decoder)
     return [w.word for w in words_from_tokens(rec.tokenizer, tokens, frames, rec.frame_s)]
 
 
@@ -105,7 +106,7 @@ def test_endpointing_splits_finals_and_keeps_the_words(rec, speech_dir):
 
 
 @pytest.mark.parametrize("extra,code", [({"sample_rate": 8000}, "bad_request"), ({"lookahead_ms": 12345}, "bad_request"),
-                                        ({"decoder": "rnnt"}, "bad_request")])
+                                        ({"decoder": "rnnt"}, "bad_request")])  # a CTC-only model
 def test_options_the_bulk_path_cannot_honour_are_refused(rec, speech_dir, extra, code):
     audio = _clip(speech_dir, "en_cards_001.wav")
 
@@ -155,3 +156,22 @@ def test_serve_bulk_refuses_what_it_cannot_serve():
         proc = subprocess.run([sys.executable, "-m", "legato.clients.cli", "serve", "--bulk", "--port", "0", *extra],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "--bulk serves exactly one --model fastconformer:FILE.nemo" in proc.stdout
+
+
+def test_a_hybrid_model_served_with_its_rnnt_decoder(speech_dir):
+    """A hybrid model's default decoder (RNNT) through the bulk server: its words equal offline RNNT decoding; a
+    stream asking for CTC is refused."""
+    hybrid = FastConformerRecognizer.from_nemo(FIXTURES / "nemo" / "hybrid_tiny.nemo")
+    audio = _clip(speech_dir, "en_cards_001.wav")
+
+    async def main():
+        server = await _server(hybrid).start()
+        try:
+            return await _stream(server.url, audio), await _stream(server.url, audio[:1600], start_extra={"decoder": "ctc"})
+        finally:
+            await server.drain()
+
+    good, bad = _run(main())
+    assert good[-1]["type"] == "end"
+    assert [w["word"] for m in good if m["type"] == "final" for w in m["words"]] == _offline_words(hybrid, audio, "rnnt")
+    assert bad[-1]["code"] == "bad_request"

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from legato.asr.fastconformer.bulk import QUEUED_CHUNKS, BulkTranscriber
-from legato.asr.fastconformer.decoders import ctc_greedy, ctc_init_state
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.stream.errors import CapacityError, NonFiniteAudioError
 
@@ -16,23 +15,26 @@ from conftest import FIXTURES
 NEMO = FIXTURES / "nemo"
 
 
-@pytest.fixture(scope="module", params=["hybrid_tiny", "ctc_tiny"])
-def rec(request):
-    return FastConformerRecognizer.from_nemo(NEMO / f"{request.param}.nemo")
+@pytest.fixture(scope="module", params=[("hybrid_tiny", "ctc"), ("ctc_tiny", "ctc"), ("rnnt_tiny", "rnnt"), ("hybrid_tiny", "rnnt")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def case(request):
+    """(recognizer, the decoder the bulk path runs)."""
+    name, decoder = request.param
+    return FastConformerRecognizer.from_nemo(NEMO / f"{name}.nemo"), decoder
 
 
-def reference(rec, audio: np.ndarray, steps: int, lookahead_ms):
+def reference(rec, decoder: str, audio: np.ndarray, steps: int, lookahead_ms):
     """Tokens and frames of ``steps`` encoder steps over the offline mel frames (what the engine stage feeds)."""
     mel = rec.mel(torch.from_numpy(audio)[None])
-    enc, head = rec.model.encoder, rec.model.ctc_head()
+    enc, greedy = rec.model.encoder, rec.model.greedy_decoder(decoder)
     la = rec.lookahead_index(lookahead_ms)
-    state, ctc = enc.init_state(1), ctc_init_state(1, head.blank, "cpu")
+    state, dec_state = enc.init_state(1), greedy.init_state(1)
     pos, done, tokens, frames, mels = 0, 0, [], [], []
     for k in range(steps):
         n = enc.expected_mel(la, k == 0)
         mels.append(mel[:, pos:pos + n])
         y, valid = enc.stream_step(mel[:, pos:pos + n], state, lookahead=la, first=k == 0)
-        toks, frs = ctc_greedy(head(y), valid, ctc, head.blank)
+        toks, frs = greedy.decode(y, valid, dec_state)
         tokens += toks[0]
         frames += [done + f for f in frs[0]]
         pos, done = pos + n, done + y.shape[1]
@@ -40,8 +42,9 @@ def reference(rec, audio: np.ndarray, steps: int, lookahead_ms):
 
 
 @pytest.mark.parametrize("lookahead_ms", [0, 240])
-def test_streams_joining_at_different_times_get_the_reference_tokens(rec, lookahead_ms):
-    bulk = BulkTranscriber(rec, capacity=4, lookahead_ms=lookahead_ms)
+def test_streams_joining_at_different_times_get_the_reference_tokens(case, lookahead_ms):
+    rec, dec = case
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=4, lookahead_ms=lookahead_ms)
     if lookahead_ms not in rec.lookaheads_ms:
         pytest.skip(f"the model's lookaheads are {rec.lookaheads_ms}")
     rng = np.random.default_rng(0)
@@ -61,16 +64,17 @@ def test_streams_joining_at_different_times_get_the_reference_tokens(rec, lookah
         pass
     assert len(bulk.latencies()) == 3 * steps and (bulk.latencies() >= 0).all()
     for s, slot in enumerate(slots):
-        tokens, frames, done = reference(rec, audios[s], steps, lookahead_ms)  # the batched steady steps
+        tokens, frames, done = reference(rec, dec, audios[s], steps, lookahead_ms)  # the batched steady steps
         stream = bulk.streams[slot]
         assert (stream.tokens, stream.token_frames, bulk._frames[slot]) == (tokens, frames, done)
         got = bulk.finish(slot)  # then the end of the stream: offline decoding of all it pushed
-        offline = rec.transcribe_tokens(torch.from_numpy(audios[s][: bulk.chunk * steps]), lookahead_ms, "ctc")
+        offline = rec.transcribe_tokens(torch.from_numpy(audios[s][: bulk.chunk * steps]), lookahead_ms, dec)
         assert (got.tokens, got.token_frames) == offline
 
 
-def test_bulk_mel_equals_the_offline_frames(rec):
-    bulk = BulkTranscriber(rec, capacity=2, lookahead_ms=0)
+def test_bulk_mel_equals_the_offline_frames(case):
+    rec, dec = case
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=2, lookahead_ms=0)
     audio = (np.random.default_rng(1).standard_normal(bulk.chunk * 5) * 0.3).astype(np.float32)
     offline = rec.mel(torch.from_numpy(audio)[None])[0]
     rows, got = torch.tensor([1]), []
@@ -81,8 +85,9 @@ def test_bulk_mel_equals_the_offline_frames(rec):
     torch.testing.assert_close(got, offline[:len(got)], atol=1e-5, rtol=1e-5)
 
 
-def test_bad_input_is_refused_and_the_queue_is_bounded(rec):
-    bulk = BulkTranscriber(rec, capacity=1)
+def test_bad_input_is_refused_and_the_queue_is_bounded(case):
+    rec, dec = case
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=1)
     slot = bulk.open()
     with pytest.raises(NonFiniteAudioError):
         bulk.push(slot, np.array([0.0, np.nan], np.float32))
@@ -97,9 +102,10 @@ def test_bad_input_is_refused_and_the_queue_is_bounded(rec):
     assert bulk.open() == slot  # the slot is free again
 
 
-def test_push_many_equals_pushing_one_by_one(rec):
+def test_push_many_equals_pushing_one_by_one(case):
+    rec, dec = case
     steps = 3
-    one, many = (BulkTranscriber(rec, capacity=3) for _ in range(2))
+    one, many = (BulkTranscriber(rec, decoder=dec, capacity=3) for _ in range(2))
     audio = (np.random.default_rng(2).standard_normal((3, one.chunk * steps)) * 0.3).astype(np.float32)
     a, b = [one.open() for _ in range(3)], np.array([many.open() for _ in range(3)])
     for k in range(steps):
@@ -118,9 +124,10 @@ def test_push_many_equals_pushing_one_by_one(rec):
 
 
 @pytest.mark.parametrize("seconds", [0.05, 0.5, 1.37])
-def test_whole_stream_with_finish_equals_offline(rec, seconds):
+def test_whole_stream_with_finish_equals_offline(case, seconds):
     """Streamed through the bulk path (batched steady steps, then finish's last steps) = offline decoding."""
-    bulk = BulkTranscriber(rec, capacity=2)
+    rec, dec = case
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=2)
     audio = (np.random.default_rng(3).standard_normal(int(16000 * seconds)) * 0.3).astype(np.float32)
     other = bulk.open()  # a second stream sharing the batches
     slot = bulk.open()
@@ -129,17 +136,18 @@ def test_whole_stream_with_finish_equals_offline(rec, seconds):
         bulk.push(other, audio[i:i + 700])
         bulk.step()
     got = bulk.finish(slot)
-    tokens, frames = rec.transcribe_tokens(torch.from_numpy(audio), bulk.recognizer.lookaheads_ms[bulk.lookahead], "ctc")
+    tokens, frames = rec.transcribe_tokens(torch.from_numpy(audio), bulk.recognizer.lookaheads_ms[bulk.lookahead], dec)
     assert (got.tokens, got.token_frames) == (tokens, frames)
     assert bulk.finish(other).tokens == tokens
 
 
-def test_streams_ended_together_step_their_ends_as_one_batch_and_equal_offline(rec):
+def test_streams_ended_together_step_their_ends_as_one_batch_and_equal_offline(case):
     """end() on streams of many lengths (none, part of a first chunk, whole chunks, chunks and a bit, with chunks
     still queued): their last steps run batched inside step(), on_finish gets each once, each equals offline."""
+    rec, dec = case
     lengths = [0, 300, 2560 * 2, 9000, 16000, 23456]
     done = {}
-    bulk = BulkTranscriber(rec, capacity=len(lengths) + 1, on_finish=lambda items: done.update(items))
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=len(lengths) + 1, on_finish=lambda items: done.update(items))
     rng = np.random.default_rng(7)
     audios = [(rng.standard_normal(n) * 0.3).astype(np.float32) for n in lengths]
     slots = [bulk.open() for _ in lengths]
@@ -159,6 +167,6 @@ def test_streams_ended_together_step_their_ends_as_one_batch_and_equal_offline(r
         calls += 1
         assert calls < 20
     for s, a in zip(slots, audios):
-        tokens, frames = rec.transcribe_tokens(torch.from_numpy(a), bulk.recognizer.lookaheads_ms[bulk.lookahead], "ctc") if len(a) else ([], [])
+        tokens, frames = rec.transcribe_tokens(torch.from_numpy(a), bulk.recognizer.lookaheads_ms[bulk.lookahead], dec) if len(a) else ([], [])
         assert (done[s].tokens, done[s].token_frames) == (tokens, frames), len(a)
     assert bulk.open() in slots  # the slots are free again

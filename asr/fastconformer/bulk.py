@@ -1,11 +1,12 @@
-"""Bulk streaming transcription: thousands of FastConformer CTC streams stepped as arrays, not per-chunk objects.
+"""Bulk streaming transcription: thousands of FastConformer streams stepped as arrays, not per-chunk objects.
 
 The general engine (``stream/engine.py``) moves every chunk of every stream through Python objects, queues and
 stages: about 20 us of CPU per chunk per stage, so one engine carries a few thousand 160 ms streams however fast
 the GPU step is. This path is for the scale the GPU reaches (tens of thousands of streams): audio is pushed
 into a per-slot host array; a worker takes every slot with a complete model chunk queued (oldest first, up to
 ``max_batch``) and runs, on the whole batch at once, pre-emphasis, framing and NeMo log-mel, the encoder step over
-the state pool, and CTC greedy; per-stream Python runs only for streams that emitted a token.
+the state pool, and greedy decoding (CTC: argmax and collapse on the device, one host sync; RNNT: label-looping
+over the decoder's pooled state); per-stream Python runs only for streams that emitted a token.
 
 Mel geometry (160 ms chunks of 2560 samples at 16 kHz, hop 160, window 400, centred frames): a stream's first
 chunk, with NeMo's 200 samples of zero padding in front, completes 15 frames; every later chunk, with the
@@ -56,18 +57,20 @@ class BulkTranscriber:
     completed it to its tokens being on the host."""
 
     def __init__(self, recognizer: FastConformerRecognizer, capacity: int, *, lookahead_ms: int | None = None, max_batch: int = 4096,
-                 on_step: Callable[[np.ndarray, list[int]], None] | None = None,
+                 decoder: str | None = "ctc", on_step: Callable[[np.ndarray, list[int]], None] | None = None,
                  on_finish: Callable[[list[tuple[int, "BulkStream"]]], None] | None = None):
-        """``on_step(stepped_slots, slots_with_new_tokens)``: called at the end of every ``step`` that stepped rows,
+        """``decoder``: "ctc" (default), "rnnt", or None for the model's own (RNNT for a hybrid).
+        ``on_step(stepped_slots, slots_with_new_tokens)``: called at the end of every ``step`` that stepped rows,
         on the stepping thread, before another step, ``open`` or ``finish`` can run (a front end's hook for text
         events and endpointing). ``on_finish([(slot, stream), ...])``: the streams ended with ``end`` whose last
         steps a ``step`` has just run, before their slots are free."""
         model = recognizer.model
-        head = model.ctc_head()  # the bulk path decodes CTC (raises for an RNNT-only model)
+        self.decoder = model.check_decoder(decoder)  # ValueError for a head the model lacks
+        self.greedy = model.greedy_decoder(self.decoder)
         mel = recognizer.mel
         if mel.config.normalize != "NA":
             raise ValueError(f"normalize={mel.config.normalize!r} cannot stream; the bulk path needs normalize='NA'")
-        self.recognizer, self.encoder, self.head = recognizer, model.encoder, head
+        self.recognizer, self.encoder = recognizer, model.encoder
         self.mel, self.capacity, self.max_batch, self.on_step, self.on_finish = mel, capacity, max_batch, on_step, on_finish
         self.lookahead = recognizer.lookahead_index(lookahead_ms)
         c = mel.config
@@ -97,7 +100,7 @@ class BulkTranscriber:
         self._last_raw = torch.zeros(capacity, device=dev)  # previous raw sample (pre-emphasis)
         self._tail = torch.zeros(capacity, tail, device=dev)  # pre-emphasised samples carried to the next frame
         self._mel_carry = torch.zeros(capacity, self.carry, c.n_mels, device=dev)
-        self._ctc_last = torch.full((capacity,), self.head.blank, dtype=torch.long, device=dev)
+        self.dec_pool = StatePool(self.greedy, capacity, dev)  # CTC: the previous frame's argmax; RNNT: LSTM state
         self._latencies: list[np.ndarray] = []
 
     # -- producers ---------------------------------------------------------------
@@ -118,7 +121,7 @@ class BulkTranscriber:
             rows = torch.as_tensor(slots, device=self.device)
             self.pool.reset(slots.tolist())
             self._last_raw[rows] = 0.0
-            self._ctc_last[rows] = self.head.blank
+            self.dec_pool.reset(slots.tolist())
             with self._lock:
                 for s in slots.tolist():
                     self.streams[s] = BulkStream()
@@ -231,21 +234,38 @@ class BulkTranscriber:
         # scatter of 2.6 MB rows took 25 ms of its 120 on an H200, and their copy of the state needs the memory
         # of 16,384 more streams)
         y, valid = self.encoder.stream_step(mel.to(self.dtype), self.pool.state, lookahead=self.lookahead, first=first, rows=rows)
-        ctc = CtcState(last=self._ctc_last[rows])
-        best, keep = ctc_greedy_mask(self.head(y), valid, ctc, self.head.blank)
-        self._ctc_last[rows] = ctc.last
-        best, keep = best.cpu().numpy(), keep.cpu().numpy()  # the one host sync of the step
         updated = []
-        for j in np.flatnonzero(keep.any(axis=1)):  # Python only for streams with new tokens
-            stream = self.streams.get(int(slots[j]))
-            if stream is not None:
-                at = np.flatnonzero(keep[j])
-                stream.tokens += best[j, at].tolist()
-                stream.token_frames += (self._frames[slots[j]] + at).tolist()
-                updated.append(int(slots[j]))
-        self._frames[slots] += best.shape[1]
+        if self.decoder == "ctc":  # argmax and collapse on the device, one host sync, Python only for new tokens
+            state = self.dec_pool.state
+            ctc = CtcState(last=state.last[rows])
+            best, keep = ctc_greedy_mask(self.greedy.head(y), valid, ctc, self.greedy.head.blank)
+            state.last[rows] = ctc.last
+            best, keep = best.cpu().numpy(), keep.cpu().numpy()  # the one host sync of the step
+            for j in np.flatnonzero(keep.any(axis=1)):
+                stream = self.streams.get(int(slots[j]))
+                if stream is not None:
+                    at = np.flatnonzero(keep[j])
+                    stream.tokens += best[j, at].tolist()
+                    stream.token_frames += (self._frames[slots[j]] + at).tolist()
+                    updated.append(int(slots[j]))
+        else:
+            for j, (tokens, frames) in enumerate(zip(*self.decode(y, valid, slots))):
+                stream = self.streams.get(int(slots[j]))
+                if tokens and stream is not None:
+                    stream.tokens += tokens
+                    stream.token_frames += [int(self._frames[slots[j]]) + f for f in frames]
+                    updated.append(int(slots[j]))
+        self._frames[slots] += y.shape[1]
         self._stepped[slots] += 1
         return updated
+
+    def decode(self, y: torch.Tensor, valid: torch.Tensor, slots: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
+        """Greedy decoding of encoder frames ``y`` for ``slots`` over their pooled decoder state: new tokens and
+        their frames (within ``y``) per row. (RNNT's state is a few kB a stream, so it is gathered and scattered.)"""
+        state = self.dec_pool.gather(slots.tolist())
+        out = self.greedy.decode(y, valid, state)
+        self.dec_pool.scatter(slots.tolist(), state)
+        return out
 
     def frames_decoded(self, slots: np.ndarray) -> np.ndarray:
         """Encoder frames decoded so far for each of ``slots``."""

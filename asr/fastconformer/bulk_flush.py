@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from legato.asr.fastconformer.decoders import CtcState, ctc_greedy
 
 
 @torch.inference_mode()
@@ -45,9 +44,7 @@ def flush(bulk, slots: list[int], partials: list[np.ndarray]) -> dict[int, tuple
             y, valid = bulk.encoder.stream_step(chunk.to(bulk.dtype), bulk.pool.state, lookahead=bulk.lookahead, first=first,
                                                 valid=torch.as_tensor(n, device=dev),
                                                 final=torch.as_tensor(final, device=dev) if final.any() else None, rows=rows)
-            ctc = CtcState(last=bulk._ctc_last[rows])
-            tokens, frames = ctc_greedy(bulk.head(y), valid, ctc, bulk.head.blank)
-            bulk._ctc_last[rows] = ctc.last
+            tokens, frames = bulk.decode(y, valid, rows_np)
             done = bulk._frames[rows_np]
             for r, s in enumerate(rows_np.tolist()):
                 out[s][0].extend(tokens[r])
