@@ -19,6 +19,7 @@ few launch-bound steps of batch one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -84,13 +85,11 @@ class BulkHandle:
         self.engine._end(self)
 
     def cancel(self) -> None:
+        """Drop the stream (its client went away): the worker frees its slot between two steps."""
         if not self._ending:
             self._ending = True
             self.engine._forget(self)
-            try:
-                self.engine.bulk.cancel(self.slot)
-            except KeyError:
-                pass
+            self.engine._requests.append(("cancel", self.slot, None))
         self.finished = True
 
     def _fail(self, code: str, message: str) -> None:
@@ -131,8 +130,10 @@ class BulkEngine:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        # opening resets the slot's state between steps: done on this thread, not the event loop
-        self._opener = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="legato-bulk-open")
+        # opens and cancels, done by the worker between two steps: from another thread they would wait for the step
+        # lock (the event loop must not), and a thread opening one stream at a time could starve behind back-to-back
+        # steps; the worker opens every waiting stream in one state reset
+        self._requests: collections.deque = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- Engine's interface ----------------------------------------------------------
@@ -149,7 +150,6 @@ class BulkEngine:
         if self._worker is not None:
             self._worker.join()
             self._worker = None
-        self._opener.shutdown(wait=True)
 
     def open_stream(self, budget_s: float | None = None, options: dict | None = None, stream_id: str | None = None,
                     route: str | None = None) -> BulkHandle:
@@ -176,7 +176,10 @@ class BulkEngine:
         """``open_stream`` without holding the event loop while a step runs (opening resets the slot's state
         between steps)."""
         opts = self._check(options, route)
-        slot = await asyncio.get_running_loop().run_in_executor(self._opener, self.bulk.open)
+        self._loop = asyncio.get_running_loop()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._requests.append(("open", None, future))
+        slot = await asyncio.wrap_future(future)  # CapacityError when every slot is taken
         return self._open_slot(slot, stream_id, opts)
 
     def _open_slot(self, slot: int, stream_id: str | None, opts: dict) -> BulkHandle:
@@ -196,13 +199,36 @@ class BulkEngine:
 
     def _work(self) -> None:
         while not self._stop.is_set():
+            served = self._serve_requests()
             try:
                 stepped = self.bulk.step()
             except Exception:  # noqa: BLE001 - a failed step must not stop the server; its chunks are lost
                 log.exception("bulk step failed")
                 stepped = 0
-            if not stepped:
+            if not stepped and not served:
                 self._stop.wait(IDLE_S)
+        self._serve_requests(closing=True)
+
+    def _serve_requests(self, closing: bool = False) -> int:
+        """Cancels, then every waiting open in one state reset (those past capacity get CapacityError)."""
+        requests = []
+        while self._requests:
+            requests.append(self._requests.popleft())
+        opens = [future for kind, _, future in requests if kind == "open"]
+        for kind, slot, _ in requests:
+            if kind == "cancel":
+                try:
+                    self.bulk.cancel(slot)
+                except KeyError:  # ended or cancelled already
+                    pass
+        if opens:
+            free = 0 if closing else self.bulk.capacity - self.bulk.in_use
+            slots = self.bulk.open_many(min(free, len(opens))) if free else []
+            for future, slot in zip(opens, slots):
+                future.set_result(int(slot))
+            for future in opens[len(slots):]:
+                future.set_exception(CapacityError(f"bulk server is full ({self.bulk.capacity} streams)"))
+        return len(requests)
 
     def _on_step(self, stepped: np.ndarray, updated: list[int]) -> None:
         """Partials for the streams with new tokens, finals for those whose utterance hit its endpoint; handed to

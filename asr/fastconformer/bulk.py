@@ -267,6 +267,11 @@ class BulkTranscriber:
         self.dec_pool.scatter(slots.tolist(), state)
         return out
 
+    @property
+    def in_use(self) -> int:
+        """Streams open (slots taken)."""
+        return self._slots.in_use
+
     def frames_decoded(self, slots: np.ndarray) -> np.ndarray:
         """Encoder frames decoded so far for each of ``slots``."""
         return self._frames[slots]
