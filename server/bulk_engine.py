@@ -5,7 +5,7 @@ caps one server at a few hundred real-time streams (docs/PERFORMANCE.md, load te
 connections push their audio straight into ``BulkTranscriber``'s per-slot queues; one worker thread steps every
 complete chunk of every stream as one batch; per-stream Python runs only for streams whose step emitted tokens
 (their partial text) or whose utterance just ended (endpointing, vectorised over the batch). The class offers what
-``TranscriptionServer`` uses of ``Engine``: ``routes``, ``start``/``stop`` and ``open_stream`` -> a handle with
+``TranscriptionServer`` uses of ``Engine``: ``routes``, ``start``/``stop`` and ``aopen_stream`` -> a handle with
 ``apush``/``aend``/``cancel`` and the stream's events as an async iterator (partials, finals, then the end).
 
 What it serves: 16 kHz audio (mono, or channels averaged), one decoder (CTC or RNNT, ``--decoder``) and one
@@ -151,13 +151,6 @@ class BulkEngine:
             self._worker.join()
             self._worker = None
 
-    def open_stream(self, budget_s: float | None = None, options: dict | None = None, stream_id: str | None = None,
-                    route: str | None = None) -> BulkHandle:
-        """Raises UnknownRouteError, CapacityError when every slot is taken, ValueError for options the bulk path
-        cannot honour (another sample rate, lookahead or decoder)."""
-        opts = self._check(options, route)
-        return self._open_slot(self.bulk.open(), stream_id, opts)  # CapacityError when full
-
     def _check(self, options: dict | None, route: str | None) -> dict:
         opts = dict(options or {})
         if route is not None and route not in self.routes:
@@ -173,8 +166,9 @@ class BulkEngine:
 
     async def aopen_stream(self, budget_s: float | None = None, options: dict | None = None, stream_id: str | None = None,
                            route: str | None = None) -> BulkHandle:
-        """``open_stream`` without holding the event loop while a step runs (opening resets the slot's state
-        between steps)."""
+        """Open a stream (the worker opens it between two steps, with every other waiting one). Raises
+        UnknownRouteError, CapacityError when every slot is taken, ValueError for options the bulk path cannot
+        honour (another sample rate, lookahead or decoder)."""
         opts = self._check(options, route)
         self._loop = asyncio.get_running_loop()
         future: concurrent.futures.Future = concurrent.futures.Future()
