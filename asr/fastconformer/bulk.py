@@ -19,8 +19,10 @@ The encoder's state lives in a pool of ``capacity`` rows that the kernels read a
 (``stream_step(rows=...)``): a step that raises part way leaves its streams' state part-updated (their chunk is
 lost either way), so such streams should be finished and reopened.
 
-Steady chunks are stepped in batches; a stream's end (``finish``: its queued chunks, its partial last chunk,
-NeMo's right padding and the final short step) runs for that stream alone, as the engine stage's last step.
+Steady chunks are stepped in batches. A stream's end (its queued chunks, its partial last chunk, NeMo's right
+padding and the final short step, as the engine stage's last steps) runs either at once for that stream alone
+(``finish``) or, after ``end``, inside ``step`` batched with every other stream ending then (``bulk_flush``),
+its result handed to ``on_finish``.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ class BulkStream:
 
 class BulkTranscriber:
     """``open() -> slot``, ``push(slot, samples)`` (float32 16 kHz mono, any length), ``step()`` on a worker,
-    ``finish(slot) -> BulkStream``. ``latencies()`` returns each stepped chunk's seconds from the push that
-    completed it to its tokens being on the host."""
+    ``finish(slot) -> BulkStream`` (now) or ``end(slot)`` (by a later step, batched; ``on_finish``), ``cancel``.
+    ``latencies()`` returns each stepped chunk's seconds from its arrival (the completing push, or the stamp
+    given to ``push_many``) to its tokens being on the host."""
 
     def __init__(self, recognizer: FastConformerRecognizer, capacity: int, *, lookahead_ms: int | None = None, max_batch: int = 4096,
                  decoder: str | None = "ctc", on_step: Callable[[np.ndarray, list[int]], None] | None = None,
