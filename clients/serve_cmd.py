@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--kv-cache", choices=["model", "fp8"], help="FastConformer attention cache: the model's dtype "
                        "(default) or fp8 e4m3 (half the memory per stream: about twice the streams per GPU)")
     model.add_argument("--bulk", action="store_true", help="serve one fastconformer:FILE.nemo model through the bulk path "
-                       "(thousands of streams per GPU; 16 kHz audio, one lookahead and one decoder; server/bulk_engine.py) "
+                       "(thousands of streams per GPU; one lookahead and one decoder; server/bulk_engine.py) "
                        "instead of the general engine")
     model.add_argument("--lookahead-ms", type=int, help="--bulk: the one lookahead served (default: the model's first)")
     model.add_argument("--decoder", choices=["ctc", "rnnt"], help="--bulk: the one decoder served (default: the model's "

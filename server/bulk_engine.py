@@ -8,7 +8,8 @@ complete chunk of every stream as one batch; per-stream Python runs only for str
 ``TranscriptionServer`` uses of ``Engine``: ``routes``, ``start``/``stop`` and ``aopen_stream`` -> a handle with
 ``apush``/``aend``/``cancel`` and the stream's events as an async iterator (partials, finals, then the end).
 
-What it serves: 16 kHz audio (mono, or channels averaged), one decoder (CTC or RNNT, ``--decoder``) and one
+What it serves: any sample rate (channels averaged, then resampled to 16 kHz per stream on the event loop thread:
+16 kHz mono clients cost the least), one decoder (CTC or RNNT, ``--decoder``) and one
 lookahead (``--lookahead-ms``) chosen at start (a client asking for another is refused), endpointing and interim
 results per stream as the general path. Events go to the event loop in one hand-over per step, never one per stream. A full stream queue (the
 worker behind) holds the client's pushes (TCP back-pressure), it is not an error. Streams that end are stepped
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from legato.asr.utterance_events import utterance_events
 from legato.stream.engine import UnknownRouteError
 from legato.stream.errors import CapacityError, NonFiniteAudioError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame, TextEvent, TextKind
+from legato.stream.resample import Resampler
 
 log = logging.getLogger("legato.bulk")
 
@@ -55,8 +58,10 @@ class _Text:
 
 
 class BulkHandle:
-    def __init__(self, engine: "BulkEngine", slot: int, stream_id: str, text: _Text):
+    def __init__(self, engine: "BulkEngine", slot: int, stream_id: str, text: _Text, rate: int):
         self.engine, self.slot, self.stream_id, self.text = engine, slot, stream_id, text
+        # other rates are resampled here, on the event loop thread (as read_audio: channels averaged first)
+        self._resample = None if rate == SAMPLE_RATE else _resampler(rate).stream()
         self.finished = False
         self._out: asyncio.Queue[Frame] = asyncio.Queue()
         self._ending = False
@@ -65,7 +70,12 @@ class BulkHandle:
         if self._ending:
             return
         x = chunk.samples
-        mono = (x.mean(dim=1) if x.shape[1] > 1 else x[:, 0]).numpy().astype(np.float32, copy=False)
+        x = x.mean(dim=1, keepdim=True) if x.shape[1] > 1 else x
+        if self._resample is not None:
+            x = self._resample.push(x)
+        await self._push(x[:, 0].numpy().astype(np.float32, copy=False))
+
+    async def _push(self, mono: np.ndarray) -> None:
         while True:
             try:
                 self.engine.bulk.push(self.slot, mono)
@@ -82,6 +92,8 @@ class BulkHandle:
         if self._ending:
             return
         self._ending = True
+        if self._resample is not None:  # the resampler's last outputs (offline's zero padding)
+            await self._push(self._resample.flush()[:, 0].numpy().astype(np.float32, copy=False))
         self.engine._end(self)
 
     def cancel(self) -> None:
@@ -155,9 +167,7 @@ class BulkEngine:
         opts = dict(options or {})
         if route is not None and route not in self.routes:
             raise UnknownRouteError(f"unknown model {route!r}; this engine serves: {', '.join(self.routes)}")
-        rate = opts.get("sample_rate", SAMPLE_RATE)
-        if rate != SAMPLE_RATE:
-            raise ValueError(f"the bulk server takes {SAMPLE_RATE} Hz audio, not {rate} Hz (resample on the client)")
+        _resampler(opts.get("sample_rate", SAMPLE_RATE))  # SampleRateError (a ValueError) for a rate it cannot take
         if opts.get("lookahead_ms", self.lookahead_ms) != self.lookahead_ms:
             raise ValueError(f"this bulk server runs lookahead_ms={self.lookahead_ms} only")
         if opts.get("decoder", self.bulk.decoder) != self.bulk.decoder:
@@ -183,7 +193,8 @@ class BulkEngine:
         if ep.get("enabled", True):
             ms = int(ep.get("min_silence_ms") or DEFAULT_MIN_SILENCE_MS)
             endpoint = max(1, round(ms / 1000 / self.recognizer.frame_s))
-        handle = BulkHandle(self, slot, stream_id or f"bulk-{slot}", _Text(bool(opts.get("interim_results", True))))
+        handle = BulkHandle(self, slot, stream_id or f"bulk-{slot}", _Text(bool(opts.get("interim_results", True))),
+                            opts.get("sample_rate", SAMPLE_RATE))
         with self._lock:
             self._handles[slot] = handle
             self._endpoint[slot], self._open[slot] = endpoint, False
@@ -290,6 +301,11 @@ class BulkEngine:
         with self._lock:
             if self._handles.get(h.slot) is h:
                 del self._handles[h.slot]
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(rate: int) -> Resampler:
+    return Resampler(rate, SAMPLE_RATE)
 
 
 def _deliver(out: list[tuple[BulkHandle, Frame]]) -> None:

@@ -105,8 +105,7 @@ def test_endpointing_splits_finals_and_keeps_the_words(rec, speech_dir):
     assert starts == sorted(starts)
 
 
-@pytest.mark.parametrize("extra,code", [({"sample_rate": 8000}, "bad_request"), ({"lookahead_ms": 12345}, "bad_request"),
-                                        ({"decoder": "rnnt"}, "bad_request")])  # a CTC-only model
+@pytest.mark.parametrize("extra,code", [({"lookahead_ms": 12345}, "bad_request"), ({"decoder": "rnnt"}, "bad_request")])  # CTC-only model
 def test_options_the_bulk_path_cannot_honour_are_refused(rec, speech_dir, extra, code):
     audio = _clip(speech_dir, "en_cards_001.wav")
 
@@ -175,3 +174,28 @@ def test_a_hybrid_model_served_with_its_rnnt_decoder(speech_dir):
     assert good[-1]["type"] == "end"
     assert [w["word"] for m in good if m["type"] == "final" for w in m["words"]] == _offline_words(hybrid, audio, "rnnt")
     assert bad[-1]["code"] == "bad_request"
+
+
+def test_other_sample_rates_are_resampled_per_stream(rec, speech_dir):
+    """A 44.1 kHz stereo-capable clip sent at its own rate: the words of offline decoding of the same s16le samples
+    resampled to 16 kHz (legato's streaming resampler equals its offline form)."""
+    from legato.stream.resample import Resampler
+
+    audio, rate = read_audio(str(speech_dir / "en_one_two_three.wav"))  # mono, 44.1 kHz
+    assert rate != 16000
+    x = audio[:, 0].numpy()
+
+    async def main():
+        server = await _server(rec).start()
+        try:
+            return await _stream(server.url, x, start_extra={"sample_rate": rate}, chunk=4410)
+        finally:
+            await server.drain()
+
+    msgs = _run(main())
+    received = torch.from_numpy(_pcm(x) / np.float32(32768))[:, None]
+    at16k = Resampler(rate, 16000)(received)[:, 0]
+    tokens, frames = rec.transcribe_tokens(at16k, rec.lookaheads_ms[0], "ctc")
+    want = [w.word for w in words_from_tokens(rec.tokenizer, tokens, frames, rec.frame_s)]
+    assert msgs[-1]["type"] == "end" and want
+    assert [w["word"] for m in msgs if m["type"] == "final" for w in m["words"]] == want
