@@ -62,6 +62,7 @@ class BulkHandle:
         self.engine, self.slot, self.stream_id, self.text = engine, slot, stream_id, text
         # other rates are resampled here, on the event loop thread (as read_audio: channels averaged first)
         self._resample = None if rate == SAMPLE_RATE else _resampler(rate).stream()
+        self.sink = engine.loop_sink(asyncio.get_running_loop())  # the worker's events, to this loop
         self.finished = False
         self._out: asyncio.Queue[Frame] = asyncio.Queue()
         self._ending = False
@@ -101,7 +102,7 @@ class BulkHandle:
         if not self._ending:
             self._ending = True
             self.engine._forget(self)
-            self.engine._requests.append(("cancel", self.slot, None))
+            self.engine.request_cancel(self.slot)
         self.finished = True
 
     def _fail(self, code: str, message: str) -> None:
@@ -146,7 +147,7 @@ class BulkEngine:
         # lock (the event loop must not), and a thread opening one stream at a time could starve behind back-to-back
         # steps; the worker opens every waiting stream in one state reset
         self._requests: collections.deque = collections.deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sinks: dict = {}
 
     # -- Engine's interface ----------------------------------------------------------
 
@@ -180,25 +181,38 @@ class BulkEngine:
         UnknownRouteError, CapacityError when every slot is taken, ValueError for options the bulk path cannot
         honour (another sample rate, lookahead or decoder)."""
         opts = self._check(options, route)
-        self._loop = asyncio.get_running_loop()
+        slot = await asyncio.wrap_future(self.request_open())  # CapacityError when every slot is taken
+        handle = BulkHandle(self, slot, stream_id or f"bulk-{slot}", text_state(opts), opts.get("sample_rate", SAMPLE_RATE))
+        self.register(slot, handle, opts)
+        return handle
+
+    def loop_sink(self, loop: asyncio.AbstractEventLoop):
+        """One sink per event loop: a step's events for all its streams go over in one call."""
+        with self._lock:
+            if loop not in self._sinks:
+                self._sinks[loop] = lambda items: loop.call_soon_threadsafe(_deliver, items)
+            return self._sinks[loop]
+
+    def request_open(self) -> concurrent.futures.Future:
+        """A slot, opened by the worker between two steps (the future's exception: CapacityError)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._requests.append(("open", None, future))
-        slot = await asyncio.wrap_future(future)  # CapacityError when every slot is taken
-        return self._open_slot(slot, stream_id, opts)
+        return future
 
-    def _open_slot(self, slot: int, stream_id: str | None, opts: dict) -> BulkHandle:
-        self._loop = asyncio.get_running_loop()
+    def request_cancel(self, slot: int) -> None:
+        self._requests.append(("cancel", slot, None))
+
+    def register(self, slot: int, handle, opts: dict) -> None:
+        """Route the slot's events to ``handle`` (``.text``: a ``_Text``; ``.sink(items)``: takes (handle, frame)
+        pairs on the worker thread, to hand them over without blocking; ``._fail(code, message)``)."""
         ep = opts.get("endpointing") or {}
         endpoint = NO_ENDPOINT
         if ep.get("enabled", True):
             ms = int(ep.get("min_silence_ms") or DEFAULT_MIN_SILENCE_MS)
             endpoint = max(1, round(ms / 1000 / self.recognizer.frame_s))
-        handle = BulkHandle(self, slot, stream_id or f"bulk-{slot}", _Text(bool(opts.get("interim_results", True))),
-                            opts.get("sample_rate", SAMPLE_RATE))
         with self._lock:
             self._handles[slot] = handle
             self._endpoint[slot], self._open[slot] = endpoint, False
-        return handle
 
     # -- the worker ------------------------------------------------------------------
 
@@ -257,8 +271,7 @@ class BulkEngine:
                 out += [(h, e) for e in self._events(h, stream, final=slot in ending)]
                 if slot in ending:
                     self._open[slot] = False
-        if out and self._loop is not None:
-            self._loop.call_soon_threadsafe(_deliver, out)
+        _hand_over(out)
 
     def _on_finish(self, done: list) -> None:
         """Finals and the end of stream for the streams whose last steps just ran (their slots not yet free)."""
@@ -269,10 +282,9 @@ class BulkEngine:
                 if h is None:
                     continue
                 out += [(h, e) for e in self._events(h, stream, final=True)] + [(h, EndOfStream())]
-        if out and self._loop is not None:
-            self._loop.call_soon_threadsafe(_deliver, out)
+        _hand_over(out)
 
-    def _end(self, h: BulkHandle) -> None:
+    def _end(self, h) -> None:
         try:
             self.bulk.end(h.slot)
         except KeyError:  # cancelled meanwhile
@@ -297,7 +309,7 @@ class BulkEngine:
             text.start, text.words = len(stream.tokens), WordBuilder()
         return events
 
-    def _forget(self, h: BulkHandle) -> None:
+    def _forget(self, h) -> None:
         with self._lock:
             if self._handles.get(h.slot) is h:
                 del self._handles[h.slot]
@@ -306,6 +318,19 @@ class BulkEngine:
 @functools.lru_cache(maxsize=16)
 def _resampler(rate: int) -> Resampler:
     return Resampler(rate, SAMPLE_RATE)
+
+
+def text_state(opts: dict) -> _Text:
+    return _Text(bool(opts.get("interim_results", True)))
+
+
+def _hand_over(out: list) -> None:
+    """(handle, frame) pairs to their handles' sinks, one call per sink."""
+    by_sink: dict = {}
+    for h, frame in out:
+        by_sink.setdefault(h.sink, []).append((h, frame))
+    for sink, items in by_sink.items():
+        sink(items)
 
 
 def _deliver(out: list[tuple[BulkHandle, Frame]]) -> None:
