@@ -14,7 +14,7 @@ schedule, starts spread over one chunk period), then ``end``, and waits for the 
     python3 -P bench/load_ws.py --model fastconformer:tests/fixtures/nemo/rnnt_tiny.nemo --streams 16,64,256 \
         [--clip ../shared/testdata/speech/en_LDC93S1.wav] [--chunk-ms 160] [--seconds 10] [--out load_ws.json]
     python3 -P bench/load_ws.py --bulk --model fastconformer:tests/fixtures/nemo/ctc_tiny.nemo --streams 1024,4096 \
-        --client-procs 8 --ramp-s 2     # the bulk server; clients from 8 processes
+        --client-procs 8 --ramp-s 2 [--frontends 4]     # the bulk server; clients from 8 processes
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def start_server(args, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-P", "-m", "legato.clients.cli", "serve", "--port", str(port), "--model", args.model,
            "--max-connections", str(max(int(n) for n in args.streams.split(",")) + 8), "--latency-budget", str(args.budget)]
     if args.bulk:
-        cmd.append("--bulk")
+        cmd += ["--bulk", "--frontends", str(args.frontends)]
     if args.max_batch or not args.bulk:
         cmd += ["--max-batch", str(args.max_batch or 256)]
     # The server's log goes to a file: into a pipe nobody reads during the run, its per-connection lines filled the
@@ -182,6 +182,7 @@ def main() -> int:
     ap.add_argument("--chunk-ms", type=int, default=160)
     ap.add_argument("--max-batch", type=int, default=None, help="server --max-batch (default 256; the server's with --bulk)")
     ap.add_argument("--bulk", action="store_true", help="serve through the bulk path (legato serve --bulk; a CTC fastconformer model)")
+    ap.add_argument("--frontends", type=int, default=1, help="with --bulk: the server's WebSocket front-end processes")
     ap.add_argument("--client-procs", type=int, default=1, help="client processes sharing each level's streams")
     ap.add_argument("--ramp-s", type=float, default=None, help="seconds over which a level's streams start (default one chunk)")
     ap.add_argument("--warmup-s", type=float, default=3.0, help="a 4-stream warm-up level of this many seconds first "
@@ -213,7 +214,8 @@ def main() -> int:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    info = {"commit": args.commit or git_commit(), "model": args.model, "bulk": args.bulk, "chunk_ms": args.chunk_ms, "seconds": args.seconds,
+    info = {"commit": args.commit or git_commit(), "model": args.model, "bulk": args.bulk, "frontends": args.frontends,
+            "chunk_ms": args.chunk_ms, "seconds": args.seconds,
             "clip": str(args.clip), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
     Path(args.out).write_text(json.dumps(info, indent=1))
     print(f"wrote {args.out}")

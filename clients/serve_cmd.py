@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(thousands of streams per GPU; one lookahead and one decoder; server/bulk_engine.py) "
                        "instead of the general engine")
     model.add_argument("--lookahead-ms", type=int, help="--bulk: the one lookahead served (default: the model's first)")
+    model.add_argument("--frontends", type=int, default=1, help="--bulk: WebSocket front-end processes sharing the port "
+                       "(one event loop carries a thousand or two paced streams; the model stays in this process)")
     model.add_argument("--decoder", choices=["ctc", "rnnt"], help="--bulk: the one decoder served (default: the model's "
                        "own, RNNT for hybrids; CTC is the faster at scale)")
     tts = p.add_argument_group("text-to-speech (gRPC, docs/TTS.md)")
@@ -161,15 +163,47 @@ async def _serve_bulk(args: argparse.Namespace, token: str | None) -> int:
         idle_timeout_s=args.idle_timeout, latency_budget_s=args.latency_budget, auth_token=token,
         certfile=args.certfile, keyfile=args.keyfile,
     )
-    server = await TranscriptionServer(engine, [name], config).start()
-    print(f"legato: serving live transcription (bulk path, lookahead {engine.lookahead_ms} ms, up to {args.max_connections} "
-          f"streams) on {server.url} (model: {name}); health at {server.url.replace('ws', 'http', 1)}/healthz", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    where = f"lookahead {engine.lookahead_ms} ms, {engine.bulk.decoder} decoder, up to {args.max_connections} streams"
+    if args.frontends > 1:
+        return await _serve_frontends(args, engine, name, config, where, stop)
+    server = await TranscriptionServer(engine, [name], config).start()
+    print(f"legato: serving live transcription (bulk path, {where}) on {server.url} (model: {name}); "
+          f"health at {server.url.replace('ws', 'http', 1)}/healthz", flush=True)
     await stop.wait()
     print("legato: draining: no new streams; finishing the open ones", flush=True)
     await server.drain()
+    print("legato: stopped", flush=True)
+    return 0
+
+
+async def _serve_frontends(args, engine, name: str, config, where: str, stop: asyncio.Event) -> int:
+    """--bulk --frontends N: N WebSocket processes on the port; the model and its worker here."""
+    import dataclasses
+    import socket
+
+    from legato.server.bulk_frontends import start_frontends
+
+    if config.port == 0:  # every front end must bind the same port: pick one now
+        with socket.socket() as s:
+            s.bind((config.host, 0))
+            config = dataclasses.replace(config, port=s.getsockname()[1])
+    engine.start()
+    loop = asyncio.get_running_loop()
+    procs, links = await loop.run_in_executor(None, start_frontends, engine, args.frontends, config)
+    scheme = "wss" if config.certfile else "ws"
+    print(f"legato: serving live transcription (bulk path, {where}, {args.frontends} front-end processes) on "
+          f"{scheme}://{config.host}:{config.port} (model: {name})", flush=True)
+    await stop.wait()
+    print("legato: draining: no new streams; finishing the open ones", flush=True)
+    for p in procs:
+        p.terminate()  # SIGTERM: each front end drains its streams
+    await loop.run_in_executor(None, lambda: [p.join() for p in procs])
+    for link in links:
+        link.join()
+    engine.stop()
     print("legato: stopped", flush=True)
     return 0

@@ -67,6 +67,7 @@ class ServerConfig:
     auth_token: str | None = None  # bearer token; never logged
     certfile: str | None = None
     keyfile: str | None = None
+    reuse_port: bool = False  # several processes serve the port (SO_REUSEPORT: the kernel spreads connections)
 
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -149,6 +150,7 @@ class TranscriptionServer:
             # connections arriving together (a load balancer's failover, thousands of clients at once) must queue in
             # the kernel, not be dropped and retried seconds later: asyncio's default accept backlog is 100
             backlog=max(ACCEPT_BACKLOG, self.config.max_connections),
+            reuse_port=self.config.reuse_port or None,
         )
         return self
 

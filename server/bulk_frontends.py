@@ -1,0 +1,377 @@
+"""``legato serve --bulk --frontends N``: WebSocket front ends in N processes around one bulk engine.
+
+One asyncio loop spends about 0.3 ms per message in or out (WebSocket framing, protocol, JSON), so one process
+carries a thousand or two paced 160 ms streams while the GPU path carries tens of thousands. Here N front-end
+processes share the port (``SO_REUSEPORT``: the kernel spreads connections over them), each running the usual
+``TranscriptionServer`` over a ``RemoteEngine``; the engine process (model, ``BulkEngine``'s worker) talks to each
+over a pipe:
+
+* front end -> engine: ``open`` (options), ``audio`` (whole model chunks, the front end having averaged channels,
+  resampled and cut the client's messages; everything queued since the last send goes as one message), ``end``
+  (the last partial chunk), ``cancel``;
+* engine -> front end: ``opened`` / ``refused`` (a capacity or option error), ``events`` (one message per step
+  per front end: partials, finals, end of stream, errors), ``ready``.
+
+The engine pushes a message's chunks with ``push_many`` (a slot at most once per call), so its per-chunk cost is a
+few array operations, not a Python call per client message. A full stream queue (the GPU behind) makes the
+engine's reader wait, which fills the pipe, which makes the front end's ``apush`` wait: back-pressure to the
+client's TCP, as in one process. A front end that dies has its streams cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+import queue
+import signal
+import threading
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from legato.server.bulk_engine import SAMPLE_RATE, BulkEngine, _resampler, text_state
+from legato.stream.errors import CapacityError
+from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
+
+log = logging.getLogger("legato.bulk")
+
+MAX_AUDIO_IN_FLIGHT = 4096  # chunks a front end may have queued for its pipe before apush waits
+BATCH_MESSAGES = 512  # queued messages a sender merges into one pipe message at most
+FULL_RETRY_S = 0.005  # the engine's reader waits this long for a full stream queue to drain
+READY_TIMEOUT_S = 120
+
+
+# -- the engine process's side -------------------------------------------------------------
+
+
+class _RemoteStream:
+    """A stream of a front end, as the engine's worker sees it (events go to the link's pipe)."""
+
+    def __init__(self, link: "FrontendLink", key: int, slot: int, opts: dict):
+        self.link, self.key, self.slot, self.text = link, key, slot, text_state(opts)
+        self.sink = link.send_events
+        self.ending = False
+
+    def _fail(self, code: str, message: str) -> None:
+        self.link.send_events([(self, ErrorEvent(code, message, "bulk"))])
+
+
+class FrontendLink:
+    """The engine process's end of one front end's pipe: a reader thread for its requests, a writer thread for
+    replies and events."""
+
+    def __init__(self, engine: BulkEngine, conn, index: int):
+        self.engine, self.conn, self.index = engine, conn, index
+        self.ready = threading.Event()
+        self._streams: dict[int, _RemoteStream] = {}  # key -> stream
+        self._by_slot: dict[int, _RemoteStream] = {}
+        self._out: queue.Queue = queue.Queue()
+        self._threads = [threading.Thread(target=self._read, name=f"legato-frontend-{index}-in", daemon=True),
+                         threading.Thread(target=self._write, name=f"legato-frontend-{index}-out", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def send_events(self, items: list) -> None:
+        """On the worker thread: one pipe message for a step's events of this front end's streams."""
+        for st, frame in items:
+            if isinstance(frame, (EndOfStream, ErrorEvent)):
+                self._streams.pop(st.key, None)
+                if self._by_slot.get(st.slot) is st:
+                    del self._by_slot[st.slot]
+        self._out.put(("events", [(st.key, frame) for st, frame in items]))
+
+    def join(self) -> None:
+        self._out.put(None)
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def _write(self) -> None:
+        while (msg := self._out.get()) is not None:
+            try:
+                self.conn.send(msg)
+            except (OSError, EOFError, BrokenPipeError):
+                return
+
+    def _read(self) -> None:
+        try:
+            while True:
+                msg = self.conn.recv()
+                kind = msg[0]
+                if kind == "audio":
+                    self._audio(msg[1])
+                elif kind == "open":
+                    self._open(*msg[1:])
+                elif kind == "end":
+                    self._end(*msg[1:])
+                elif kind == "cancel":
+                    self._cancel(msg[1])
+                elif kind == "ready":
+                    self.ready.set()
+        except (EOFError, OSError):
+            pass
+        for key in list(self._streams):  # the front end is gone: free its streams' slots
+            self._cancel(key)
+
+    def _open(self, key: int, options: dict, route: str | None) -> None:
+        try:
+            opts = self.engine._check(options, route)
+        except (ValueError, KeyError) as exc:
+            self._out.put(("refused", key, "bad_request", str(exc)))
+            return
+
+        def opened(future) -> None:  # on the worker thread
+            if future.exception() is not None:
+                self._out.put(("refused", key, "capacity", str(future.exception())))
+                return
+            st = _RemoteStream(self, key, future.result(), opts)
+            self._streams[key], self._by_slot[st.slot] = st, st
+            self.engine.register(st.slot, st, opts)
+            self._out.put(("opened", key, st.slot))
+
+        self.engine.request_open().add_done_callback(opened)
+
+    def _audio(self, items: list) -> None:
+        """(key, chunks (n, chunk)) pairs -> push_many rounds, a slot at most once per round, until all are queued."""
+        pending = [(st.slot, c) for key, chunks in items if (st := self._streams.get(key)) is not None and not st.ending
+                   for c in chunks]
+        while pending:
+            seen: set[int] = set()
+            now, later = [], []
+            for slot, c in pending:
+                (later if slot in seen else now).append((slot, c))
+                seen.add(slot)
+            refused = self.engine.bulk.push_many(np.array([s for s, _ in now]), np.stack([c for _, c in now]))
+            later = [item for item, r in zip(now, refused) if r] + later
+            if refused.any():
+                time.sleep(FULL_RETRY_S)  # the GPU is behind: hold this front end (its pipe fills, its clients wait)
+            pending = later
+
+    def _end(self, key: int, tail: np.ndarray) -> None:
+        st = self._streams.get(key)
+        if st is None or st.ending:
+            return
+        while True:
+            try:
+                self.engine.bulk.push(st.slot, tail)
+                break
+            except CapacityError:
+                time.sleep(FULL_RETRY_S)
+        st.ending = True
+        self.engine._end(st)
+
+    def _cancel(self, key: int) -> None:
+        st = self._streams.pop(key, None)
+        if st is None:
+            return
+        if self._by_slot.get(st.slot) is st:
+            del self._by_slot[st.slot]
+        self.engine._forget(st)
+        if not st.ending:
+            self.engine.request_cancel(st.slot)
+
+
+def start_frontends(engine: BulkEngine, count: int, config) -> tuple[list, list[FrontendLink]]:
+    """``count`` front-end processes serving ``config`` (a ``ServerConfig`` with a fixed port) over ``engine``;
+    returns once each listens."""
+    ctx = multiprocessing.get_context("spawn")  # not fork: this process holds CUDA and threads
+    procs, links = [], []
+    for i in range(count):
+        parent, child = ctx.Pipe()
+        settings = asdict(config) | {"reuse_port": True, "bulk_chunk": engine.bulk.chunk}
+        p = ctx.Process(target=frontend_main, args=(child, engine.routes[0], settings, i), name=f"legato-frontend-{i}")
+        p.start()
+        child.close()
+        procs.append(p)
+        links.append(FrontendLink(engine, parent, i))
+    for link, p in zip(links, procs):
+        if not link.ready.wait(READY_TIMEOUT_S):
+            raise RuntimeError(f"front end {link.index} did not start (exit code {p.exitcode})")
+    return procs, links
+
+
+# -- a front-end process's side ----------------------------------------------------------------
+
+
+class RemoteHandle:
+    """One client stream in a front end: audio cut into model chunks and sent; events from the engine."""
+
+    def __init__(self, engine: "RemoteEngine", key: int, slot: int, rate: int, chunk: int):
+        self.engine, self.key, self.slot, self.stream_id = engine, key, slot, f"bulk-{slot}"
+        self._resample = None if rate == SAMPLE_RATE else _resampler(rate).stream()
+        self._chunk = chunk
+        self._buffer = np.zeros(0, np.float32)
+        self._out: asyncio.Queue[Frame] = asyncio.Queue()
+        self._ending = False
+        self.finished = False
+
+    async def apush(self, chunk: AudioChunk) -> None:
+        if self._ending:
+            return
+        x = chunk.samples
+        x = x.mean(dim=1, keepdim=True) if x.shape[1] > 1 else x
+        if self._resample is not None:
+            x = self._resample.push(x)
+        self._buffer = np.concatenate([self._buffer, x[:, 0].numpy().astype(np.float32, copy=False)])
+        whole = len(self._buffer) // self._chunk * self._chunk
+        if whole:
+            chunks, self._buffer = self._buffer[:whole].reshape(-1, self._chunk), self._buffer[whole:]
+            while self.engine.in_flight >= MAX_AUDIO_IN_FLIGHT:  # the engine is behind: hold this client
+                await asyncio.sleep(FULL_RETRY_S)
+            self.engine.send_audio(self.key, chunks)
+
+    async def aend(self) -> None:
+        if self._ending:
+            return
+        self._ending = True
+        tail = self._buffer
+        if self._resample is not None:
+            tail = np.concatenate([tail, self._resample.flush()[:, 0].numpy().astype(np.float32, copy=False)])
+            whole = len(tail) // self._chunk * self._chunk
+            if whole:
+                self.engine.send_audio(self.key, tail[:whole].reshape(-1, self._chunk))
+                tail = tail[whole:]
+        self.engine.send(("end", self.key, tail))
+
+    def cancel(self) -> None:
+        if not self._ending:
+            self._ending = True
+            self.engine.send(("cancel", self.key))
+        self.finished = True
+        self.engine.handles.pop(self.key, None)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Frame:
+        if self.finished:
+            raise StopAsyncIteration
+        frame = await self._out.get()
+        if isinstance(frame, (EndOfStream, ErrorEvent)):
+            self.finished = True
+            self.engine.handles.pop(self.key, None)
+            if isinstance(frame, ErrorEvent) and not self._ending:
+                self._ending = True
+                self.engine.send(("cancel", self.key))
+        return frame
+
+
+class RemoteEngine:
+    """``Engine``'s face for a front end's ``TranscriptionServer``, over the pipe to the engine process."""
+
+    def __init__(self, conn, name: str, chunk: int):
+        self.conn, self.routes, self.chunk = conn, [name], chunk
+        self.handles: dict[int, RemoteHandle] = {}
+        self.in_flight = 0  # audio chunks queued for the pipe
+        self.closed = asyncio.Event()
+        self._opening: dict[int, tuple[asyncio.Future, int]] = {}
+        self._keys = itertools.count()
+        self._out: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> "RemoteEngine":
+        self._loop = asyncio.get_running_loop()
+        threading.Thread(target=self._read, name="legato-engine-in", daemon=True).start()
+        threading.Thread(target=self._write, name="legato-engine-out", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._out.put(None)
+
+    async def aopen_stream(self, budget_s=None, options: dict | None = None, stream_id: str | None = None, route: str | None = None):
+        key = next(self._keys)
+        future = asyncio.get_running_loop().create_future()
+        self._opening[key] = (future, (options or {}).get("sample_rate", SAMPLE_RATE))
+        self.send(("open", key, dict(options or {}), route))
+        return await future
+
+    def send(self, msg: tuple) -> None:
+        self._out.put(msg)
+
+    def send_audio(self, key: int, chunks: np.ndarray) -> None:
+        with self._lock:
+            self.in_flight += len(chunks)
+        self._out.put(("audio", [(key, chunks)]))
+
+    def _write(self) -> None:
+        """Everything queued since the last send in one pipe message per run of audio (fewer, larger messages)."""
+        while (msg := self._out.get()) is not None:
+            batch = [msg]
+            while len(batch) < BATCH_MESSAGES:
+                try:
+                    batch.append(self._out.get_nowait())
+                except queue.Empty:
+                    break
+            merged: list = []
+            for m in batch:
+                if m is None:
+                    self._out.put(None)
+                    break
+                if m[0] == "audio" and merged and merged[-1][0] == "audio":
+                    merged[-1][1].extend(m[1])
+                else:
+                    merged.append(("audio", list(m[1])) if m[0] == "audio" else m)
+            for m in merged:
+                try:
+                    self.conn.send(m)
+                except (OSError, EOFError, BrokenPipeError):
+                    return
+                if m[0] == "audio":
+                    with self._lock:
+                        self.in_flight -= sum(len(c) for _, c in m[1])
+
+    def _read(self) -> None:
+        try:
+            while True:
+                msg = self.conn.recv()
+                self._loop.call_soon_threadsafe(self._dispatch, msg)
+        except (EOFError, OSError):
+            self._loop.call_soon_threadsafe(self.closed.set)
+
+    def _dispatch(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "events":
+            for key, frame in msg[1]:
+                h = self.handles.get(key)
+                if h is not None:
+                    h._out.put_nowait(frame)
+        elif kind == "opened":
+            _, key, slot = msg
+            future, rate = self._opening.pop(key)
+            h = RemoteHandle(self, key, slot, rate, self.chunk)
+            self.handles[key] = h
+            if future.cancelled():  # the client left while opening
+                h.cancel()
+            else:
+                future.set_result(h)
+        elif kind == "refused":
+            _, key, code, message = msg
+            future, _ = self._opening.pop(key)
+            if not future.cancelled():
+                future.set_exception(CapacityError(message) if code == "capacity" else ValueError(message))
+
+
+def frontend_main(conn, name: str, config: dict, index: int) -> None:
+    """A front-end process: the WebSocket server on the shared port until SIGTERM/SIGINT (drain) or the engine's
+    pipe closes."""
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s frontend-{index} %(name)s %(levelname)s %(message)s")
+    asyncio.run(_frontend(conn, name, config))
+
+
+async def _frontend(conn, name: str, config: dict) -> None:
+    from legato.server.ws_server import ServerConfig, TranscriptionServer
+
+    chunk = config.pop("bulk_chunk")
+    engine = RemoteEngine(conn, name, chunk)
+    server = await TranscriptionServer(engine, [name], ServerConfig(**config)).start()
+    engine.send(("ready",))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), asyncio.create_task(engine.closed.wait())],
+                                 return_when=asyncio.FIRST_COMPLETED)
+    await server.drain()

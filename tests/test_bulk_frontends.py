@@ -1,0 +1,76 @@
+"""``legato serve --bulk --frontends 2``: WebSocket front ends in two processes around one engine process. Streams
+(several at once, any sample rate) get the words offline decoding gives; a client that leaves mid-stream costs the
+others nothing; SIGTERM drains and exits 0."""
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FIXTURES
+from legato.asr.fastconformer.recognizer import FastConformerRecognizer
+from legato.asr.fastconformer.words import words_from_tokens
+from legato.stream.audio_io import read_audio
+from legato.stream.resample import Resampler
+from test_bulk_server import _pcm, _stream
+
+MODEL = FIXTURES / "nemo" / "ctc_tiny.nemo"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _expected(rec, audio: np.ndarray, rate: int) -> list[str]:
+    x = torch.from_numpy(_pcm(audio) / np.float32(32768))
+    if rate != 16000:
+        x = Resampler(rate, 16000)(x[:, None])[:, 0]
+    tokens, frames = rec.transcribe_tokens(x, rec.lookaheads_ms[0], "ctc")
+    return [w.word for w in words_from_tokens(rec.tokenizer, tokens, frames, rec.frame_s)]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "legato.clients.cli", "serve", "--bulk", "--frontends", "2", "--model",
+                             f"fastconformer:{MODEL}", "--port", str(port), "--max-connections", "32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = ""
+    deadline = time.monotonic() + 180
+    while "serving live transcription" not in line and time.monotonic() < deadline and proc.poll() is None:
+        line = proc.stdout.readline()
+    assert "2 front-end processes" in line, line
+    yield proc, f"ws://127.0.0.1:{port}/"
+    if proc.poll() is None:
+        proc.kill()
+
+
+def test_streams_over_two_front_ends_get_the_offline_words_and_sigterm_drains(server, speech_dir):
+    proc, url = server
+    rec = FastConformerRecognizer.from_nemo(MODEL)
+    clips = []
+    for name in ["en_cards_001.wav", "en_goforward.wav", "en_one_two_three.wav", "en_cards_002.wav", "en_cards_003.wav"]:
+        audio, rate = read_audio(str(speech_dir / name))
+        clips.append((audio[:, 0].numpy(), rate))
+
+    async def main():
+        dropped = asyncio.create_task(_stream(url, clips[0][0], stop_after=8000))  # leaves mid-stream
+        runs = [_stream(url, a, start_extra={"sample_rate": r}, chunk=r // 10) for a, r in clips]
+        return await asyncio.gather(*runs), await dropped
+
+    results, dropped = asyncio.run(asyncio.wait_for(main(), 120))
+    assert dropped[0]["type"] == "ready"
+    for (audio, rate), msgs in zip(clips, results):
+        assert msgs[0]["type"] == "ready" and msgs[-1]["type"] == "end", msgs[-2:]
+        assert [w["word"] for m in msgs if m["type"] == "final" for w in m["words"]] == _expected(rec, audio, rate)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "legato: stopped" in out, out[-2000:]
