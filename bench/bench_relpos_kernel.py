@@ -51,6 +51,11 @@ FIXED = [(8, 2, 4, 64, False), (8, 2, 4, 128, True), (8, 3, 4, 128, True), (8, 2
          (8, 3, 4, 128, False)]
 
 
+# The every-head kernel's (keys per tile, warps)
+HEADS_TILE = [(16, 4), (32, 4), (32, 8), (64, 8)]
+KEPT = ("default", "torch", "pool rows", "heads tile k32 w8")  # what runs at the later batch sizes
+
+
 def impls(t):
     """The kernel at its default launch, a few fixed configurations, and the default reading its streams' rings
     by pool row ("pool rows": a batch of the pool's odd rows, as the bulk path steps a pool in place)."""
@@ -58,6 +63,8 @@ def impls(t):
     for heads, stages, warps, main, pre in FIXED:
         out[f"h{heads} s{stages} w{warps} m{main}{' pre' if pre else ''}"] = functools.partial(
             ra.launch, HEADS=heads, STAGES=stages, num_warps=warps, MAIN=main, PRE_POS=pre)
+    for keys, warps in HEADS_TILE:  # every head of a stream in one block-diagonal tile (experimental)
+        out[f"heads tile k{keys} w{warps}"] = functools.partial(ra.launch, HEADS_TILE=True, BLOCK_K=keys, num_warps=warps)
     return out
 
 
@@ -106,7 +113,7 @@ def main() -> None:
                 runs["pool rows"] = lambda x=pooled, rows=rows, out=out: ra.launch(*x, LEFT, D_HEAD ** -0.5, out, rows)
                 fl = floor_ms(b, t, ring_dtype)
                 if b != int(args.batches.split(",")[0]):  # the configurations only at the first batch size
-                    runs = {k_: f_ for k_, f_ in runs.items() if k_ in ("default", "torch", "pool rows")}
+                    runs = {k_: f_ for k_, f_ in runs.items() if k_ in KEPT}
                 for name, fn in runs.items():
                     try:
                         ms = sorted(time_steps(fn, 5, 20, True))[10]

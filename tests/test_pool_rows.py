@@ -19,6 +19,13 @@ TRITON_DEVICES = (["cuda"] if torch.cuda.is_available() else []) + (["cpu"] if I
 POOL, ROWS = 9, [4, 0, 2, 7, 1]  # a batch of 5 streams in a pool of 9, out of order
 
 
+def _triton_only():
+    """The Triton devices as parameters (CUDA marked gpu); a skipped one where there are none."""
+    if not TRITON_DEVICES:
+        return [pytest.param("none", marks=pytest.mark.skip(reason="needs CUDA, or TRITON_INTERPRET=1 with Triton"))]
+    return [pytest.param(dev, marks=[pytest.mark.gpu] if dev == "cuda" else []) for dev in TRITON_DEVICES]
+
+
 def _impls():
     cases = [("torch", "cpu")] + [("triton", dev) for dev in TRITON_DEVICES]
     return [pytest.param(impl, dev, marks=[pytest.mark.gpu] if dev == "cuda" else []) for impl, dev in cases]
@@ -59,6 +66,26 @@ def test_relpos_attention_over_pool_rows(impl, device, t, left, cap, d, main, pr
         q, k, v, own[0], own[1], frames[rows], valid, *args))
     fn = _pick(relpos_attention, impl)
     got = fn(q, k, v, ring_k, ring_v, frames, valid, *args, rows)  # fp32: IEEE products in the kernel
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+    assert torch.equal(ring_k, want_k) and torch.equal(ring_v, want_v)
+
+
+@pytest.mark.parametrize("device", _triton_only())
+@pytest.mark.parametrize("t,left,cap,h,d,keys", [(2, 70, 70, 8, 64, 16), (3, 12, 12, 4, 16, 16), (8, 20, 24, 2, 16, 32)])
+def test_every_head_in_one_tile_kernel_over_pool_rows(device, t, left, cap, h, d, keys):
+    """The experimental block-diagonal kernel (``launch(HEADS_TILE=True)``) equals the reference, rings included."""
+    g = torch.Generator().manual_seed(t + h)
+    mk = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
+    rows = torch.tensor(ROWS, device=device)
+    q, k, v = mk(5, t, h, d), mk(5, t, h, d), mk(5, t, h, d)
+    ring_k, ring_v = mk(POOL, h, cap, d), mk(POOL, h, cap, d)
+    frames = torch.tensor([0, 3, left - 1, 150, 1000, 7, 8, 9, 10], device=device)
+    valid = torch.tensor([t, t, max(t - 1, 0), 1, t], device=device)
+    pos, bu, bv = mk(h, left + 2 * t - 1, d), mk(h, d), mk(h, d)
+    want, (want_k, want_v) = _gathered([ring_k, ring_v], rows, lambda own: relpos_attention.relpos_attention_torch(
+        q, k, v, own[0], own[1], frames[rows], valid, pos, bu, bv, left, d ** -0.5))
+    got = torch.zeros_like(q)
+    relpos_attention.launch(q, k, v, ring_k, ring_v, frames, valid, pos, bu, bv, left, d ** -0.5, got, rows, HEADS_TILE=True, BLOCK_K=keys)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
     assert torch.equal(ring_k, want_k) and torch.equal(ring_v, want_v)
 
