@@ -40,18 +40,21 @@ TICK_S = 0.002  # producer wake-up period
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "nemo" / "ctc_tiny.nemo"
 
 
-def build(args) -> FastConformerRecognizer:
+def build(args, tokenizer=None) -> FastConformerRecognizer:
+    """The FastConformer-L shape on CUDA, random weights (the CTC head sized to ``tokenizer`` when one is given:
+    a server turns tokens into words); the tiny fixture model with --cpu-smoke."""
     if args.cpu_smoke:
         return FastConformerRecognizer.from_nemo(FIXTURE)
     torch.manual_seed(0)
-    cfg = FastConformerModelConfig(mel=NemoMelConfig(normalize="NA"), encoder=FULL, heads=HeadConfig("ctc", VOCAB))
+    vocab = tokenizer.vocab_size if tokenizer is not None else VOCAB
+    cfg = FastConformerModelConfig(mel=NemoMelConfig(normalize="NA"), encoder=FULL, heads=HeadConfig("ctc", vocab))
     model = FastConformerModel(cfg)
     for p in model.parameters():
         torch.nn.init.normal_(p, 0, 0.02)
     model = model.to("cuda", torch.bfloat16 if args.dtype == "bf16" else torch.float32).eval()
     if args.kv_cache == "fp8":
         model.encoder.kv_dtype = torch.float8_e4m3fn
-    return FastConformerRecognizer(model, None, "bench")  # no tokenizer: tokens are not turned into words
+    return FastConformerRecognizer(model, tokenizer, "bench")  # without a tokenizer tokens are not turned into words
 
 
 def run(rec: FastConformerRecognizer, n: int, args) -> dict:
