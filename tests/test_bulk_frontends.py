@@ -53,6 +53,25 @@ def server():
         proc.kill()
 
 
+def test_churn_over_two_front_ends(server, speech_dir):
+    """24 clients with random lengths and message sizes, a third leaving mid-stream: the others get their words."""
+    _, url = server
+    rec = FastConformerRecognizer.from_nemo(MODEL)
+    audio = read_audio(str(speech_dir / "en_cards_001.wav"), sample_rate=16000)[0][:, 0].numpy()
+    rng = np.random.default_rng(5)
+    plans = [(int(rng.integers(1600, len(audio))), int(rng.integers(300, 5000)), bool(rng.random() < 0.33)) for _ in range(24)]
+
+    async def main():
+        return await asyncio.gather(*(_stream(url, audio[:n], chunk=c, stop_after=n // 2 if leave else None, pace_s=0.002)
+                                      for n, c, leave in plans))
+
+    for (n, _, leave), msgs in zip(plans, asyncio.run(asyncio.wait_for(main(), 120))):
+        assert msgs[0]["type"] == "ready", msgs
+        if not leave:
+            assert msgs[-1]["type"] == "end"
+            assert [w["word"] for m in msgs if m["type"] == "final" for w in m["words"]] == _expected(rec, audio[:n], 16000)
+
+
 def test_streams_over_two_front_ends_get_the_offline_words_and_sigterm_drains(server, speech_dir):
     proc, url = server
     rec = FastConformerRecognizer.from_nemo(MODEL)

@@ -199,3 +199,40 @@ def test_other_sample_rates_are_resampled_per_stream(rec, speech_dir):
     want = [w.word for w in words_from_tokens(rec.tokenizer, tokens, frames, rec.frame_s)]
     assert msgs[-1]["type"] == "end" and want
     assert [w["word"] for m in msgs if m["type"] == "final" for w in m["words"]] == want
+
+
+def test_churn_of_opens_ends_and_drops_leaks_no_slot(rec, speech_dir):
+    """40 clients at once on 6 slots, in random patterns (short and long audio, odd message sizes, ending, leaving
+    mid-stream, retrying when the server is full): every stream that ends gets its end and words, every refusal is
+    `capacity`, and afterwards every slot is free again."""
+    audio = _clip(speech_dir, "en_cards_001.wav")
+    rng = np.random.default_rng(11)
+    plans = [(int(rng.integers(1600, len(audio))), int(rng.integers(300, 5000)), bool(rng.random() < 0.3)) for _ in range(40)]
+
+    async def client(url, length, chunk, leave):
+        for _ in range(200):  # retry while the server is full
+            msgs = await _stream(url, audio[:length], chunk=chunk, stop_after=length // 2 if leave else None, pace_s=0.002)
+            if msgs[-1]["type"] != "error" or msgs[-1]["code"] != "capacity":
+                return msgs
+            await asyncio.sleep(0.02)
+        return msgs
+
+    async def main():
+        server = await _server(rec, capacity=6).start()
+        try:
+            results = await asyncio.gather(*(client(server.url, *p) for p in plans))
+            for _ in range(200):
+                if server.engine.bulk.in_use == 0:
+                    break
+                await asyncio.sleep(0.02)
+            return results, server.engine.bulk.in_use
+        finally:
+            await server.drain()
+
+    results, in_use = _run(main())
+    assert in_use == 0
+    for (length, _, leave), msgs in zip(plans, results):
+        assert msgs[0]["type"] == "ready", msgs
+        if not leave:
+            assert msgs[-1]["type"] == "end"
+            assert [w["word"] for m in msgs if m["type"] == "final" for w in m["words"]] == _offline_words(rec, audio[:length])
