@@ -24,18 +24,17 @@ import collections
 import concurrent.futures
 import functools
 import logging
+import queue
 import threading
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from legato.asr.fastconformer.bulk import BulkStream, BulkTranscriber
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
-from legato.asr.fastconformer.words import WordBuilder
-from legato.asr.utterance_events import utterance_events
+from legato.server.bulk_text import StreamText
 from legato.stream.engine import UnknownRouteError
 from legato.stream.errors import CapacityError, NonFiniteAudioError
-from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame, TextEvent, TextKind
+from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
 from legato.stream.resample import Resampler
 
 log = logging.getLogger("legato.bulk")
@@ -47,22 +46,12 @@ IDLE_S = 0.002  # worker nap when no chunk is complete
 FULL_QUEUE_RETRY_S = 0.02  # a push into a full stream queue waits this long before trying again
 
 
-@dataclass
-class _Text:
-    """A stream's utterance state (worker thread and, after the stream's last step, its finisher)."""
-
-    interim: bool
-    start: int = 0  # first token of the current utterance in the stream's token list
-    words: WordBuilder = field(default_factory=WordBuilder)
-    last_partial: str = ""
-
-
 class BulkHandle:
-    def __init__(self, engine: "BulkEngine", slot: int, stream_id: str, text: _Text, rate: int):
+    def __init__(self, engine: "BulkEngine", slot: int, stream_id: str, text: StreamText, rate: int):
         self.engine, self.slot, self.stream_id, self.text = engine, slot, stream_id, text
         # other rates are resampled here, on the event loop thread (as read_audio: channels averaged first)
         self._resample = None if rate == SAMPLE_RATE else _resampler(rate).stream()
-        self.sink = engine.loop_sink(asyncio.get_running_loop())  # the worker's events, to this loop
+        self.sink = engine.loop_sink(asyncio.get_running_loop())  # the worker's token updates, via the text thread
         self.finished = False
         self._out: asyncio.Queue[Frame] = asyncio.Queue()
         self._ending = False
@@ -140,6 +129,9 @@ class BulkEngine:
         self._endpoint = np.full(capacity, NO_ENDPOINT, np.int64)  # encoder frames of silence that end an utterance
         self._open = np.zeros(capacity, bool)  # the slot's utterance has tokens
         self._last_token = np.zeros(capacity, np.int64)  # encoder frame of its last token
+        self._consumed = np.zeros(capacity, np.int64)  # the stream's tokens handed over so far
+        self._text_queue: queue.Queue = queue.Queue()  # (loop, updates) for the text thread
+        self._text: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -154,6 +146,8 @@ class BulkEngine:
     def start(self) -> "BulkEngine":
         if self._worker is None:
             self._stop.clear()
+            self._text = threading.Thread(target=self._text_work, name="legato-bulk-text", daemon=True)
+            self._text.start()
             self._worker = threading.Thread(target=self._work, name="legato-bulk-worker", daemon=True)
             self._worker.start()
         return self
@@ -163,6 +157,10 @@ class BulkEngine:
         if self._worker is not None:
             self._worker.join()
             self._worker = None
+        if self._text is not None:
+            self._text_queue.put(None)
+            self._text.join()
+            self._text = None
 
     def _check(self, options: dict | None, route: str | None) -> dict:
         opts = dict(options or {})
@@ -182,16 +180,31 @@ class BulkEngine:
         honour (another sample rate, lookahead or decoder)."""
         opts = self._check(options, route)
         slot = await asyncio.wrap_future(self.request_open())  # CapacityError when every slot is taken
-        handle = BulkHandle(self, slot, stream_id or f"bulk-{slot}", text_state(opts), opts.get("sample_rate", SAMPLE_RATE))
+        handle = BulkHandle(self, slot, stream_id or f"bulk-{slot}", StreamText(bool(opts.get("interim_results", True))),
+                            opts.get("sample_rate", SAMPLE_RATE))
         self.register(slot, handle, opts)
         return handle
 
     def loop_sink(self, loop: asyncio.AbstractEventLoop):
-        """One sink per event loop: a step's events for all its streams go over in one call."""
+        """One sink per event loop: a step's token updates for all its streams go to the text thread in one item,
+        and their events to the loop in one call."""
         with self._lock:
             if loop not in self._sinks:
-                self._sinks[loop] = lambda items: loop.call_soon_threadsafe(_deliver, items)
+                self._sinks[loop] = lambda updates: self._text_queue.put((loop, updates))
             return self._sinks[loop]
+
+    def _text_work(self) -> None:
+        """Token updates -> text events, off the stepping thread (it overlaps the GPU's next step)."""
+        tokenizer, frame_s = self.recognizer.tokenizer, self.recognizer.frame_s
+        while (item := self._text_queue.get()) is not None:
+            loop, updates = item
+            out: list[tuple[BulkHandle, Frame]] = []
+            for h, tokens, frames, final, end in updates:
+                out += [(h, e) for e in h.text.update(tokenizer, frame_s, tokens, frames, final)]
+                if end:
+                    out.append((h, EndOfStream()))
+            if out:
+                loop.call_soon_threadsafe(_deliver, out)
 
     def request_open(self) -> concurrent.futures.Future:
         """A slot, opened by the worker between two steps (the future's exception: CapacityError)."""
@@ -203,8 +216,8 @@ class BulkEngine:
         self._requests.append(("cancel", slot, None))
 
     def register(self, slot: int, handle, opts: dict) -> None:
-        """Route the slot's events to ``handle`` (``.text``: a ``_Text``; ``.sink(items)``: takes (handle, frame)
-        pairs on the worker thread, to hand them over without blocking; ``._fail(code, message)``)."""
+        """Route the slot's token updates to ``handle``: ``.sink(updates)`` takes a step's ``(handle, tokens,
+        frames, final, end)`` on the worker thread and hands them on without blocking; ``._fail(code, message)``."""
         ep = opts.get("endpointing") or {}
         endpoint = NO_ENDPOINT
         if ep.get("enabled", True):
@@ -212,7 +225,7 @@ class BulkEngine:
             endpoint = max(1, round(ms / 1000 / self.recognizer.frame_s))
         with self._lock:
             self._handles[slot] = handle
-            self._endpoint[slot], self._open[slot] = endpoint, False
+            self._endpoint[slot], self._open[slot], self._consumed[slot] = endpoint, False, 0
 
     # -- the worker ------------------------------------------------------------------
 
@@ -250,64 +263,46 @@ class BulkEngine:
         return len(requests)
 
     def _on_step(self, stepped: np.ndarray, updated: list[int]) -> None:
-        """Partials for the streams with new tokens, finals for those whose utterance hit its endpoint; handed to
-        the event loop in one call."""
-        out: list[tuple[BulkHandle, Frame]] = []
+        """Each stream's new tokens, and utterance ends (endpointing, vectorised over the batch), to the sinks in
+        one call per sink. Words and events are built by the sink's side, not here."""
+        updates: list[tuple] = []
         with self._lock:
             handles = self._handles
             for slot in updated:
-                h = handles.get(slot)
-                if h is not None:
+                if slot in handles:
                     self._open[slot] = True
                     self._last_token[slot] = self.bulk.streams[slot].token_frames[-1]
             silent = self.bulk.frames_decoded(stepped) - 1 - self._last_token[stepped]
-            ended = stepped[self._open[stepped] & (silent >= self._endpoint[stepped])]
-            ending = set(ended.tolist())
+            ending = set(stepped[self._open[stepped] & (silent >= self._endpoint[stepped])].tolist())
             for slot in set(updated) | ending:
-                h = handles.get(slot)
-                stream = self.bulk.streams.get(slot)
-                if h is None or stream is None:
-                    continue
-                out += [(h, e) for e in self._events(h, stream, final=slot in ending)]
-                if slot in ending:
-                    self._open[slot] = False
-        _hand_over(out)
+                h, stream = handles.get(slot), self.bulk.streams.get(slot)
+                if h is not None and stream is not None:
+                    updates.append(self._update(h, stream, final=slot in ending, end=False))
+                    if slot in ending:
+                        self._open[slot] = False
+        _hand_over(updates)
 
     def _on_finish(self, done: list) -> None:
-        """Finals and the end of stream for the streams whose last steps just ran (their slots not yet free)."""
-        out: list[tuple[BulkHandle, Frame]] = []
+        """The last tokens, the final and the end of stream of the streams whose last steps just ran."""
+        updates: list[tuple] = []
         with self._lock:
             for slot, stream in done:
                 h = self._handles.pop(slot, None)
-                if h is None:
-                    continue
-                out += [(h, e) for e in self._events(h, stream, final=True)] + [(h, EndOfStream())]
-        _hand_over(out)
+                if h is not None:
+                    updates.append(self._update(h, stream, final=True, end=True))
+        _hand_over(updates)
+
+    def _update(self, h, stream: BulkStream, final: bool, end: bool) -> tuple:
+        """(handle, the tokens and frames not handed over yet, final, end)."""
+        start, n = self._consumed[h.slot], len(stream.tokens)
+        self._consumed[h.slot] = n
+        return h, stream.tokens[start:n], stream.token_frames[start:n], final, end
 
     def _end(self, h) -> None:
         try:
             self.bulk.end(h.slot)
         except KeyError:  # cancelled meanwhile
             h._fail("stream_closed", "the stream was closed")
-
-    def _events(self, h: BulkHandle, stream: BulkStream, final: bool) -> list[TextEvent]:
-        """The utterance's partial (if its text changed) or its final; a final starts the next utterance."""
-        text = h.text
-        tokens, frames = stream.tokens[text.start:], stream.token_frames[text.start:]
-        if not tokens:
-            return []
-
-        def make(kind: TextKind) -> TextEvent | None:
-            words = text.words.words(self.recognizer.tokenizer, tokens, frames, self.recognizer.frame_s)
-            if not words:
-                return None
-            return TextEvent(kind, " ".join(w.word for w in words), words[0].start_s, words[-1].end_s,
-                             tuple(words) if kind is TextKind.FINAL else ())
-
-        events = utterance_events(text, final, make)
-        if final:
-            text.start, text.words = len(stream.tokens), WordBuilder()
-        return events
 
     def _forget(self, h) -> None:
         with self._lock:
@@ -320,15 +315,11 @@ def _resampler(rate: int) -> Resampler:
     return Resampler(rate, SAMPLE_RATE)
 
 
-def text_state(opts: dict) -> _Text:
-    return _Text(bool(opts.get("interim_results", True)))
-
-
-def _hand_over(out: list) -> None:
-    """(handle, frame) pairs to their handles' sinks, one call per sink."""
+def _hand_over(updates: list) -> None:
+    """(handle, ...) updates to their handles' sinks, one call per sink."""
     by_sink: dict = {}
-    for h, frame in out:
-        by_sink.setdefault(h.sink, []).append((h, frame))
+    for u in updates:
+        by_sink.setdefault(u[0].sink, []).append(u)
     for sink, items in by_sink.items():
         sink(items)
 

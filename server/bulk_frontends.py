@@ -9,8 +9,10 @@ over a pipe:
 * front end -> engine: ``open`` (options), ``audio`` (whole model chunks, the front end having averaged channels,
   resampled and cut the client's messages; everything queued since the last send goes as one message), ``end``
   (the last partial chunk), ``cancel``;
-* engine -> front end: ``opened`` / ``refused`` (a capacity or option error), ``events`` (one message per step
-  per front end: partials, finals, end of stream, errors), ``ready``.
+* engine -> front end: ``setup`` (the tokenizer and frame length: the front end turns tokens into words, so
+  that work is spread over the front ends, not done on the engine's stepping thread), ``opened`` / ``refused``
+  (a capacity or option error), ``updates`` (one message per step per front end: each stream's new tokens, whether
+  its utterance ended, whether the stream did), ``error``.
 
 The engine pushes a message's chunks with ``push_many`` (a slot at most once per call), so its per-chunk cost is a
 few array operations, not a Python call per client message. A full stream queue (the GPU behind) makes the
@@ -32,7 +34,9 @@ from dataclasses import asdict
 
 import numpy as np
 
-from legato.server.bulk_engine import SAMPLE_RATE, BulkEngine, _resampler, text_state
+from legato.asr.fastconformer.tokenizer import SentencePieceTokenizer
+from legato.server.bulk_engine import SAMPLE_RATE, BulkEngine, _resampler
+from legato.server.bulk_text import StreamText
 from legato.stream.errors import CapacityError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
 
@@ -48,15 +52,16 @@ READY_TIMEOUT_S = 120
 
 
 class _RemoteStream:
-    """A stream of a front end, as the engine's worker sees it (events go to the link's pipe)."""
+    """A stream of a front end, as the engine's worker sees it (its token updates go to the link's pipe)."""
 
-    def __init__(self, link: "FrontendLink", key: int, slot: int, opts: dict):
-        self.link, self.key, self.slot, self.text = link, key, slot, text_state(opts)
-        self.sink = link.send_events
+    def __init__(self, link: "FrontendLink", key: int, slot: int):
+        self.link, self.key, self.slot = link, key, slot
+        self.sink = link.send_updates
         self.ending = False
 
     def _fail(self, code: str, message: str) -> None:
-        self.link.send_events([(self, ErrorEvent(code, message, "bulk"))])
+        self.link.forget(self)
+        self.link.send(("error", self.key, code, message))
 
 
 class FrontendLink:
@@ -69,19 +74,27 @@ class FrontendLink:
         self._streams: dict[int, _RemoteStream] = {}  # key -> stream
         self._by_slot: dict[int, _RemoteStream] = {}
         self._out: queue.Queue = queue.Queue()
+        tokenizer = engine.recognizer.tokenizer
+        self._out.put(("setup", tokenizer.model_proto, engine.recognizer.frame_s))
         self._threads = [threading.Thread(target=self._read, name=f"legato-frontend-{index}-in", daemon=True),
                          threading.Thread(target=self._write, name=f"legato-frontend-{index}-out", daemon=True)]
         for t in self._threads:
             t.start()
 
-    def send_events(self, items: list) -> None:
-        """On the worker thread: one pipe message for a step's events of this front end's streams."""
-        for st, frame in items:
-            if isinstance(frame, (EndOfStream, ErrorEvent)):
-                self._streams.pop(st.key, None)
-                if self._by_slot.get(st.slot) is st:
-                    del self._by_slot[st.slot]
-        self._out.put(("events", [(st.key, frame) for st, frame in items]))
+    def send_updates(self, updates: list) -> None:
+        """On the worker thread: one pipe message for a step's token updates of this front end's streams."""
+        for st, _, _, _, end in updates:
+            if end:
+                self.forget(st)
+        self._out.put(("updates", [(st.key, tokens, frames, final, end) for st, tokens, frames, final, end in updates]))
+
+    def send(self, msg: tuple) -> None:
+        self._out.put(msg)
+
+    def forget(self, st: _RemoteStream) -> None:
+        self._streams.pop(st.key, None)
+        if self._by_slot.get(st.slot) is st:
+            del self._by_slot[st.slot]
 
     def join(self) -> None:
         self._out.put(None)
@@ -126,7 +139,7 @@ class FrontendLink:
             if future.exception() is not None:
                 self._out.put(("refused", key, "capacity", str(future.exception())))
                 return
-            st = _RemoteStream(self, key, future.result(), opts)
+            st = _RemoteStream(self, key, future.result())
             self._streams[key], self._by_slot[st.slot] = st, st
             self.engine.register(st.slot, st, opts)
             self._out.put(("opened", key, st.slot))
@@ -163,11 +176,10 @@ class FrontendLink:
         self.engine._end(st)
 
     def _cancel(self, key: int) -> None:
-        st = self._streams.pop(key, None)
+        st = self._streams.get(key)
         if st is None:
             return
-        if self._by_slot.get(st.slot) is st:
-            del self._by_slot[st.slot]
+        self.forget(st)
         self.engine._forget(st)
         if not st.ending:
             self.engine.request_cancel(st.slot)
@@ -198,8 +210,9 @@ def start_frontends(engine: BulkEngine, count: int, config) -> tuple[list, list[
 class RemoteHandle:
     """One client stream in a front end: audio cut into model chunks and sent; events from the engine."""
 
-    def __init__(self, engine: "RemoteEngine", key: int, slot: int, rate: int, chunk: int):
+    def __init__(self, engine: "RemoteEngine", key: int, slot: int, rate: int, interim: bool, chunk: int):
         self.engine, self.key, self.slot, self.stream_id = engine, key, slot, f"bulk-{slot}"
+        self.text = StreamText(interim)
         self._resample = None if rate == SAMPLE_RATE else _resampler(rate).stream()
         self._chunk = chunk
         self._buffer = np.zeros(0, np.float32)
@@ -266,7 +279,9 @@ class RemoteEngine:
         self.handles: dict[int, RemoteHandle] = {}
         self.in_flight = 0  # audio chunks queued for the pipe
         self.closed = asyncio.Event()
-        self._opening: dict[int, tuple[asyncio.Future, int]] = {}
+        self._opening: dict[int, tuple[asyncio.Future, dict]] = {}
+        self.tokenizer: SentencePieceTokenizer | None = None  # from the engine's setup message
+        self.frame_s = 0.0
         self._keys = itertools.count()
         self._out: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
@@ -284,7 +299,7 @@ class RemoteEngine:
     async def aopen_stream(self, budget_s=None, options: dict | None = None, stream_id: str | None = None, route: str | None = None):
         key = next(self._keys)
         future = asyncio.get_running_loop().create_future()
-        self._opening[key] = (future, (options or {}).get("sample_rate", SAMPLE_RATE))
+        self._opening[key] = (future, dict(options or {}))
         self.send(("open", key, dict(options or {}), route))
         return await future
 
@@ -333,15 +348,25 @@ class RemoteEngine:
 
     def _dispatch(self, msg: tuple) -> None:
         kind = msg[0]
-        if kind == "events":
-            for key, frame in msg[1]:
+        if kind == "updates":  # words and events built here, in the front end
+            for key, tokens, frames, final, end in msg[1]:
                 h = self.handles.get(key)
-                if h is not None:
-                    h._out.put_nowait(frame)
+                if h is None:
+                    continue
+                for event in h.text.update(self.tokenizer, self.frame_s, tokens, frames, final):
+                    h._out.put_nowait(event)
+                if end:
+                    h._out.put_nowait(EndOfStream())
+        elif kind == "error":
+            _, key, code, message = msg
+            if (h := self.handles.get(key)) is not None:
+                h._out.put_nowait(ErrorEvent(code, message, "bulk"))
+        elif kind == "setup":
+            self.tokenizer, self.frame_s = SentencePieceTokenizer(msg[1]), msg[2]
         elif kind == "opened":
             _, key, slot = msg
-            future, rate = self._opening.pop(key)
-            h = RemoteHandle(self, key, slot, rate, self.chunk)
+            future, opts = self._opening.pop(key)
+            h = RemoteHandle(self, key, slot, opts.get("sample_rate", SAMPLE_RATE), bool(opts.get("interim_results", True)), self.chunk)
             self.handles[key] = h
             if future.cancelled():  # the client left while opening
                 h.cancel()

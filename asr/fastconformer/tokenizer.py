@@ -11,6 +11,7 @@ import sentencepiece
 
 class SentencePieceTokenizer:
     def __init__(self, model_proto: bytes):
+        self.model_proto = model_proto  # kept: another process builds the same tokenizer from it
         self.sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
 
     @property
