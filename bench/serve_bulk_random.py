@@ -20,7 +20,7 @@ import bench_bulk  # noqa: E402
 
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer  # noqa: E402
 from legato.server.bulk_engine import BulkEngine  # noqa: E402
-from legato.server.bulk_frontends import start_frontends  # noqa: E402
+from legato.server.bulk_frontends import start_frontends, stop_frontends  # noqa: E402
 from legato.server.ws_server import ServerConfig, TranscriptionServer  # noqa: E402
 
 
@@ -39,11 +39,7 @@ async def serve(args) -> None:
         procs, links = await loop.run_in_executor(None, start_frontends, engine, args.frontends, config)
         print(f"serving on ws://127.0.0.1:{args.port} ({args.frontends} front ends)", flush=True)
         await stop.wait()
-        for p in procs:
-            p.terminate()
-        await loop.run_in_executor(None, lambda: [p.join() for p in procs])
-        for link in links:
-            link.join()
+        await loop.run_in_executor(None, stop_frontends, procs, links)
         engine.stop()
     else:
         server = await TranscriptionServer(engine, engine.routes, config).start()

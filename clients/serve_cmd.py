@@ -185,7 +185,7 @@ async def _serve_frontends(args, engine, name: str, config, where: str, stop: as
     import dataclasses
     import socket
 
-    from legato.server.bulk_frontends import start_frontends
+    from legato.server.bulk_frontends import start_frontends, stop_frontends
 
     if config.port == 0:  # every front end must bind the same port: pick one now
         with socket.socket() as s:
@@ -199,11 +199,7 @@ async def _serve_frontends(args, engine, name: str, config, where: str, stop: as
           f"{scheme}://{config.host}:{config.port} (model: {name})", flush=True)
     await stop.wait()
     print("legato: draining: no new streams; finishing the open ones", flush=True)
-    for p in procs:
-        p.terminate()  # SIGTERM: each front end drains its streams
-    await loop.run_in_executor(None, lambda: [p.join() for p in procs])
-    for link in links:
-        link.join()
+    await loop.run_in_executor(None, stop_frontends, procs, links)
     engine.stop()
     print("legato: stopped", flush=True)
     return 0

@@ -46,11 +46,56 @@ IDLE_S = 0.002  # worker nap when no chunk is complete
 FULL_QUEUE_RETRY_S = 0.02  # a push into a full stream queue waits this long before trying again
 
 
-class BulkHandle:
+class StreamAudio:
+    """A client's audio as the model takes it: channels averaged, then resampled to 16 kHz (as ``read_audio``), on
+    the thread that receives it; float32 mono arrays out."""
+
+    def __init__(self, rate: int):
+        self._resample = None if rate == SAMPLE_RATE else _resampler(rate).stream()
+
+    def push(self, chunk: AudioChunk) -> np.ndarray:
+        x = chunk.samples
+        x = x.mean(dim=1, keepdim=True) if x.shape[1] > 1 else x
+        if self._resample is not None:
+            x = self._resample.push(x)
+        return x[:, 0].numpy().astype(np.float32, copy=False)
+
+    def flush(self) -> np.ndarray:
+        """The resampler's last outputs (offline's zero padding); none at 16 kHz."""
+        if self._resample is None:
+            return np.zeros(0, np.float32)
+        return self._resample.flush()[:, 0].numpy().astype(np.float32, copy=False)
+
+
+class HandleEvents:
+    """A stream handle's events as the server's async iterator: the end of stream or an error is the last (an
+    error the client did not cause by ending drops the stream)."""
+
+    _out: asyncio.Queue
+    _ending: bool
+    finished: bool
+
+    def cancel(self) -> None:
+        raise NotImplementedError
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Frame:
+        if self.finished:
+            raise StopAsyncIteration
+        frame = await self._out.get()
+        if isinstance(frame, (EndOfStream, ErrorEvent)):
+            if isinstance(frame, ErrorEvent) and not self._ending:
+                self.cancel()
+            self.finished = True
+        return frame
+
+
+class BulkHandle(HandleEvents):
     def __init__(self, engine: "BulkEngine", slot: int, stream_id: str, text: StreamText, rate: int):
         self.engine, self.slot, self.stream_id, self.text = engine, slot, stream_id, text
-        # other rates are resampled here, on the event loop thread (as read_audio: channels averaged first)
-        self._resample = None if rate == SAMPLE_RATE else _resampler(rate).stream()
+        self.audio = StreamAudio(rate)
         self.sink = engine.loop_sink(asyncio.get_running_loop())  # the worker's token updates, via the text thread
         self.finished = False
         self._out: asyncio.Queue[Frame] = asyncio.Queue()
@@ -59,11 +104,7 @@ class BulkHandle:
     async def apush(self, chunk: AudioChunk) -> None:
         if self._ending:
             return
-        x = chunk.samples
-        x = x.mean(dim=1, keepdim=True) if x.shape[1] > 1 else x
-        if self._resample is not None:
-            x = self._resample.push(x)
-        await self._push(x[:, 0].numpy().astype(np.float32, copy=False))
+        await self._push(self.audio.push(chunk))
 
     async def _push(self, mono: np.ndarray) -> None:
         while True:
@@ -82,8 +123,7 @@ class BulkHandle:
         if self._ending:
             return
         self._ending = True
-        if self._resample is not None:  # the resampler's last outputs (offline's zero padding)
-            await self._push(self._resample.flush()[:, 0].numpy().astype(np.float32, copy=False))
+        await self._push(self.audio.flush())
         self.engine._end(self)
 
     def cancel(self) -> None:
@@ -96,19 +136,6 @@ class BulkHandle:
 
     def _fail(self, code: str, message: str) -> None:
         self._out.put_nowait(ErrorEvent(code, message, "bulk"))
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> Frame:
-        if self.finished:
-            raise StopAsyncIteration
-        frame = await self._out.get()
-        if isinstance(frame, (EndOfStream, ErrorEvent)):
-            self.finished = True
-            if isinstance(frame, ErrorEvent) and not self._ending:
-                self.cancel()
-        return frame
 
 
 class BulkEngine:

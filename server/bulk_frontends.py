@@ -35,7 +35,7 @@ from dataclasses import asdict
 import numpy as np
 
 from legato.asr.fastconformer.tokenizer import SentencePieceTokenizer
-from legato.server.bulk_engine import SAMPLE_RATE, BulkEngine, _resampler
+from legato.server.bulk_engine import SAMPLE_RATE, BulkEngine, HandleEvents, StreamAudio
 from legato.server.bulk_text import StreamText
 from legato.stream.errors import CapacityError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
@@ -204,16 +204,26 @@ def start_frontends(engine: BulkEngine, count: int, config) -> tuple[list, list[
     return procs, links
 
 
+def stop_frontends(procs: list, links: list[FrontendLink]) -> None:
+    """SIGTERM each front end (it drains its streams: their ends still go through the engine) and wait for it."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join()
+    for link in links:
+        link.join()
+
+
 # -- a front-end process's side ----------------------------------------------------------------
 
 
-class RemoteHandle:
+class RemoteHandle(HandleEvents):
     """One client stream in a front end: audio cut into model chunks and sent; events from the engine."""
 
     def __init__(self, engine: "RemoteEngine", key: int, slot: int, rate: int, interim: bool, chunk: int):
         self.engine, self.key, self.slot, self.stream_id = engine, key, slot, f"bulk-{slot}"
         self.text = StreamText(interim)
-        self._resample = None if rate == SAMPLE_RATE else _resampler(rate).stream()
+        self.audio = StreamAudio(rate)
         self._chunk = chunk
         self._buffer = np.zeros(0, np.float32)
         self._out: asyncio.Queue[Frame] = asyncio.Queue()
@@ -223,14 +233,8 @@ class RemoteHandle:
     async def apush(self, chunk: AudioChunk) -> None:
         if self._ending:
             return
-        x = chunk.samples
-        x = x.mean(dim=1, keepdim=True) if x.shape[1] > 1 else x
-        if self._resample is not None:
-            x = self._resample.push(x)
-        self._buffer = np.concatenate([self._buffer, x[:, 0].numpy().astype(np.float32, copy=False)])
-        whole = len(self._buffer) // self._chunk * self._chunk
-        if whole:
-            chunks, self._buffer = self._buffer[:whole].reshape(-1, self._chunk), self._buffer[whole:]
+        chunks = self._whole_chunks(self.audio.push(chunk))
+        if len(chunks):
             while self.engine.in_flight >= MAX_AUDIO_IN_FLIGHT:  # the engine is behind: hold this client
                 await asyncio.sleep(FULL_RETRY_S)
             self.engine.send_audio(self.key, chunks)
@@ -239,14 +243,17 @@ class RemoteHandle:
         if self._ending:
             return
         self._ending = True
-        tail = self._buffer
-        if self._resample is not None:
-            tail = np.concatenate([tail, self._resample.flush()[:, 0].numpy().astype(np.float32, copy=False)])
-            whole = len(tail) // self._chunk * self._chunk
-            if whole:
-                self.engine.send_audio(self.key, tail[:whole].reshape(-1, self._chunk))
-                tail = tail[whole:]
-        self.engine.send(("end", self.key, tail))
+        chunks = self._whole_chunks(self.audio.flush())
+        if len(chunks):
+            self.engine.send_audio(self.key, chunks)
+        self.engine.send(("end", self.key, self._buffer))
+
+    def _whole_chunks(self, samples: np.ndarray) -> np.ndarray:
+        """Append to the buffer; take the whole model chunks off its front, (n, chunk)."""
+        self._buffer = np.concatenate([self._buffer, samples])
+        whole = len(self._buffer) // self._chunk * self._chunk
+        chunks, self._buffer = self._buffer[:whole].reshape(-1, self._chunk), self._buffer[whole:]
+        return chunks
 
     def cancel(self) -> None:
         if not self._ending:
@@ -255,19 +262,10 @@ class RemoteHandle:
         self.finished = True
         self.engine.handles.pop(self.key, None)
 
-    def __aiter__(self):
-        return self
-
     async def __anext__(self) -> Frame:
+        frame = await super().__anext__()
         if self.finished:
-            raise StopAsyncIteration
-        frame = await self._out.get()
-        if isinstance(frame, (EndOfStream, ErrorEvent)):
-            self.finished = True
             self.engine.handles.pop(self.key, None)
-            if isinstance(frame, ErrorEvent) and not self._ending:
-                self._ending = True
-                self.engine.send(("cancel", self.key))
         return frame
 
 
