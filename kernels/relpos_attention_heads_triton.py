@@ -14,7 +14,7 @@ benchmark until a GPU run has measured it.
 import triton
 import triton.language as tl
 
-from legato.kernels.relpos_attention_triton import dot
+from legato.kernels.relpos_attention_triton import dot, fold, key_positions
 
 
 @triton.jit
@@ -44,11 +44,7 @@ def relpos_heads_kernel(Q, K, V, RK, RV, FRAMES, VALID, BU, O, ROWS, G,
     acc = tl.zeros((BLOCK_M, H * D), tl.float32)
     for tile in tl.static_range(N_TILES):
         kpos = tile * BLOCK_K + tl.arange(0, BLOCK_K)  # key positions: ring frames, then the chunk's
-        f = frames - LEFT + kpos
-        in_ring = (kpos < LEFT) & (f >= 0)
-        n = kpos - LEFT
-        in_chunk = (n >= 0) & (n < T) & (n < valid)
-        slot = ((f % CAP) + CAP) % CAP
+        in_ring, in_chunk, n, slot = key_positions(kpos, frames, valid, T, LEFT, CAP)
         ring = row * sr_b + hc[None, :] * sr_h + slot[:, None] * sr_c + dc[None, :]
         chunk = b * sk_b + n[:, None] * sk_t + hc[None, :] * sk_h + dc[None, :]
         k = tl.load(RK + ring, mask=in_ring[:, None], other=0.0).to(dt) + tl.load(K + chunk, mask=in_chunk[:, None], other=0.0)
@@ -58,13 +54,7 @@ def relpos_heads_kernel(Q, K, V, RK, RV, FRAMES, VALID, BU, O, ROWS, G,
                       mask=in_m[:, None] & (shift >= 0) & (shift < R), other=0.0)
         s = dot(qu, tl.trans(k), IEEE) + pos
         s = tl.where((in_ring | in_chunk)[None, :] & in_m[:, None], s * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        e = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(e, 1)
-        acc = acc * alpha[:, None] + dot(e.to(dt), v, IEEE)
-        m_i = m_new
+        m_i, l_i, acc = fold(m_i, l_i, acc, s, v, IEEE)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # a query that sees nothing outputs 0, as NeMo
     tl.store(O + b * so_b + tm[:, None] * so_t + hc[None, :] * so_h + dc[None, :], out.to(O.dtype.element_ty), mask=mine)
     tl.debug_barrier()  # every ring read is done before the chunk overwrites the oldest slots

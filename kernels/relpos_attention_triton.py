@@ -12,21 +12,36 @@ def dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def key_positions(kpos, frames, valid, T, LEFT, CAP):
+    """Key position p in [0, LEFT + T): p < LEFT is the ring frame ``frames - LEFT + p`` (seen if it exists, in
+    ring slot ``f % CAP``), p >= LEFT the chunk's own frame ``n = p - LEFT`` (seen if < valid).
+    Returns (in_ring, in_chunk, n, slot)."""
+    f = frames - LEFT + kpos
+    n = kpos - LEFT
+    return (kpos < LEFT) & (f >= 0), (n >= 0) & (n < T) & (n < valid), n, ((f % CAP) + CAP) % CAP
+
+
+@triton.jit
+def fold(m, l, acc, s, v, IEEE: tl.constexpr):
+    """Online softmax: fold scores ``s`` (rows, keys; -inf where unseen) and values ``v`` into the running max
+    ``m``, sum ``l`` and weighted values ``acc``."""
+    m_new = tl.maximum(m, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen nothing yet
+    alpha = tl.exp(m - m_safe)
+    e = tl.exp(s - m_safe[:, None])
+    return m_new, l * alpha + tl.sum(e, 1), acc * alpha[:, None] + dot(e.to(v.dtype), v, IEEE)
+
+
+@triton.jit
 def attend_tile(m, l, acc, qu, g, t, d, kpos, row, b, h, frames, valid, K, V, RK, RV, G,
                 sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, sg_b, sg_t, sg_h, T, LEFT, CAP, R, scale,
                 BLOCK_R: tl.constexpr, IEEE: tl.constexpr, PRE_POS: tl.constexpr):
-    """Fold the keys at positions ``kpos`` into the running softmax (max ``m``, sum ``l``, weighted values ``acc``).
-
-    Key position p in [0, LEFT + T): p < LEFT is the ring frame ``frames - LEFT + p`` (seen if it exists), p >= LEFT
-    the chunk's own frame p - LEFT (seen if < valid). Each key is one of two masked loads, so a tile may hold the
-    ring's last frames and the chunk's together: with 70 cached frames and 2-frame chunks the keys are one tile of
-    64 and one of 16 (8 used), where a single power-of-two tile would be 128 wide (45 % padding)."""
+    """Fold the keys at positions ``kpos`` (``key_positions``) into the running softmax. Each key is one of two
+    masked loads, so a tile may hold the ring's last frames and the chunk's together: with 70 cached frames and
+    2-frame chunks the keys are one tile of 64 and one of 16 (8 used), where a single power-of-two tile would be
+    128 wide (45 % padding)."""
     dt = K.dtype.element_ty
-    f = frames - LEFT + kpos
-    in_ring = (kpos < LEFT) & (f >= 0)
-    n = kpos - LEFT
-    in_chunk = (n >= 0) & (n < T) & (n < valid)
-    slot = ((f % CAP) + CAP) % CAP
+    in_ring, in_chunk, n, slot = key_positions(kpos, frames, valid, T, LEFT, CAP)
     ring = row * sr_b + h * sr_h + slot[:, None] * sr_c + d[None, :]
     chunk = b * sk_b + n[:, None] * sk_t + h * sk_h + d[None, :]
     k = tl.load(RK + ring, mask=in_ring[:, None], other=0.0).to(dt) + tl.load(K + chunk, mask=in_chunk[:, None], other=0.0)
@@ -39,11 +54,7 @@ def attend_tile(m, l, acc, qu, g, t, d, kpos, row, b, h, frames, valid, K, V, RK
         pos = tl.gather(g, tl.minimum(tl.maximum(shift, 0), BLOCK_R - 1), 1)
     s = dot(qu, tl.trans(k), IEEE) + pos
     s = tl.where((in_ring | in_chunk)[None, :], s * scale, float("-inf"))
-    m_new = tl.maximum(m, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a query that has seen nothing yet
-    alpha = tl.exp(m - m_safe)
-    e = tl.exp(s - m_safe[:, None])
-    return m_new, l * alpha + tl.sum(e, 1), acc * alpha[:, None] + dot(e.to(dt), v, IEEE)
+    return fold(m, l, acc, s, v, IEEE)
 
 
 @triton.jit
