@@ -131,7 +131,7 @@ def test_full_server_refuses_and_a_dropped_client_frees_its_slot(rec, speech_dir
         try:
             dropped = await _stream(server.url, audio, stop_after=8000)  # leaves mid-stream: its slot must come back
             for _ in range(100):
-                if server.engine.bulk._slots.in_use == 0:
+                if server.engine.bulk.in_use == 0:
                     break
                 await asyncio.sleep(0.05)
             first = asyncio.create_task(_stream(server.url, audio, pace_s=0.05))

@@ -45,6 +45,28 @@ def _gathered(pool_tensors, rows, fn):
     return out, pools
 
 
+def _relpos_case(device, t, left, cap, h, d, seed):
+    """A relpos attention case over pool rows; ``check(fn)`` runs ``fn(q, k, v, rings, frames, valid, pos, bu, bv,
+    left, scale, rows)`` and asserts its output and rings equal the reference on gathered rows."""
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
+    rows = torch.tensor(ROWS, device=device)
+    q, k, v = mk(5, t, h, d), mk(5, t, h, d), mk(5, t, h, d)
+    ring_k, ring_v = mk(POOL, h, cap, d), mk(POOL, h, cap, d)
+    frames = torch.tensor([0, 3, left - 1, 150, 1000, 7, 8, 9, 10], device=device)
+    valid = torch.tensor([t, t, max(t - 1, 0), 1, t], device=device)
+    args = (mk(h, left + 2 * t - 1, d), mk(h, d), mk(h, d), left, d ** -0.5)  # pos, bias_u, bias_v, left, scale
+
+    def check(fn):
+        want, (want_k, want_v) = _gathered([ring_k, ring_v], rows, lambda own: relpos_attention.relpos_attention_torch(
+            q, k, v, own[0], own[1], frames[rows], valid, *args))
+        got = fn(q, k, v, ring_k, ring_v, frames, valid, *args, rows)
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+        assert torch.equal(ring_k, want_k) and torch.equal(ring_v, want_v)
+
+    return check
+
+
 @pytest.mark.parametrize("impl,device", _impls())
 @pytest.mark.parametrize("t,left,cap,d,main,pre", [(2, 70, 70, 64, 64, False), (3, 10, 16, 16, 128, True), (2, 70, 70, 64, 32, True),
                                                    (8, 70, 70, 64, 128, False)])
@@ -52,42 +74,22 @@ def test_relpos_attention_over_pool_rows(impl, device, t, left, cap, d, main, pr
     """Key tiles of ``main`` ring frames (then the rest with the chunk's); ``pre``: position scores made before the kernel."""
     monkeypatch.setattr(relpos_attention, "MAIN_TILE", main)
     monkeypatch.setattr(relpos_attention, "PRECOMPUTED_POSITIONS", pre)
-    g = torch.Generator().manual_seed(t + left)
-    h = 4
-    mk = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
-    rows = torch.tensor(ROWS, device=device)
-    q, k, v = mk(5, t, h, d), mk(5, t, h, d), mk(5, t, h, d)
-    ring_k, ring_v = mk(POOL, h, cap, d), mk(POOL, h, cap, d)
-    frames = torch.tensor([0, 3, left - 1, 150, 1000, 7, 8, 9, 10], device=device)
-    valid = torch.tensor([t, t, max(t - 1, 0), 1, t], device=device)
-    pos, bu, bv = mk(h, left + 2 * t - 1, d), mk(h, d), mk(h, d)
-    args = (pos, bu, bv, left, d ** -0.5)
-    want, (want_k, want_v) = _gathered([ring_k, ring_v], rows, lambda own: relpos_attention.relpos_attention_torch(
-        q, k, v, own[0], own[1], frames[rows], valid, *args))
-    fn = _pick(relpos_attention, impl)
-    got = fn(q, k, v, ring_k, ring_v, frames, valid, *args, rows)  # fp32: IEEE products in the kernel
-    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
-    assert torch.equal(ring_k, want_k) and torch.equal(ring_v, want_v)
+    check = _relpos_case(device, t, left, cap, 4, d, seed=t + left)
+    check(lambda *args: _pick(relpos_attention, impl)(*args))  # fp32: IEEE products in the kernel
 
 
 @pytest.mark.parametrize("device", _triton_only())
 @pytest.mark.parametrize("t,left,cap,h,d,keys", [(2, 70, 70, 8, 64, 16), (3, 12, 12, 4, 16, 16), (8, 20, 24, 2, 16, 32)])
 def test_every_head_in_one_tile_kernel_over_pool_rows(device, t, left, cap, h, d, keys):
     """The experimental block-diagonal kernel (``launch(HEADS_TILE=True)``) equals the reference, rings included."""
-    g = torch.Generator().manual_seed(t + h)
-    mk = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
-    rows = torch.tensor(ROWS, device=device)
-    q, k, v = mk(5, t, h, d), mk(5, t, h, d), mk(5, t, h, d)
-    ring_k, ring_v = mk(POOL, h, cap, d), mk(POOL, h, cap, d)
-    frames = torch.tensor([0, 3, left - 1, 150, 1000, 7, 8, 9, 10], device=device)
-    valid = torch.tensor([t, t, max(t - 1, 0), 1, t], device=device)
-    pos, bu, bv = mk(h, left + 2 * t - 1, d), mk(h, d), mk(h, d)
-    want, (want_k, want_v) = _gathered([ring_k, ring_v], rows, lambda own: relpos_attention.relpos_attention_torch(
-        q, k, v, own[0], own[1], frames[rows], valid, pos, bu, bv, left, d ** -0.5))
-    got = torch.zeros_like(q)
-    relpos_attention.launch(q, k, v, ring_k, ring_v, frames, valid, pos, bu, bv, left, d ** -0.5, got, rows, HEADS_TILE=True, BLOCK_K=keys)
-    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
-    assert torch.equal(ring_k, want_k) and torch.equal(ring_v, want_v)
+    check = _relpos_case(device, t, left, cap, h, d, seed=t + h)
+
+    def heads_tile(q, k, v, ring_k, ring_v, frames, valid, pos, bu, bv, left, scale, rows):
+        out = torch.zeros_like(q)
+        relpos_attention.launch(q, k, v, ring_k, ring_v, frames, valid, pos, bu, bv, left, scale, out, rows, HEADS_TILE=True, BLOCK_K=keys)
+        return out
+
+    check(heads_tile)
 
 
 @pytest.mark.parametrize("impl,device", _impls())
