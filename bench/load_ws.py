@@ -89,7 +89,8 @@ async def wait_ready(port: int, proc: subprocess.Popen) -> None:
     raise SystemExit("server did not start listening")
 
 
-async def one_stream(url: str, pcm: bytes, chunk_ms: int, offset_s: float, rec: dict) -> None:
+async def one_stream(url: str, pcm: bytes, chunk_ms: int, offset_s: float, rec: dict, slack_s: float) -> None:
+    """``slack_s``: a stream the server has not ended this long after its audio is failed ("TimeoutError")."""
     from websockets.asyncio.client import connect
 
     step = SAMPLE_RATE * chunk_ms // 1000 * 2  # bytes of s16le mono
@@ -97,7 +98,9 @@ async def one_stream(url: str, pcm: bytes, chunk_ms: int, offset_s: float, rec: 
     sent: list[float] = []
     await asyncio.sleep(offset_s)
     try:
-        async with connect(url, max_size=None, compression=None, open_timeout=60) as ws:
+        # a stream the server never ends counts as failed instead of hanging the level
+        async with asyncio.timeout(len(chunks) * chunk_ms / 1000 + slack_s), \
+                connect(url, max_size=None, compression=None, open_timeout=60) as ws:
             await ws.send(json.dumps({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "s16le", "channels": 1}))
 
             async def send() -> None:
@@ -133,10 +136,12 @@ async def one_stream(url: str, pcm: bytes, chunk_ms: int, offset_s: float, rec: 
         rec["errors"].append(f"{type(exc).__name__}: {exc}"[:200])
 
 
-async def run_streams(port: int, first: int, count: int, n: int, pcm: bytes, chunk_ms: int, ramp_s: float) -> list[dict]:
+async def run_streams(port: int, first: int, count: int, n: int, pcm: bytes, chunk_ms: int, ramp_s: float,
+                      slack_s: float) -> list[dict]:
     """Streams first .. first + count - 1 of a level of n, started evenly over ``ramp_s``."""
     recs = [{"lag": [], "partial": [], "final": [], "errors": [], "ended": False} for _ in range(count)]
-    await asyncio.gather(*(one_stream(f"ws://127.0.0.1:{port}/", pcm, chunk_ms, ramp_s * (first + i) / n, r) for i, r in enumerate(recs)))
+    await asyncio.gather(*(one_stream(f"ws://127.0.0.1:{port}/", pcm, chunk_ms, ramp_s * (first + i) / n, r, slack_s)
+                           for i, r in enumerate(recs)))
     return recs
 
 
@@ -144,15 +149,15 @@ def _client_process(job: tuple) -> list[dict]:
     return asyncio.run(run_streams(*job))
 
 
-def run_level(port: int, n: int, pcm: bytes, chunk_ms: int, procs: int, ramp_s: float) -> dict:
+def run_level(port: int, n: int, pcm: bytes, chunk_ms: int, procs: int, ramp_s: float, slack_s: float) -> dict:
     """n paced streams from ``procs`` client processes (one asyncio loop each: one process's loop carries about a
     thousand paced streams)."""
     t0 = time.monotonic()
     if procs <= 1:
-        recs = asyncio.run(run_streams(port, 0, n, n, pcm, chunk_ms, ramp_s))
+        recs = asyncio.run(run_streams(port, 0, n, n, pcm, chunk_ms, ramp_s, slack_s))
     else:
         bounds = np.linspace(0, n, procs + 1).astype(int)
-        jobs = [(port, int(a), int(b - a), n, pcm, chunk_ms, ramp_s) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        jobs = [(port, int(a), int(b - a), n, pcm, chunk_ms, ramp_s, slack_s) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
             recs = [r for part in pool.map(_client_process, jobs) for r in part]
     wall = time.monotonic() - t0
@@ -187,6 +192,8 @@ def main() -> int:
     ap.add_argument("--ramp-s", type=float, default=None, help="seconds over which a level's streams start (default one chunk)")
     ap.add_argument("--warmup-s", type=float, default=3.0, help="a 4-stream warm-up level of this many seconds first "
                     "(the server compiles its kernels; not reported); 0: none")
+    ap.add_argument("--stream-slack-s", type=float, default=90.0, help="a stream not ended this long after its audio "
+                    "counts as failed (TimeoutError), so a stuck server cannot hang the test")
     ap.add_argument("--budget", type=float, default=0.1, help="server --latency-budget, seconds")
     ap.add_argument("--port", type=int, default=None, help="use a server already listening on this port (no spawn)")
     ap.add_argument("--server-log", default="load_ws_server.log", help="where the spawned server's output goes")
@@ -202,9 +209,10 @@ def main() -> int:
             asyncio.run(wait_ready(port, proc))
         ramp = args.ramp_s if args.ramp_s is not None else args.chunk_ms / 1000
         if args.warmup_s > 0:
-            run_level(port, 4, clip_pcm(args.clip, args.warmup_s), args.chunk_ms, 1, ramp)
+            run_level(port, 4, clip_pcm(args.clip, args.warmup_s), args.chunk_ms, 1, ramp, args.stream_slack_s)
         for n in (int(x) for x in args.streams.split(",")):
-            row = run_level(port, n, pcm, args.chunk_ms, args.client_procs, ramp)
+            print(f"# {n} streams from {args.client_procs} client processes ...", file=sys.stderr, flush=True)
+            row = run_level(port, n, pcm, args.chunk_ms, args.client_procs, ramp, args.stream_slack_s)
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:

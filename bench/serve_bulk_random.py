@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ async def serve(args) -> None:
     tokenizer = FastConformerRecognizer.from_nemo(bench_bulk.FIXTURE).tokenizer
     rec = bench_bulk.build(args, tokenizer)
     engine = BulkEngine("fastconformer:random-L", rec, capacity=args.capacity, max_batch=args.max_batch,
-                        lookahead_ms=None if args.cpu_smoke else bench_bulk.LOOKAHEAD_MS)
+                        lookahead_ms=None if args.cpu_smoke else bench_bulk.LOOKAHEAD_MS, stats_every_s=args.stats_every or None)
     config = ServerConfig(port=args.port, max_connections=args.capacity)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -57,7 +58,10 @@ def main() -> None:
     ap.add_argument("--frontends", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--kv-cache", default="same", choices=["same", "fp8"])
+    ap.add_argument("--stats-every", type=float, default=5.0, help="seconds between the worker's stats lines (0: none)")
     ap.add_argument("--cpu-smoke", action="store_true")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     asyncio.run(serve(ap.parse_args()))
 
 

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--lookahead-ms", type=int, help="--bulk: the one lookahead served (default: the model's first)")
     model.add_argument("--frontends", type=int, default=1, help="--bulk: WebSocket front-end processes sharing the port "
                        "(one event loop carries a thousand or two paced streams; the model stays in this process)")
+    model.add_argument("--stats-every", type=float, default=10.0, metavar="SECONDS", help="--bulk: log what the GPU "
+                       "worker did this often (streams, chunks/s, batch sizes, its busy share, step and chunk-latency "
+                       "quantiles; with --frontends also each front end's loop lag); 0: never (default 10)")
     model.add_argument("--decoder", choices=["ctc", "rnnt"], help="--bulk: the one decoder served (default: the model's "
                        "own, RNNT for hybrids; CTC is the faster at scale)")
     tts = p.add_argument_group("text-to-speech (gRPC, docs/TTS.md)")
@@ -60,6 +63,7 @@ BULK_MAX_BATCH = 16384
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # its line per connection drowns ours at scale
     return asyncio.run(_serve(args))
 
 
@@ -154,7 +158,7 @@ async def _serve_bulk(args: argparse.Namespace, token: str | None) -> int:
     try:
         name, recognizer = load_recognizer(specs[0])
         engine = BulkEngine(name, recognizer, capacity=args.max_connections, max_batch=args.max_batch or BULK_MAX_BATCH,
-                            lookahead_ms=args.lookahead_ms, decoder=args.decoder)
+                            lookahead_ms=args.lookahead_ms, decoder=args.decoder, stats_every_s=args.stats_every or None)
     except (UnknownModelError, ValueError) as exc:
         print(f"legato serve: {exc}", flush=True)
         return 2

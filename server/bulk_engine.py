@@ -24,8 +24,10 @@ import collections
 import concurrent.futures
 import functools
 import logging
+import math
 import queue
 import threading
+import time
 
 import numpy as np
 
@@ -142,9 +144,10 @@ class BulkEngine:
     """``Engine``'s face for ``TranscriptionServer``, over one ``BulkTranscriber``."""
 
     def __init__(self, name: str, recognizer: FastConformerRecognizer, *, capacity: int, max_batch: int = 4096,
-                 lookahead_ms: int | None = None, decoder: str | None = None):
+                 lookahead_ms: int | None = None, decoder: str | None = None, stats_every_s: float | None = None):
         """``decoder``: "ctc" or "rnnt" (None: the model's own, RNNT for a hybrid); ``lookahead_ms``: the one
-        lookahead served (None: the model's first)."""
+        lookahead served (None: the model's first); ``stats_every_s``: log a line of what the worker did (streams,
+        chunks/s, batch sizes, its busy share, step and chunk-latency quantiles) this often at INFO (None: never)."""
         if recognizer.tokenizer is None:
             raise ValueError("the bulk server needs the model's tokenizer (words)")
         self.routes = [name]
@@ -167,6 +170,9 @@ class BulkEngine:
         # steps; the worker opens every waiting stream in one state reset
         self._requests: collections.deque = collections.deque()
         self._sinks: dict = {}
+        self.stats_every_s = stats_every_s
+        self.stats_lines: list = []  # more ``() -> str`` for the stats line (the front ends' pipes)
+        self._refused_logged = 0
 
     # -- Engine's interface ----------------------------------------------------------
 
@@ -257,7 +263,11 @@ class BulkEngine:
     # -- the worker ------------------------------------------------------------------
 
     def _work(self) -> None:
+        next_stats = time.monotonic() + (self.stats_every_s or math.inf)
         while not self._stop.is_set():
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + self.stats_every_s
+                log.info("%s", self.stats_line())
             served = self._serve_requests()
             try:
                 stepped = self.bulk.step()
@@ -267,6 +277,14 @@ class BulkEngine:
             if not stepped and not served:
                 self._stop.wait(IDLE_S)
         self._serve_requests(closing=True)
+
+    def stats_line(self) -> str:
+        """What the worker did since the last call, and where the streams stand now."""
+        refused = self.bulk.queues.refused
+        parts = [f"bulk: {self.bulk.in_use:,} streams, {self.bulk.queues.waiting():,} chunks waiting, "
+                 f"{refused - self._refused_logged:,} pushes refused (queue full); {self.bulk.windows.read().line()}"]
+        self._refused_logged = refused
+        return "; ".join(parts + [f() for f in self.stats_lines])
 
     def _serve_requests(self, closing: bool = False) -> int:
         """Cancels, then every waiting open in one state reset (those past capacity get CapacityError)."""

@@ -39,6 +39,7 @@ from legato.server.bulk_engine import SAMPLE_RATE, BulkEngine, HandleEvents, Str
 from legato.server.bulk_text import StreamText
 from legato.stream.errors import CapacityError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
+from legato.stream.metrics import Histogram
 
 log = logging.getLogger("legato.bulk")
 
@@ -46,6 +47,7 @@ MAX_AUDIO_IN_FLIGHT = 4096  # chunks a front end may have queued for its pipe be
 BATCH_MESSAGES = 512  # queued messages a sender merges into one pipe message at most
 FULL_RETRY_S = 0.005  # the engine's reader waits this long for a full stream queue to drain
 READY_TIMEOUT_S = 120
+LAG_PROBE_S = 0.02  # a front end's loop-lag probe sleeps this long (with stats on)
 
 
 # -- the engine process's side -------------------------------------------------------------
@@ -76,6 +78,9 @@ class FrontendLink:
         self._out: queue.Queue = queue.Queue()
         tokenizer = engine.recognizer.tokenizer
         self._out.put(("setup", tokenizer.model_proto, engine.recognizer.frame_s))
+        self._msgs = self._chunks = 0  # audio messages and chunks read since the last stats line
+        self._full_wait_s = 0.0  # the reader's sleeps on full stream queues since then
+        engine.stats_lines.append(self.stats_line)
         self._threads = [threading.Thread(target=self._read, name=f"legato-frontend-{index}-in", daemon=True),
                          threading.Thread(target=self._write, name=f"legato-frontend-{index}-out", daemon=True)]
         for t in self._threads:
@@ -90,6 +95,13 @@ class FrontendLink:
 
     def send(self, msg: tuple) -> None:
         self._out.put(msg)
+
+    def stats_line(self) -> str:
+        """Front end i's audio since the last call (its reader waiting on full queues: the worker is behind)."""
+        msgs, chunks, wait = self._msgs, self._chunks, self._full_wait_s
+        self._msgs = self._chunks = 0
+        self._full_wait_s = 0.0
+        return f"front end {self.index}: {len(self._streams):,} streams, {chunks:,} chunks in {msgs:,} messages, waited {wait:.2f} s"
 
     def forget(self, st: _RemoteStream) -> None:
         self._streams.pop(st.key, None)
@@ -150,6 +162,8 @@ class FrontendLink:
         """(key, chunks (n, chunk)) pairs -> push_many rounds, a slot at most once per round, until all are queued."""
         pending = [(st.slot, c) for key, chunks in items if (st := self._streams.get(key)) is not None and not st.ending
                    for c in chunks]
+        self._msgs += 1
+        self._chunks += len(pending)
         while pending:
             seen: set[int] = set()
             now, later = [], []
@@ -160,6 +174,7 @@ class FrontendLink:
             later = [item for item, r in zip(now, refused) if r] + later
             if refused.any():
                 time.sleep(FULL_RETRY_S)  # the GPU is behind: hold this front end (its pipe fills, its clients wait)
+                self._full_wait_s += FULL_RETRY_S
             pending = later
 
     def _end(self, key: int, tail: np.ndarray) -> None:
@@ -192,7 +207,7 @@ def start_frontends(engine: BulkEngine, count: int, config) -> tuple[list, list[
     procs, links = [], []
     for i in range(count):
         parent, child = ctx.Pipe()
-        settings = asdict(config) | {"reuse_port": True, "bulk_chunk": engine.bulk.chunk}
+        settings = asdict(config) | {"reuse_port": True, "bulk_chunk": engine.bulk.chunk, "stats_every_s": engine.stats_every_s}
         p = ctx.Process(target=frontend_main, args=(child, engine.routes[0], settings, i), name=f"legato-frontend-{i}")
         p.start()
         child.close()
@@ -380,17 +395,20 @@ class RemoteEngine:
 def frontend_main(conn, name: str, config: dict, index: int) -> None:
     """A front-end process: the WebSocket server on the shared port until SIGTERM/SIGINT (drain) or the engine's
     pipe closes."""
-    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s frontend-{index} %(name)s %(levelname)s %(message)s")
-    asyncio.run(_frontend(conn, name, config))
+    level = logging.INFO if config.get("stats_every_s") else logging.WARNING
+    logging.basicConfig(level=level, format=f"%(asctime)s frontend-{index} %(name)s %(levelname)s %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # not a line per connection: thousands of streams
+    asyncio.run(_frontend(conn, name, config, index))
 
 
-async def _frontend(conn, name: str, config: dict) -> None:
+async def _frontend(conn, name: str, config: dict, index: int) -> None:
     from legato.server.ws_server import ServerConfig, TranscriptionServer
 
-    chunk = config.pop("bulk_chunk")
+    chunk, stats_every_s = config.pop("bulk_chunk"), config.pop("stats_every_s", None)
     engine = RemoteEngine(conn, name, chunk)
     server = await TranscriptionServer(engine, [name], ServerConfig(**config)).start()
     engine.send(("ready",))
+    reporter = asyncio.create_task(_report(engine, index, stats_every_s)) if stats_every_s else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -398,3 +416,21 @@ async def _frontend(conn, name: str, config: dict) -> None:
     done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), asyncio.create_task(engine.closed.wait())],
                                  return_when=asyncio.FIRST_COMPLETED)
     await server.drain()
+    if reporter is not None:
+        reporter.cancel()
+
+
+async def _report(engine: RemoteEngine, index: int, every_s: float) -> None:
+    """A log line every ``every_s``: the front end's streams, audio queued for the pipe, and its event loop's lag
+    (how late a short sleep wakes up: a loop near saturation delays every one of its clients' messages)."""
+    lag, last = Histogram.latency(), time.monotonic()
+    while True:
+        t = time.monotonic()
+        await asyncio.sleep(LAG_PROBE_S)
+        now = time.monotonic()
+        lag.record(max(0.0, now - t - LAG_PROBE_S))
+        if now - last >= every_s:
+            log.info("front end %d: %d streams, %d chunks queued for the pipe, loop lag p50/p99/max %.1f/%.1f/%.1f ms",
+                     index, len(engine.handles), engine.in_flight, lag.quantile(0.5) * 1e3, lag.quantile(0.99) * 1e3,
+                     lag.max * 1e3)
+            lag, last = Histogram.latency(), now

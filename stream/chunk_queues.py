@@ -27,6 +27,7 @@ class ChunkQueues:
         self._head = np.zeros(capacity, np.int64)  # oldest queued chunk
         self._count = np.zeros(capacity, np.int64)  # complete chunks queued
         self._fill = np.zeros(capacity, np.int64)  # samples in the chunk being filled
+        self.refused = 0  # pushes refused for a full queue, ever (the consumer behind: a server's stats log)
         self._lock = threading.Lock()
 
     def reset(self, slots: np.ndarray) -> None:
@@ -42,6 +43,7 @@ class ChunkQueues:
         with self._lock:
             free = (self.depth - self._count[slot]) * self.chunk - self._fill[slot]
             if len(samples) > free:
+                self.refused += 1
                 raise CapacityError(f"stream in slot {slot} has {self._count[slot]} chunks waiting (the consumer is behind)")
             now, i = time.monotonic(), 0
             while i < len(samples):
@@ -70,6 +72,7 @@ class ChunkQueues:
                 raise ValueError("push_many needs streams at a chunk boundary (use push for partial chunks)")
             full = self._count[slots] >= self.depth
             some_full = bool(full.any())
+            self.refused += int(full.sum()) if some_full else 0
             ok = slots[~full] if some_full else slots
             buf = (self._head[ok] + self._count[ok]) % self.depth
             self._audio[ok, buf] = chunks[~full] if some_full else chunks
@@ -97,6 +100,10 @@ class ChunkQueues:
     def queued(self, slot: int) -> int:
         """Complete chunks waiting in the slot's queue."""
         return int(self._count[slot])
+
+    def waiting(self) -> int:
+        """Complete chunks waiting in all queues."""
+        return int(self._count.sum())
 
     def take_one(self, slot: int) -> torch.Tensor | None:
         """The slot's oldest complete chunk (1, chunk), a copy, or None."""

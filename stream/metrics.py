@@ -12,6 +12,8 @@ import math
 import threading
 from dataclasses import dataclass, field
 
+import numpy as np
+
 MIN_LATENCY_S = 1e-6
 MAX_LATENCY_S = 100.0
 BUCKETS_PER_DECADE = 20
@@ -34,6 +36,7 @@ class Histogram:
         self.min = math.inf
         self.max = -math.inf
         self._lock = threading.Lock()
+        self._np_edges: np.ndarray | None = None
 
     @classmethod
     def latency(cls) -> "Histogram":
@@ -48,6 +51,9 @@ class Histogram:
 
     def record_many(self, values) -> None:
         """Record every value under one lock acquisition (a step records one value per stream in its batch)."""
+        if isinstance(values, np.ndarray):
+            self._record_array(values)
+            return
         edges, counts = self.edges, self.counts
         with self._lock:
             for value in values:
@@ -58,6 +64,23 @@ class Histogram:
                     self.min = value
                 if value > self.max:
                     self.max = value
+
+    def _record_array(self, values: np.ndarray) -> None:
+        """``record_many`` in array operations: a bulk step records tens of thousands of values (a Python loop
+        over 16,384 values costs ~5 ms of the stepping thread)."""
+        values = np.asarray(values, np.float64).reshape(-1)
+        if not len(values):
+            return
+        if self._np_edges is None:
+            self._np_edges = np.asarray(self.edges)
+        binned = np.bincount(np.searchsorted(self._np_edges, values, side="left"), minlength=len(self.counts))
+        with self._lock:
+            for i in np.flatnonzero(binned):
+                self.counts[i] += int(binned[i])
+            self.count += len(values)
+            self.total += float(values.sum())
+            self.min = min(self.min, float(values.min()))
+            self.max = max(self.max, float(values.max()))
 
     def quantile(self, q: float) -> float:
         """Upper edge of the bucket holding the q-quantile, clipped to the observed range."""

@@ -27,6 +27,7 @@ its result handed to ``on_finish``.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,8 +43,10 @@ from legato.stream.chunk_queues import ChunkQueues
 from legato.stream.errors import CapacityError
 from legato.stream.pool import StatePool
 from legato.stream.slots import SlotAllocator
+from legato.stream.step_window import StepWindows
 
 QUEUED_CHUNKS = 4  # complete chunks a stream may have waiting; a push beyond is refused (bounded input)
+LATENCIES_KEPT = 1 << 22  # chunk latencies kept for ``latencies()`` (32 MB): a server runs for days
 
 
 @dataclass
@@ -57,7 +60,8 @@ class BulkTranscriber:
     """``open() -> slot``, ``push(slot, samples)`` (float32 16 kHz mono, any length), ``step()`` on a worker,
     ``finish(slot) -> BulkStream`` (now) or ``end(slot)`` (by a later step, batched; ``on_finish``), ``cancel``.
     ``latencies()`` returns each stepped chunk's seconds from its arrival (the completing push, or the stamp
-    given to ``push_many``) to its tokens being on the host."""
+    given to ``push_many``) to its tokens being on the host (the latest ``LATENCIES_KEPT``); ``windows.read()``
+    what the steps did since the last read (a server's stats log)."""
 
     def __init__(self, recognizer: FastConformerRecognizer, capacity: int, *, lookahead_ms: int | None = None, max_batch: int = 4096,
                  decoder: str | None = "ctc", on_step: Callable[[np.ndarray, list[int]], None] | None = None,
@@ -104,7 +108,9 @@ class BulkTranscriber:
         self._tail = torch.zeros(capacity, tail, device=dev)  # pre-emphasised samples carried to the next frame
         self._mel_carry = torch.zeros(capacity, self.carry, c.n_mels, device=dev)
         self.dec_pool = StatePool(self.greedy, capacity, dev)  # CTC: the previous frame's argmax; RNNT: LSTM state
-        self._latencies: list[np.ndarray] = []
+        self._latencies: collections.deque[np.ndarray] = collections.deque()
+        self._latencies_kept = 0
+        self.windows = StepWindows()
 
     # -- producers ---------------------------------------------------------------
 
@@ -190,6 +196,7 @@ class BulkTranscriber:
     def step(self) -> int:
         """Step every slot with a complete chunk queued (up to ``max_batch``); returns how many were stepped."""
         with self._step_lock:
+            started = time.monotonic()
             rows, audio, ready = self.queues.take(self.max_batch)
             if not len(rows):
                 return self._finish_ended()
@@ -204,8 +211,17 @@ class BulkTranscriber:
             if self.on_step is not None:
                 self.on_step(rows, updated)
             ended = self._finish_ended()
-        self._latencies.append(time.monotonic() - ready)
+        done = time.monotonic()
+        latencies = done - ready
+        self.windows.record(len(rows), done - started, latencies)
+        self._keep(latencies)
         return len(rows) + ended
+
+    def _keep(self, latencies: np.ndarray) -> None:
+        self._latencies.append(latencies)
+        self._latencies_kept += len(latencies)
+        while self._latencies_kept > LATENCIES_KEPT and len(self._latencies) > 1:
+            self._latencies_kept -= len(self._latencies.popleft())
 
     def _finish_ended(self) -> int:
         """Step the ends of the ended streams with no complete chunk left queued (step lock held)."""
@@ -292,7 +308,8 @@ class BulkTranscriber:
     def latencies(self, clear: bool = False) -> np.ndarray:
         """Seconds from each stepped chunk's completing push to its tokens on the host, oldest first; ``clear``
         forgets them (a benchmark's warm-up)."""
-        out = np.concatenate(self._latencies) if self._latencies else np.zeros(0)
+        out = np.concatenate(list(self._latencies)) if self._latencies else np.zeros(0)
         if clear:
             self._latencies.clear()
+            self._latencies_kept = 0
         return out
