@@ -31,6 +31,7 @@ async def serve(args) -> None:
     engine = BulkEngine("fastconformer:random-L", rec, capacity=args.capacity, max_batch=args.max_batch,
                         lookahead_ms=None if args.cpu_smoke else bench_bulk.LOOKAHEAD_MS, stats_every_s=args.stats_every or None)
     config = ServerConfig(port=args.port, max_connections=args.capacity)
+    await asyncio.get_running_loop().run_in_executor(None, engine.warm_up)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from legato.asr.fastconformer.bulk import BulkStream, BulkTranscriber
+from legato.asr.fastconformer.bulk_tokens import TokenUpdates
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.server.bulk_text import StreamText
 from legato.stream.engine import UnknownRouteError
@@ -46,6 +47,7 @@ DEFAULT_MIN_SILENCE_MS = 500  # as the general FastConformer stage
 NO_ENDPOINT = np.iinfo(np.int64).max // 4
 IDLE_S = 0.002  # worker nap when no chunk is complete
 FULL_QUEUE_RETRY_S = 0.02  # a push into a full stream queue waits this long before trying again
+WARM_UP_BATCHES = (1, 16, 17)  # batch sizes ``warm_up`` steps: Triton's integer specialisations (1, 16k, other)
 
 
 class StreamAudio:
@@ -153,13 +155,15 @@ class BulkEngine:
         self.routes = [name]
         self.recognizer = recognizer
         self.bulk = BulkTranscriber(recognizer, capacity, lookahead_ms=lookahead_ms, max_batch=max_batch, decoder=decoder,
-                                    on_step=self._on_step, on_finish=self._on_finish)
+                                    on_step=self._on_step, on_finish=self._on_finish, keep_tokens=False)
         self.lookahead_ms = recognizer.lookaheads_ms[self.bulk.lookahead]
         self._handles: dict[int, BulkHandle] = {}
         self._endpoint = np.full(capacity, NO_ENDPOINT, np.int64)  # encoder frames of silence that end an utterance
         self._open = np.zeros(capacity, bool)  # the slot's utterance has tokens
         self._last_token = np.zeros(capacity, np.int64)  # encoder frame of its last token
-        self._consumed = np.zeros(capacity, np.int64)  # the stream's tokens handed over so far
+        self._live = np.zeros(capacity, bool)  # the slot has a registered handle
+        self._sink_of = np.zeros(capacity, np.int64)  # index of its handle's sink in _sink_list
+        self._sink_list: list = []
         self._text_queue: queue.Queue = queue.Queue()  # (loop, updates) for the text thread
         self._text: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -184,6 +188,26 @@ class BulkEngine:
             self._worker = threading.Thread(target=self._work, name="legato-bulk-worker", daemon=True)
             self._worker.start()
         return self
+
+    def warm_up(self) -> None:
+        """Compile before serving: steps of throwaway streams at the batch sizes the GPU kernels specialise on
+        (Triton compiles a variant for 1, for multiples of 16 and for the rest), first and later steps and
+        batched ends. Each variant's first launch compiles for seconds (8 s for the first on an H200): a server
+        doing that with clients connected stalls every stream. Call before ``start``; nothing reaches a sink."""
+        rng = np.random.default_rng(0)
+        for n in WARM_UP_BATCHES:
+            n = min(n, self.bulk.capacity)
+            slots = self.bulk.open_many(n)
+            for _ in range(2):
+                self.bulk.push_many(slots, rng.standard_normal((n, self.bulk.chunk)).astype(np.float32) * 0.01)
+                self.bulk.step()
+            for s in slots.tolist():
+                self.bulk.push(s, np.zeros(self.bulk.chunk // 3, np.float32))
+                self.bulk.end(s)
+            while self.bulk.in_use:
+                self.bulk.step()
+        self.bulk.windows.read()
+        self.bulk.latencies(clear=True)
 
     def stop(self) -> None:
         self._stop.set()
@@ -223,16 +247,16 @@ class BulkEngine:
         and their events to the loop in one call."""
         with self._lock:
             if loop not in self._sinks:
-                self._sinks[loop] = lambda updates: self._text_queue.put((loop, updates))
+                self._sinks[loop] = lambda updates, handles: self._text_queue.put((loop, updates, handles))
             return self._sinks[loop]
 
     def _text_work(self) -> None:
         """Token updates -> text events, off the stepping thread (it overlaps the GPU's next step)."""
         tokenizer, frame_s = self.recognizer.tokenizer, self.recognizer.frame_s
         while (item := self._text_queue.get()) is not None:
-            loop, updates = item
+            loop, updates, handles = item
             out: list[tuple[BulkHandle, Frame]] = []
-            for h, tokens, frames, final, end in updates:
+            for h, (_, tokens, frames, final, end) in zip(handles, updates.rows()):
                 out += [(h, e) for e in h.text.update(tokenizer, frame_s, tokens, frames, final)]
                 if end:
                     out.append((h, EndOfStream()))
@@ -249,16 +273,20 @@ class BulkEngine:
         self._requests.append(("cancel", slot, None))
 
     def register(self, slot: int, handle, opts: dict) -> None:
-        """Route the slot's token updates to ``handle``: ``.sink(updates)`` takes a step's ``(handle, tokens,
-        frames, final, end)`` on the worker thread and hands them on without blocking; ``._fail(code, message)``."""
+        """Route the slot's token updates to ``handle``: ``.sink(updates, handles)`` takes a step's
+        ``TokenUpdates`` for its streams (and their handles, row by row) on the worker thread and hands them on
+        without blocking; ``._fail(code, message)``."""
         ep = opts.get("endpointing") or {}
         endpoint = NO_ENDPOINT
         if ep.get("enabled", True):
             ms = int(ep.get("min_silence_ms") or DEFAULT_MIN_SILENCE_MS)
             endpoint = max(1, round(ms / 1000 / self.recognizer.frame_s))
         with self._lock:
+            if handle.sink not in self._sink_list:
+                self._sink_list.append(handle.sink)
             self._handles[slot] = handle
-            self._endpoint[slot], self._open[slot], self._consumed[slot] = endpoint, False, 0
+            self._endpoint[slot], self._open[slot], self._live[slot] = endpoint, False, True
+            self._sink_of[slot] = self._sink_list.index(handle.sink)
 
     # -- the worker ------------------------------------------------------------------
 
@@ -307,41 +335,38 @@ class BulkEngine:
                 future.set_exception(CapacityError(f"bulk server is full ({self.bulk.capacity} streams)"))
         return len(requests)
 
-    def _on_step(self, stepped: np.ndarray, updated: list[int]) -> None:
-        """Each stream's new tokens, and utterance ends (endpointing, vectorised over the batch), to the sinks in
-        one call per sink. Words and events are built by the sink's side, not here."""
-        updates: list[tuple] = []
+    def _on_step(self, stepped: np.ndarray, new: TokenUpdates) -> None:
+        """The step's new tokens and utterance ends (endpointing), to the sinks in one call per sink, in array
+        operations: no Python per stream on the stepping thread. Words and events are built by the sink's side."""
         with self._lock:
-            handles = self._handles
-            for slot in updated:
-                if slot in handles:
-                    self._open[slot] = True
-                    self._last_token[slot] = self.bulk.streams[slot].token_frames[-1]
+            new = new.select(self._live[new.slots])
+            self._open[new.slots] = True
+            self._last_token[new.slots] = new.last_frames()
             silent = self.bulk.frames_decoded(stepped) - 1 - self._last_token[stepped]
-            ending = set(stepped[self._open[stepped] & (silent >= self._endpoint[stepped])].tolist())
-            for slot in set(updated) | ending:
-                h, stream = handles.get(slot), self.bulk.streams.get(slot)
-                if h is not None and stream is not None:
-                    updates.append(self._update(h, stream, final=slot in ending, end=False))
-                    if slot in ending:
-                        self._open[slot] = False
-        _hand_over(updates)
+            ending = stepped[self._live[stepped] & self._open[stepped] & (silent >= self._endpoint[stepped])]
+            self._open[ending] = False
+            updates = new.with_finals(ending)
+            self._hand_over(updates)
 
-    def _on_finish(self, done: list) -> None:
+    def _on_finish(self, done: list[tuple[int, BulkStream]]) -> None:
         """The last tokens, the final and the end of stream of the streams whose last steps just ran."""
-        updates: list[tuple] = []
         with self._lock:
-            for slot, stream in done:
-                h = self._handles.pop(slot, None)
-                if h is not None:
-                    updates.append(self._update(h, stream, final=True, end=True))
-        _hand_over(updates)
+            done = [(slot, stream) for slot, stream in done if self._live[slot]]
+            updates = TokenUpdates.from_lists([slot for slot, _ in done], [st.tokens for _, st in done],
+                                              [st.token_frames for _, st in done], final=True, end=True, keep_empty=True)
+            self._hand_over(updates)
+            for slot, _ in done:
+                self._live[slot] = False
+                del self._handles[slot]
 
-    def _update(self, h, stream: BulkStream, final: bool, end: bool) -> tuple:
-        """(handle, the tokens and frames not handed over yet, final, end)."""
-        start, n = self._consumed[h.slot], len(stream.tokens)
-        self._consumed[h.slot] = n
-        return h, stream.tokens[start:n], stream.token_frames[start:n], final, end
+    def _hand_over(self, updates: TokenUpdates) -> None:
+        """Each sink's rows, with their handles (lock held)."""
+        if not len(updates):
+            return
+        sink_of = self._sink_of[updates.slots]
+        for i in np.unique(sink_of).tolist():
+            part = updates.select(sink_of == i)
+            self._sink_list[i](part, list(map(self._handles.get, part.slots.tolist())))
 
     def _end(self, h) -> None:
         try:
@@ -353,20 +378,12 @@ class BulkEngine:
         with self._lock:
             if self._handles.get(h.slot) is h:
                 del self._handles[h.slot]
+                self._live[h.slot] = False
 
 
 @functools.lru_cache(maxsize=16)
 def _resampler(rate: int) -> Resampler:
     return Resampler(rate, SAMPLE_RATE)
-
-
-def _hand_over(updates: list) -> None:
-    """(handle, ...) updates to their handles' sinks, one call per sink."""
-    by_sink: dict = {}
-    for u in updates:
-        by_sink.setdefault(u[0].sink, []).append(u)
-    for sink, items in by_sink.items():
-        sink(items)
 
 
 def _deliver(out: list[tuple[BulkHandle, Frame]]) -> None:

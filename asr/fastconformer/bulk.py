@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from legato.asr.fastconformer.bulk_flush import flush
+from legato.asr.fastconformer.bulk_tokens import TokenUpdates
 from legato.asr.fastconformer.decoders import CtcState, ctc_greedy_mask
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.stream.chunk_queues import ChunkQueues
@@ -64,13 +65,15 @@ class BulkTranscriber:
     what the steps did since the last read (a server's stats log)."""
 
     def __init__(self, recognizer: FastConformerRecognizer, capacity: int, *, lookahead_ms: int | None = None, max_batch: int = 4096,
-                 decoder: str | None = "ctc", on_step: Callable[[np.ndarray, list[int]], None] | None = None,
-                 on_finish: Callable[[list[tuple[int, "BulkStream"]]], None] | None = None):
+                 decoder: str | None = "ctc", on_step: Callable[[np.ndarray, TokenUpdates], None] | None = None,
+                 on_finish: Callable[[list[tuple[int, "BulkStream"]]], None] | None = None, keep_tokens: bool = True):
         """``decoder``: "ctc" (default), "rnnt", or None for the model's own (RNNT for a hybrid).
-        ``on_step(stepped_slots, slots_with_new_tokens)``: called at the end of every ``step`` that stepped rows,
-        on the stepping thread, before another step, ``open`` or ``finish`` can run (a front end's hook for text
-        events and endpointing). ``on_finish([(slot, stream), ...])``: the streams ended with ``end`` whose last
-        steps a ``step`` has just run, before their slots are free."""
+        ``on_step(stepped_slots, updates)``: called at the end of every ``step`` that stepped rows, on the stepping
+        thread, before another step, ``open`` or ``finish`` can run, with the step's new tokens as arrays (a
+        server's hook for text events and endpointing). ``on_finish([(slot, stream), ...])``: the streams ended
+        with ``end`` whose last steps a ``step`` has just run, before their slots are free. ``keep_tokens``: each
+        ``BulkStream`` gathers its tokens (Python lists, ~5 us per stream with news per step); a consumer of
+        ``on_step`` passes False and the streams ``on_finish`` hands over hold only their last steps' tokens."""
         model = recognizer.model
         self.decoder = model.check_decoder(decoder)  # ValueError for a head the model lacks
         self.greedy = model.greedy_decoder(self.decoder)
@@ -79,6 +82,7 @@ class BulkTranscriber:
             raise ValueError(f"normalize={mel.config.normalize!r} cannot stream; the bulk path needs normalize='NA'")
         self.recognizer, self.encoder = recognizer, model.encoder
         self.mel, self.capacity, self.max_batch, self.on_step, self.on_finish = mel, capacity, max_batch, on_step, on_finish
+        self.keep_tokens = keep_tokens
         self.lookahead = recognizer.lookahead_index(lookahead_ms)
         c = mel.config
         self.hop, self.window, self.pad = c.hop_samples, c.window_samples, c.window_samples // 2
@@ -159,7 +163,7 @@ class BulkTranscriber:
                 if slot not in self.streams:
                     raise KeyError(f"slot {slot} is not open")
             while (audio := self.queues.take_one(slot)) is not None:
-                self._step_group(np.array([slot]), audio, bool(self._stepped[slot] == 0))
+                self._collect(self._step_group(np.array([slot]), audio, bool(self._stepped[slot] == 0)))
             return self._finish_many([slot])[0][1]
 
     def end(self, slot: int) -> None:
@@ -201,15 +205,18 @@ class BulkTranscriber:
             if not len(rows):
                 return self._finish_ended()
             first = self._stepped[rows] == 0
-            updated: list[int] = []
+            groups = []
             for phase in (True, False):
                 pick = first == phase
                 if pick.all():
-                    updated += self._step_group(rows, audio, phase)
+                    groups.append(self._step_group(rows, audio, phase))
                 elif pick.any():
-                    updated += self._step_group(rows[pick], audio[torch.from_numpy(pick)], phase)
+                    groups.append(self._step_group(rows[pick], audio[torch.from_numpy(pick)], phase))
+            updates = TokenUpdates.concat(groups)
+            if self.keep_tokens:
+                self._collect(updates)
             if self.on_step is not None:
-                self.on_step(rows, updated)
+                self.on_step(rows, updates)
             ended = self._finish_ended()
         done = time.monotonic()
         latencies = done - ready
@@ -245,35 +252,33 @@ class BulkTranscriber:
         self._mel_carry[rows] = mel[:, take:]
         return mel[:, :take]
 
-    def _step_group(self, slots: np.ndarray, audio: torch.Tensor, first: bool) -> list[int]:
-        """Step these slots (one phase); returns the slots that got new tokens."""
+    def _collect(self, updates: TokenUpdates) -> None:
+        """The new tokens onto their streams' lists."""
+        for slot, tokens, frames, _, _ in updates.rows():
+            stream = self.streams.get(slot)
+            if stream is not None:
+                stream.tokens += tokens
+                stream.token_frames += frames
+
+    def _step_group(self, slots: np.ndarray, audio: torch.Tensor, first: bool) -> TokenUpdates:
+        """Step these slots (one phase); returns their new tokens."""
         rows = torch.as_tensor(slots, device=self.device)
         mel = self._log_mel(rows, audio.to(self.device, non_blocking=True), first)
         # the kernels read and write the pool's rows in place: no gathered copy (a 16,384-stream step's gather and
         # scatter of 2.6 MB rows took 25 ms of its 120 on an H200, and their copy of the state needs the memory
         # of 16,384 more streams)
         y, valid = self.encoder.stream_step(mel.to(self.dtype), self.pool.state, lookahead=self.lookahead, first=first, rows=rows)
-        updated = []
-        if self.decoder == "ctc":  # argmax and collapse on the device, one host sync, Python only for new tokens
+        if self.decoder == "ctc":  # argmax and collapse on the device, one host sync, array operations only
             state = self.dec_pool.state
             ctc = CtcState(last=state.last[rows])
             best, keep = ctc_greedy_mask(self.greedy.head(y), valid, ctc, self.greedy.head.blank)
             state.last[rows] = ctc.last
             best, keep = best.cpu().numpy(), keep.cpu().numpy()  # the one host sync of the step
-            for j in np.flatnonzero(keep.any(axis=1)):
-                stream = self.streams.get(int(slots[j]))
-                if stream is not None:
-                    at = np.flatnonzero(keep[j])
-                    stream.tokens += best[j, at].tolist()
-                    stream.token_frames += (self._frames[slots[j]] + at).tolist()
-                    updated.append(int(slots[j]))
+            updated = TokenUpdates.from_mask(slots, keep, best, self._frames[slots])
         else:
-            for j, (tokens, frames) in enumerate(zip(*self.decode(y, valid, slots))):
-                stream = self.streams.get(int(slots[j]))
-                if tokens and stream is not None:
-                    stream.tokens += tokens
-                    stream.token_frames += [int(self._frames[slots[j]]) + f for f in frames]
-                    updated.append(int(slots[j]))
+            tokens, frames = self.decode(y, valid, slots)
+            start = self._frames[slots].tolist()
+            updated = TokenUpdates.from_lists(slots, tokens, [[s + f for f in fr] for s, fr in zip(start, frames)])
         self._frames[slots] += y.shape[1]
         self._stepped[slots] += 1
         return updated

@@ -1,0 +1,248 @@
+"""One front-end process of ``legato serve --bulk --frontends N`` (the engine's side: ``bulk_frontends.py``).
+
+It runs the usual ``TranscriptionServer`` over a ``RemoteEngine``: the client's audio is averaged, resampled and
+cut into whole model chunks here, and sent to the engine process over the pipe; token updates come back once per
+step and are turned into words and events here (so that work is spread over the front ends). Streams are named
+by their engine slot once opened; a slot's updates are only taken while the slot is this front end's (the pipe
+is in order: updates of a cancelled stream arrive before the slot could be opened again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import signal
+import threading
+import time
+
+import numpy as np
+
+from legato.asr.fastconformer.tokenizer import SentencePieceTokenizer
+from legato.server.bulk_engine import SAMPLE_RATE, HandleEvents, StreamAudio
+from legato.server.bulk_text import StreamText
+from legato.stream.errors import CapacityError
+from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
+from legato.stream.metrics import Histogram
+
+log = logging.getLogger("legato.bulk")
+
+MAX_AUDIO_IN_FLIGHT = 4096  # chunks a front end may have queued for its pipe before apush waits
+BATCH_MESSAGES = 512  # queued messages a sender merges into one pipe message at most
+FULL_RETRY_S = 0.005  # apush waits this long for the pipe's queue to drain
+LAG_PROBE_S = 0.02  # the loop-lag probe sleeps this long (with stats on)
+
+
+class RemoteHandle(HandleEvents):
+    """One client stream in a front end: audio cut into model chunks and sent; events from the engine."""
+
+    def __init__(self, engine: "RemoteEngine", slot: int, rate: int, interim: bool, chunk: int):
+        self.engine, self.slot, self.stream_id = engine, slot, f"bulk-{slot}"
+        self.text = StreamText(interim)
+        self.audio = StreamAudio(rate)
+        self._chunk = chunk
+        self._buffer = np.zeros(0, np.float32)
+        self._out: asyncio.Queue[Frame] = asyncio.Queue()
+        self._ending = False
+        self.finished = False
+
+    async def apush(self, chunk: AudioChunk) -> None:
+        if self._ending:
+            return
+        chunks = self._whole_chunks(self.audio.push(chunk))
+        if len(chunks):
+            while self.engine.in_flight >= MAX_AUDIO_IN_FLIGHT:  # the engine is behind: hold this client
+                await asyncio.sleep(FULL_RETRY_S)
+            self.engine.send_audio(self.slot, chunks)
+
+    async def aend(self) -> None:
+        if self._ending:
+            return
+        self._ending = True
+        chunks = self._whole_chunks(self.audio.flush())
+        if len(chunks):
+            self.engine.send_audio(self.slot, chunks)
+        self.engine.send(("end", self.slot, self._buffer))
+
+    def _whole_chunks(self, samples: np.ndarray) -> np.ndarray:
+        """Append to the buffer; take the whole model chunks off its front, (n, chunk)."""
+        self._buffer = np.concatenate([self._buffer, samples])
+        whole = len(self._buffer) // self._chunk * self._chunk
+        chunks, self._buffer = self._buffer[:whole].reshape(-1, self._chunk), self._buffer[whole:]
+        return chunks
+
+    def cancel(self) -> None:
+        if not self._ending:
+            self._ending = True
+            self.engine.send(("cancel", self.slot))
+        self.finished = True
+        self.engine.release(self)
+
+    async def __anext__(self) -> Frame:
+        frame = await super().__anext__()
+        if self.finished:
+            self.engine.release(self)
+        return frame
+
+
+class RemoteEngine:
+    """``Engine``'s face for a front end's ``TranscriptionServer``, over the pipe to the engine process."""
+
+    def __init__(self, conn, name: str, chunk: int):
+        self.conn, self.routes, self.chunk = conn, [name], chunk
+        self.handles: dict[int, RemoteHandle] = {}  # slot -> the stream of this front end holding it
+        self.in_flight = 0  # audio chunks queued for the pipe
+        self.closed = asyncio.Event()
+        self._opening: dict[int, tuple[asyncio.Future, dict]] = {}
+        self.tokenizer: SentencePieceTokenizer | None = None  # from the engine's setup message
+        self.frame_s = 0.0
+        self._keys = itertools.count()
+        self._out: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> "RemoteEngine":
+        self._loop = asyncio.get_running_loop()
+        threading.Thread(target=self._read, name="legato-engine-in", daemon=True).start()
+        threading.Thread(target=self._write, name="legato-engine-out", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._out.put(None)
+
+    async def aopen_stream(self, budget_s=None, options: dict | None = None, stream_id: str | None = None, route: str | None = None):
+        key = next(self._keys)
+        future = asyncio.get_running_loop().create_future()
+        self._opening[key] = (future, dict(options or {}))
+        self.send(("open", key, dict(options or {}), route))
+        return await future
+
+    def release(self, h: RemoteHandle) -> None:
+        if self.handles.get(h.slot) is h:
+            del self.handles[h.slot]
+
+    def send(self, msg: tuple) -> None:
+        self._out.put(msg)
+
+    def send_audio(self, slot: int, chunks: np.ndarray) -> None:
+        with self._lock:
+            self.in_flight += len(chunks)
+        self._out.put(("audio", slot, chunks))
+
+    def _write(self) -> None:
+        """Everything queued since the last send in one pipe message per run of audio (two arrays: fewer, larger
+        messages, and no Python per chunk in the engine process)."""
+        while (msg := self._out.get()) is not None:
+            batch = [msg]
+            while len(batch) < BATCH_MESSAGES:
+                try:
+                    batch.append(self._out.get_nowait())
+                except queue.Empty:
+                    break
+            merged: list = []
+            run: list = []  # (slot, chunks) of the current run of audio messages
+            for m in batch + [None]:
+                if m is not None and m[0] == "audio":
+                    run.append(m[1:])
+                    continue
+                if run:
+                    merged.append(("audio", np.repeat([s for s, _ in run], [len(c) for _, c in run]).astype(np.int64),
+                                   np.concatenate([c for _, c in run])))
+                    run = []
+                if m is not None:
+                    merged.append(m)
+            if any(m is None for m in batch):  # stop once this batch is sent
+                self._out.put(None)
+            for m in merged:
+                try:
+                    self.conn.send(m)
+                except (OSError, EOFError, BrokenPipeError):
+                    return
+                if m[0] == "audio":
+                    with self._lock:
+                        self.in_flight -= len(m[1])
+
+    def _read(self) -> None:
+        try:
+            while True:
+                msg = self.conn.recv()
+                self._loop.call_soon_threadsafe(self._dispatch, msg)
+        except (EOFError, OSError):
+            self._loop.call_soon_threadsafe(self.closed.set)
+
+    def _dispatch(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "updates":  # words and events built here, in the front end
+            for slot, tokens, frames, final, end in msg[1].rows():
+                h = self.handles.get(slot)
+                if h is None:
+                    continue
+                for event in h.text.update(self.tokenizer, self.frame_s, tokens, frames, final):
+                    h._out.put_nowait(event)
+                if end:
+                    h._out.put_nowait(EndOfStream())
+        elif kind == "error":
+            _, slot, code, message = msg
+            if (h := self.handles.get(slot)) is not None:
+                h._out.put_nowait(ErrorEvent(code, message, "bulk"))
+        elif kind == "setup":
+            self.tokenizer, self.frame_s = SentencePieceTokenizer(msg[1]), msg[2]
+        elif kind == "opened":
+            _, key, slot = msg
+            future, opts = self._opening.pop(key)
+            h = RemoteHandle(self, slot, opts.get("sample_rate", SAMPLE_RATE), bool(opts.get("interim_results", True)), self.chunk)
+            self.handles[slot] = h
+            if future.cancelled():  # the client left while opening
+                h.cancel()
+            else:
+                future.set_result(h)
+        elif kind == "refused":
+            _, key, code, message = msg
+            future, _ = self._opening.pop(key)
+            if not future.cancelled():
+                future.set_exception(CapacityError(message) if code == "capacity" else ValueError(message))
+
+
+def frontend_main(conn, name: str, config: dict, index: int) -> None:
+    """A front-end process: the WebSocket server on the shared port until SIGTERM/SIGINT (drain) or the engine's
+    pipe closes."""
+    level = logging.INFO if config.get("stats_every_s") else logging.WARNING
+    logging.basicConfig(level=level, format=f"%(asctime)s frontend-{index} %(name)s %(levelname)s %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # not a line per connection: thousands of streams
+    asyncio.run(_frontend(conn, name, config, index))
+
+
+async def _frontend(conn, name: str, config: dict, index: int) -> None:
+    from legato.server.ws_server import ServerConfig, TranscriptionServer
+
+    chunk, stats_every_s = config.pop("bulk_chunk"), config.pop("stats_every_s", None)
+    engine = RemoteEngine(conn, name, chunk)
+    server = await TranscriptionServer(engine, [name], ServerConfig(**config)).start()
+    engine.send(("ready",))
+    reporter = asyncio.create_task(_report(engine, index, stats_every_s)) if stats_every_s else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await asyncio.wait([asyncio.create_task(stop.wait()), asyncio.create_task(engine.closed.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    await server.drain()
+    if reporter is not None:
+        reporter.cancel()
+
+
+async def _report(engine: RemoteEngine, index: int, every_s: float) -> None:
+    """A log line every ``every_s``: the front end's streams, audio queued for the pipe, and its event loop's lag
+    (how late a short sleep wakes up: a loop near saturation delays every one of its clients' messages)."""
+    lag, last = Histogram.latency(), time.monotonic()
+    while True:
+        t = time.monotonic()
+        await asyncio.sleep(LAG_PROBE_S)
+        now = time.monotonic()
+        lag.record(max(0.0, now - t - LAG_PROBE_S))
+        if now - last >= every_s:
+            log.info("front end %d: %d streams, %d chunks queued for the pipe, loop lag p50/p99/max %.1f/%.1f/%.1f ms",
+                     index, len(engine.handles), engine.in_flight, lag.quantile(0.5) * 1e3, lag.quantile(0.99) * 1e3,
+                     lag.max * 1e3)
+            lag, last = Histogram.latency(), now

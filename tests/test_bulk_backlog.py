@@ -1,0 +1,151 @@
+"""The engine's end of a front end's pipe (``FrontendLink``): a stream far behind (many chunks in one message, its
+queue full) waits in the link's backlog, in order, while other streams' audio goes straight on; its end waits
+behind its chunks; a cancel drops what it had waiting. The step windows behind the server's stats line."""
+
+import multiprocessing
+import threading
+
+import numpy as np
+
+from legato.server.bulk_frontends import BACKLOG_CHUNKS, FrontendLink, _RemoteStream
+from legato.stream.chunk_queues import ChunkQueues
+from legato.stream.metrics import Histogram
+from legato.stream.step_window import StepWindows
+
+CHUNK = 4
+DEPTH = 2
+
+
+class _Bulk:
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.queues = ChunkQueues(capacity, CHUNK, depth=DEPTH, max_take=capacity, pinned=False)
+
+    def push_many(self, slots, chunks):
+        return self.queues.push_many(slots, chunks)
+
+    def push(self, slot, samples):
+        self.queues.push(slot, samples)
+
+
+class _Engine:
+    """What a link uses of ``BulkEngine``."""
+
+    def __init__(self, capacity: int = 8):
+        self.bulk = _Bulk(capacity)
+        self.recognizer = type("R", (), {"tokenizer": type("T", (), {"model_proto": b""})(), "frame_s": 0.08})()
+        self.stats_lines, self.ended, self.cancelled, self.forgotten = [], [], [], []
+        self._lock = threading.Lock()
+
+    def _end(self, st):
+        self.ended.append(st.slot)
+
+    def _forget(self, st):
+        self.forgotten.append(st.slot)
+
+    def request_cancel(self, slot):
+        self.cancelled.append(slot)
+
+
+def _link(slots=(0, 1, 2)):
+    engine = _Engine()
+    parent, child = multiprocessing.Pipe()
+    link = FrontendLink(engine, parent, 0)
+    for s in slots:
+        link._streams[s] = _RemoteStream(link, s)
+        link._accepts[s] = True
+    return engine, link, child
+
+
+def _chunks(slot: int, first: int, n: int) -> np.ndarray:
+    """Chunk k of a slot: every sample ``100 * slot + k`` (order checks)."""
+    return np.stack([np.full(CHUNK, 100 * slot + k, np.float32) for k in range(first, first + n)])
+
+
+def _take_all(engine) -> dict[int, list[int]]:
+    got: dict[int, list[int]] = {}
+    while True:
+        rows, audio, _ = engine.bulk.queues.take(64)
+        if not len(rows):
+            return got
+        for r, a in zip(rows.tolist(), audio.numpy()):
+            got.setdefault(r, []).append(int(a[0]) - 100 * r)
+
+
+def test_a_stream_far_behind_does_not_hold_the_others():
+    engine, link, conn = _link()
+    link._audio(np.zeros(6, np.int64), _chunks(0, 0, 6))  # stream 0: six chunks at once, its queue holds two
+    assert link._backlog_n == 4
+    link._audio(np.array([1, 2, 1]), np.concatenate([_chunks(1, 0, 1), _chunks(2, 0, 1), _chunks(1, 1, 1)]))
+    assert link._backlog_n == 4  # streams 1 and 2 went straight into their queues
+    got = _take_all(engine)
+    assert got == {0: [0, 1], 1: [0, 1], 2: [0]}
+    order = [0, 1]
+    while link._backlog:
+        link._drain()
+        order += _take_all(engine).get(0, [])
+    assert order == list(range(6)) and link._backlog_n == 0
+    conn.close()
+
+
+def test_new_chunks_of_a_stream_with_a_backlog_queue_behind_it():
+    engine, link, conn = _link()
+    link._audio(np.zeros(3, np.int64), _chunks(0, 0, 3))
+    link._audio(np.zeros(1, np.int64), _chunks(0, 3, 1))  # its queue has room again only after a take
+    assert link._backlog_n == 2
+    seen = []
+    for _ in range(4):
+        seen += _take_all(engine).get(0, [])
+        link._drain()
+    assert seen == [0, 1, 2, 3]
+    conn.close()
+
+
+def test_an_end_waits_behind_its_chunks_and_a_cancel_drops_the_backlog():
+    engine, link, conn = _link()
+    link._audio(np.zeros(4, np.int64), _chunks(0, 0, 4))
+    link._end(0, np.full(2, 9, np.float32))
+    assert engine.ended == [] and link._backlog_n == 3
+    link._audio(np.zeros(1, np.int64), _chunks(0, 4, 1))  # audio after the end is dropped
+    assert link._backlog_n == 3
+    while engine.ended == []:
+        _take_all(engine)
+        link._drain()
+    assert engine.ended == [0] and not link._backlog
+    link._audio(np.full(5, 1, np.int64), _chunks(1, 0, 5))
+    link._cancel(1)
+    assert link._backlog_n == 0 and engine.cancelled == [1] and engine.forgotten == [1]
+    link._audio(np.full(1, 1, np.int64), _chunks(1, 5, 1))  # the cancelled stream's late audio is dropped
+    assert link._backlog_n == 0 and engine.bulk.queues.queued(1) == DEPTH
+    conn.close()
+
+
+def test_stats_line_counts_and_backlog_bound_is_sane():
+    _, link, conn = _link()
+    link._audio(np.array([0, 1]), np.concatenate([_chunks(0, 0, 1), _chunks(1, 0, 1)]))
+    line = link.stats_line()
+    assert "2 chunks in 1 messages" in line and "backlog 0 chunks" in line
+    assert "0 chunks in 0 messages" in link.stats_line()
+    assert BACKLOG_CHUNKS * CHUNK > 0
+    conn.close()
+
+
+def test_histogram_records_arrays_like_lists():
+    a, b = Histogram.latency(), Histogram.latency()
+    v = np.random.default_rng(0).lognormal(-4, 2, 5000)
+    v[:3] = a.edges[:3]  # on bucket edges: bisect_left's side
+    a.record_many(v.tolist())
+    b.record_many(v)
+    assert a.counts == b.counts and a.count == b.count and (a.min, a.max) == (b.min, b.max)
+    assert np.isclose(a.total, b.total)
+
+
+def test_step_windows_read_and_restart():
+    w = StepWindows()
+    w.record(100, 0.010, np.full(100, 0.05))
+    w.record(300, 0.030, np.full(300, 0.07))
+    first = w.read()
+    assert (first.steps, first.chunks, first.largest_batch) == (2, 400, 300)
+    line = first.line(first.started + 1.0)
+    assert "400 chunks/s" in line and "batch mean 200, max 300" in line and "worker busy 4%" in line
+    assert w.read().line().startswith("idle")
