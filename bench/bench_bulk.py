@@ -33,6 +33,7 @@ from legato.asr.fastconformer.bulk import BulkTranscriber  # noqa: E402
 from legato.asr.fastconformer.model import FastConformerModel, FastConformerModelConfig, HeadConfig  # noqa: E402
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer  # noqa: E402
 from legato.asr.frontends.nemo_mel import NemoMelConfig  # noqa: E402
+from legato.server.bulk_engine import BulkEngine  # noqa: E402
 
 VOCAB = 1024
 LOOKAHEAD_MS = 80  # right context 1 x 80 ms: 160 ms chunks
@@ -57,10 +58,36 @@ def build(args, tokenizer=None) -> FastConformerRecognizer:
     return FastConformerRecognizer(model, tokenizer, "bench")  # without a tokenizer tokens are not turned into words
 
 
+class _Discard:
+    """A stream handle for ``--engine``: the engine's per-step hand-over runs, its token updates go nowhere (words
+    are built by the server's front ends, not on the stepping thread)."""
+
+    def __init__(self, slot: int):
+        self.slot = slot
+
+    @staticmethod
+    def sink(updates, handles) -> None:
+        pass
+
+
+def make_bulk(rec: FastConformerRecognizer, n: int, args):
+    """The bulk path under test: ``BulkTranscriber`` alone, or (``--engine``) inside the server's ``BulkEngine``
+    (its per-step endpointing and hand-over of token updates as arrays on the stepping thread)."""
+    lookahead = None if args.cpu_smoke else LOOKAHEAD_MS
+    if not args.engine:
+        bulk = BulkTranscriber(rec, capacity=n, lookahead_ms=lookahead, max_batch=args.max_batch, cuda_graphs=not args.eager)
+        return bulk, bulk.open_many(n)
+    engine = BulkEngine("bench", rec, capacity=n, max_batch=args.max_batch, lookahead_ms=lookahead)
+    engine.bulk.graphs = None if args.eager else engine.bulk.graphs
+    slots = engine.bulk.open_many(n)
+    for s in slots.tolist():
+        engine.register(s, _Discard(s), {})
+    return engine.bulk, slots
+
+
 def run(rec: FastConformerRecognizer, n: int, args) -> dict:
-    bulk = BulkTranscriber(rec, capacity=n, lookahead_ms=None if args.cpu_smoke else LOOKAHEAD_MS, max_batch=args.max_batch)
+    bulk, slots = make_bulk(rec, n, args)
     chunk_s = bulk.chunk / rec.sample_rate
-    slots = bulk.open_many(n)
     audio = (np.random.default_rng(0).standard_normal((n, bulk.chunk)) * 0.1).astype(np.float32)
     one = audio[:1]  # the timed streams all send this chunk (a broadcast view: the producer copies nothing itself)
     stop, stats = threading.Event(), {"pushed": 0, "refused": 0, "steps": 0, "rows": 0}
@@ -121,6 +148,9 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16384)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--kv-cache", default="same", choices=["same", "fp8"])
+    ap.add_argument("--eager", action="store_true", help="no CUDA graphs (each step launches its kernels from Python)")
+    ap.add_argument("--engine", action="store_true", help="through the server's BulkEngine (endpointing and token "
+                    "hand-over per step) instead of BulkTranscriber alone")
     ap.add_argument("--cpu-smoke", action="store_true")
     ap.add_argument("--commit", default=None)
     ap.add_argument("--out", default="bench_bulk.json")
@@ -128,9 +158,11 @@ def main() -> None:
     if args.cpu_smoke:  # --streams may still be given
         args.seconds, args.warmup, args.dtype = 3.0, 1.0, "fp32"
         args.streams = "32" if args.streams == ap.get_default("streams") else args.streams
-    rec = build(args)
+    tokenizer = FastConformerRecognizer.from_nemo(FIXTURE).tokenizer if args.engine and not args.cpu_smoke else None
+    rec = build(args, tokenizer)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.cpu_smoke else "cpu"
-    print(f"{gpu}  torch {torch.__version__}  {args.dtype}  kv {args.kv_cache}  commit {args.commit or git_commit()}")
+    print(f"{gpu}  torch {torch.__version__}  {args.dtype}  kv {args.kv_cache}  {'eager' if args.eager else 'CUDA graphs'}  "
+          f"{'BulkEngine' if args.engine else 'BulkTranscriber'}  commit {args.commit or git_commit()}")
     print("| streams | chunks due / pushed / stepped | mean batch | latency p50 / p99 / max ms | kept up | refused pushes |")
     print("|---:|---:|---:|---:|---|---:|")
     rows = []

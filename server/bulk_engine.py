@@ -192,8 +192,9 @@ class BulkEngine:
     def warm_up(self) -> None:
         """Compile before serving: steps of throwaway streams at the batch sizes the GPU kernels specialise on
         (Triton compiles a variant for 1, for multiples of 16 and for the rest), first and later steps and
-        batched ends. Each variant's first launch compiles for seconds (8 s for the first on an H200): a server
-        doing that with clients connected stalls every stream. Call before ``start``; nothing reaches a sink."""
+        batched ends, then every CUDA graph bucket. Each variant's first launch compiles for seconds (8 s for
+        the first on an H200): a server doing that with clients connected stalls every stream. Call before
+        ``start``; nothing reaches a sink."""
         rng = np.random.default_rng(0)
         for n in WARM_UP_BATCHES:
             n = min(n, self.bulk.capacity)
@@ -206,6 +207,8 @@ class BulkEngine:
                 self.bulk.end(s)
             while self.bulk.in_use:
                 self.bulk.step()
+        if self.bulk.graphs is not None:
+            self.bulk.graphs.capture_all()
         self.bulk.windows.read()
         self.bulk.latencies(clear=True)
 

@@ -73,6 +73,7 @@ class FrontendLink:
         self._accepts = np.zeros(engine.bulk.capacity, bool)  # slot: open here, not ending (audio for others is dropped)
         self._backlog: dict[int, collections.deque] = {}  # slot -> chunks (and its _End) refused for a full queue
         self._backlog_n = 0
+        self._tried_at = -1  # the worker's step count at the last drain that left a backlog (no step since: no room)
         self._out: queue.Queue = queue.Queue()
         tokenizer = engine.recognizer.tokenizer
         self._out.put(("setup", tokenizer.model_proto, engine.recognizer.frame_s))
@@ -127,7 +128,7 @@ class FrontendLink:
     def _read(self) -> None:
         try:
             while True:
-                if self._backlog:
+                if self._backlog and self.engine.bulk.steps_done != self._tried_at:
                     self._drain()
                 if self._backlog_n >= BACKLOG_CHUNKS:  # stop reading: the pipe fills, the front end waits
                     time.sleep(BACKLOG_RETRY_S)
@@ -194,11 +195,12 @@ class FrontendLink:
         for i in np.flatnonzero(later).tolist():  # in message order: a slot's chunks stay in order
             self._backlog.setdefault(int(slots[i]), collections.deque()).append(chunks[i])
             self._backlog_n += 1
-        if self._backlog:
+        if later.any():
             self._drain()  # a slot's second chunk of the message, where its queue has room
 
     def _drain(self) -> None:
         """Push the backlog's oldest item of each slot, round after round, while any is taken."""
+        self._tried_at = self.engine.bulk.steps_done
         while self._backlog:
             ends = [s for s, q in self._backlog.items() if isinstance(q[0], _End)]
             for s in ends:

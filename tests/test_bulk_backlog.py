@@ -20,6 +20,7 @@ class _Bulk:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.queues = ChunkQueues(capacity, CHUNK, depth=DEPTH, max_take=capacity, pinned=False)
+        self.steps_done = 0
 
     def push_many(self, slots, chunks):
         return self.queues.push_many(slots, chunks)
@@ -64,6 +65,7 @@ def _chunks(slot: int, first: int, n: int) -> np.ndarray:
 
 def _take_all(engine) -> dict[int, list[int]]:
     got: dict[int, list[int]] = {}
+    engine.bulk.steps_done += 1
     while True:
         rows, audio, _ = engine.bulk.queues.take(64)
         if not len(rows):

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from legato.asr.fastconformer.bulk_flush import flush
+from legato.asr.fastconformer.bulk_graphs import BulkGraphs
 from legato.asr.fastconformer.bulk_tokens import TokenUpdates
 from legato.asr.fastconformer.decoders import CtcState, ctc_greedy_mask
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
@@ -66,14 +67,17 @@ class BulkTranscriber:
 
     def __init__(self, recognizer: FastConformerRecognizer, capacity: int, *, lookahead_ms: int | None = None, max_batch: int = 4096,
                  decoder: str | None = "ctc", on_step: Callable[[np.ndarray, TokenUpdates], None] | None = None,
-                 on_finish: Callable[[list[tuple[int, "BulkStream"]]], None] | None = None, keep_tokens: bool = True):
+                 on_finish: Callable[[list[tuple[int, "BulkStream"]]], None] | None = None, keep_tokens: bool = True,
+                 cuda_graphs: bool = True):
         """``decoder``: "ctc" (default), "rnnt", or None for the model's own (RNNT for a hybrid).
         ``on_step(stepped_slots, updates)``: called at the end of every ``step`` that stepped rows, on the stepping
         thread, before another step, ``open`` or ``finish`` can run, with the step's new tokens as arrays (a
         server's hook for text events and endpointing). ``on_finish([(slot, stream), ...])``: the streams ended
         with ``end`` whose last steps a ``step`` has just run, before their slots are free. ``keep_tokens``: each
         ``BulkStream`` gathers its tokens (Python lists, ~5 us per stream with news per step); a consumer of
-        ``on_step`` passes False and the streams ``on_finish`` hands over hold only their last steps' tokens."""
+        ``on_step`` passes False and the streams ``on_finish`` hands over hold only their last steps' tokens.
+        ``cuda_graphs``: on CUDA, steps replay a graph per batch bucket (``bulk_graphs.py``), captured on first use
+        of a bucket or all at once by ``graphs.capture_all()``."""
         model = recognizer.model
         self.decoder = model.check_decoder(decoder)  # ValueError for a head the model lacks
         self.greedy = model.greedy_decoder(self.decoder)
@@ -106,15 +110,18 @@ class BulkTranscriber:
         self._slots = SlotAllocator(capacity, f"bulk transcriber is full ({capacity} streams)")
         self.streams: dict[int, BulkStream] = {}
         self._ending: set[int] = set()  # ended (``end``), their last steps not yet run
-        # device side: per-slot state
-        self.pool = StatePool(self.encoder, capacity, dev)
-        self._last_raw = torch.zeros(capacity, device=dev)  # previous raw sample (pre-emphasis)
-        self._tail = torch.zeros(capacity, tail, device=dev)  # pre-emphasised samples carried to the next frame
-        self._mel_carry = torch.zeros(capacity, self.carry, c.n_mels, device=dev)
-        self.dec_pool = StatePool(self.greedy, capacity, dev)  # CTC: the previous frame's argmax; RNNT: LSTM state
+        # device side: per-slot state, and one scratch row past the streams' (CUDA graphs' padding rows use it)
+        rows = capacity + 1
+        self.pool = StatePool(self.encoder, rows, dev)
+        self._last_raw = torch.zeros(rows, device=dev)  # previous raw sample (pre-emphasis)
+        self._tail = torch.zeros(rows, tail, device=dev)  # pre-emphasised samples carried to the next frame
+        self._mel_carry = torch.zeros(rows, self.carry, c.n_mels, device=dev)
+        self.dec_pool = StatePool(self.greedy, rows, dev)  # CTC: the previous frame's argmax; RNNT: LSTM state
+        self.graphs = BulkGraphs(self, scratch=capacity) if cuda_graphs and dev.type == "cuda" else None
         self._latencies: collections.deque[np.ndarray] = collections.deque()
         self._latencies_kept = 0
         self.windows = StepWindows()
+        self.steps_done = 0  # steps that stepped rows (a producer waiting for queue room watches it)
 
     # -- producers ---------------------------------------------------------------
 
@@ -219,6 +226,7 @@ class BulkTranscriber:
                 self.on_step(rows, updates)
             ended = self._finish_ended()
         done = time.monotonic()
+        self.steps_done += 1
         latencies = done - ready
         self.windows.record(len(rows), done - started, latencies)
         self._keep(latencies)
@@ -260,26 +268,39 @@ class BulkTranscriber:
                 stream.tokens += tokens
                 stream.token_frames += frames
 
-    def _step_group(self, slots: np.ndarray, audio: torch.Tensor, first: bool) -> TokenUpdates:
-        """Step these slots (one phase); returns their new tokens."""
-        rows = torch.as_tensor(slots, device=self.device)
-        mel = self._log_mel(rows, audio.to(self.device, non_blocking=True), first)
+    def device_step(self, rows: torch.Tensor, audio: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's device work for pool ``rows`` (B,) and their chunks (B, chunk) on the device, no host sync
+        (what ``BulkGraphs`` captures): CTC -> (best, keep) (B, T) with the pooled previous argmax updated;
+        RNNT -> the encoder's (y, valid) for the host-side decoder."""
+        mel = self._log_mel(rows, audio, first)
         # the kernels read and write the pool's rows in place: no gathered copy (a 16,384-stream step's gather and
         # scatter of 2.6 MB rows took 25 ms of its 120 on an H200, and their copy of the state needs the memory
         # of 16,384 more streams)
         y, valid = self.encoder.stream_step(mel.to(self.dtype), self.pool.state, lookahead=self.lookahead, first=first, rows=rows)
-        if self.decoder == "ctc":  # argmax and collapse on the device, one host sync, array operations only
-            state = self.dec_pool.state
-            ctc = CtcState(last=state.last[rows])
-            best, keep = ctc_greedy_mask(self.greedy.head(y), valid, ctc, self.greedy.head.blank)
-            state.last[rows] = ctc.last
-            best, keep = best.cpu().numpy(), keep.cpu().numpy()  # the one host sync of the step
-            updated = TokenUpdates.from_mask(slots, keep, best, self._frames[slots])
+        if self.decoder != "ctc":
+            return y, valid
+        state = self.dec_pool.state  # argmax and collapse on the device
+        ctc = CtcState(last=state.last[rows])
+        best, keep = ctc_greedy_mask(self.greedy.head(y), valid, ctc, self.greedy.head.blank)
+        state.last[rows] = ctc.last
+        return best, keep
+
+    def _step_group(self, slots: np.ndarray, audio: torch.Tensor, first: bool) -> TokenUpdates:
+        """Step these slots (one phase); returns their new tokens."""
+        if self.graphs is not None and len(slots) <= self.graphs.buckets[-1]:
+            out = self.graphs.run(slots, audio, first)
         else:
-            tokens, frames = self.decode(y, valid, slots)
+            out = self.device_step(torch.as_tensor(slots, device=self.device), audio.to(self.device, non_blocking=True), first)
+        if self.decoder == "ctc":  # one host sync, array operations only
+            best, keep = out[0].cpu().numpy(), out[1].cpu().numpy()
+            updated, frames = TokenUpdates.from_mask(slots, keep, best, self._frames[slots]), keep.shape[1]
+        else:
+            y, valid = out
+            tokens, token_frames = self.decode(y, valid, slots)
             start = self._frames[slots].tolist()
-            updated = TokenUpdates.from_lists(slots, tokens, [[s + f for f in fr] for s, fr in zip(start, frames)])
-        self._frames[slots] += y.shape[1]
+            updated = TokenUpdates.from_lists(slots, tokens, [[s + f for f in fr] for s, fr in zip(start, token_frames)])
+            frames = y.shape[1]
+        self._frames[slots] += frames
         self._stepped[slots] += 1
         return updated
 

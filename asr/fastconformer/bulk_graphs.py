@@ -1,0 +1,86 @@
+"""The device part of a bulk step as CUDA graphs, one per (phase, batch bucket).
+
+Eager, a FastConformer-L bulk step launches ~1,000 kernels from Python: ~35 ms of CPU on an H200's host whatever
+the batch (launch-bound below a few thousand streams), and every PyTorch call drops and retakes the GIL, so in
+a server (pipe readers, writers, a text thread in the same process) each retake can wait behind another thread:
+measured, a 1,024-stream step took 224 ms in the server against ~20 ms alone. A replayed graph is one call.
+
+What is captured: pre-emphasis, framing, log-mel (the rows' carried samples and mel frames), the encoder step over
+the state pool's rows (the kernels update them in place) and, for CTC, the head, argmax and collapse with the
+pooled previous-argmax. Inputs are static buffers: the batch's audio and its pool rows. A step of ``n`` rows
+replays the smallest bucket >= n with rows ``n..`` pointed at a scratch pool row no stream owns (the pool has one
+more row than streams): those rows compute garbage into the scratch row only; every row's math is independent of
+the others (per-row kernels, row-wise norms and matmuls), so the real rows equal an eager step's.
+
+Capture runs on the scratch row alone (warm-up steps and the capture itself), so it never touches a stream.
+Graphs share one memory pool; they replay one at a time on the stepping thread and their outputs are read before
+the next replay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+WARMUP_STEPS = 2  # eager runs before capture: Triton compiles, cuFFT plans, workspaces
+BUCKETS = (16, 32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384, 24576, 32768)
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    audio: torch.Tensor  # (B, chunk) float32 input
+    rows: torch.Tensor  # (B,) int64 pool rows input
+    out: tuple  # CTC: (best, keep) (B, T); otherwise (y, valid)
+
+
+class BulkGraphs:
+    """``run(rows, audio, first)`` = ``device_step`` of ``bulk`` for those rows, by graph replay."""
+
+    def __init__(self, bulk, scratch: int):
+        """``bulk``: a ``BulkTranscriber`` on CUDA whose per-row state has a row ``scratch`` no stream uses."""
+        self.bulk, self.scratch = bulk, scratch
+        self.buckets = sorted({b for b in BUCKETS if b < bulk.max_batch} | {bulk.max_batch})
+        self._graphs: dict[tuple[bool, int], _Graph] = {}
+        self._pool = torch.cuda.graph_pool_handle()
+
+    def bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    def capture_all(self, phases=(True, False)) -> None:
+        for first in phases:
+            for b in self.buckets:
+                self._get(first, b)
+
+    def run(self, rows: np.ndarray, audio: torch.Tensor, first: bool) -> tuple:
+        """Rows (n,) of the pool, their chunks (n, chunk) (host, page-locked, or device): the step's outputs
+        sliced to n rows (views of the graph's static buffers: read them before the next ``run``)."""
+        n = len(rows)
+        g = self._get(first, self.bucket(n))
+        g.rows[:n].copy_(torch.from_numpy(rows), non_blocking=False)
+        g.rows[n:].fill_(self.scratch)
+        g.audio[:n].copy_(audio, non_blocking=True)
+        g.graph.replay()
+        return tuple(t[:n] for t in g.out)
+
+    def _get(self, first: bool, b: int) -> _Graph:
+        if (first, b) not in self._graphs:
+            self._graphs[(first, b)] = self._capture(first, b)
+        return self._graphs[(first, b)]
+
+    def _capture(self, first: bool, b: int) -> _Graph:
+        bulk = self.bulk
+        audio = torch.zeros(b, bulk.chunk, device=bulk.device)
+        rows = torch.full((b,), self.scratch, dtype=torch.long, device=bulk.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                bulk.device_step(rows, audio, first)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):  # other threads may run
+            out = bulk.device_step(rows, audio, first)
+        return _Graph(graph, audio, rows, out)
