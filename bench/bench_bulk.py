@@ -16,6 +16,7 @@ FastConformer-L shape of bench_fastconformer (17 x 512, 8 heads), a CTC head ove
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import threading
@@ -171,12 +172,14 @@ def main() -> None:
             r = run(rec, n, args)
         except torch.OutOfMemoryError as exc:
             print(f"| {n} | OOM: {str(exc)[:80]} | | | | |", flush=True)
+            gc.collect()
             torch.cuda.empty_cache()
             continue
         lat = r["latency_ms"] or {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
         print(f"| {n} | {r['chunks_due']} / {r['chunks_pushed']} / {r['chunks_stepped']} | {r['mean_batch']:.0f} | {lat['p50']:.1f} / {lat['p99']:.1f} / "
               f"{lat['max']:.1f} | {'yes' if r['kept_up'] else 'no'} | {r['refused_pushes']} |", flush=True)
         rows.append(r)
+        gc.collect()  # the engine's hooks make cycles: the last level's pool (tens of GB) goes before the next
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     Path(args.out).write_text(json.dumps({"gpu": gpu, "args": vars(args), "rows": rows}, indent=1))
