@@ -48,6 +48,8 @@ from legato.stream.slots import SlotAllocator
 from legato.stream.step_window import StepWindows
 
 QUEUED_CHUNKS = 4  # complete chunks a stream may have waiting; a push beyond is refused (bounded input)
+FLUSH_BATCH = 256  # ended streams flushed together at once ...
+FLUSH_WAIT_S = 0.1  # ... or once the oldest has waited this long (their final text waits as much)
 LATENCIES_KEPT = 1 << 22  # chunk latencies kept for ``latencies()`` (32 MB): a server runs for days
 
 
@@ -109,7 +111,7 @@ class BulkTranscriber:
         self._step_lock = threading.Lock()  # a slot is not reopened (reset) or released while a step holds it
         self._slots = SlotAllocator(capacity, f"bulk transcriber is full ({capacity} streams)")
         self.streams: dict[int, BulkStream] = {}
-        self._ending: set[int] = set()  # ended (``end``), their last steps not yet run
+        self._ending: dict[int, float] = {}  # ended (``end``), their last steps not yet run: when they ended
         # device side: per-slot state, and one scratch row past the streams' (CUDA graphs' padding rows use it)
         rows = capacity + 1
         self.pool = StatePool(self.encoder, rows, dev)
@@ -179,7 +181,7 @@ class BulkTranscriber:
         with self._lock:
             if slot not in self.streams or slot in self._ending:
                 raise KeyError(f"slot {slot} is not open")
-            self._ending.add(slot)
+            self._ending[slot] = time.monotonic()
 
     def _finish_many(self, slots: list[int]) -> list[tuple[int, BulkStream]]:
         """The ends of streams with nothing queued but their partial chunk (step lock held); frees their slots."""
@@ -192,7 +194,7 @@ class BulkTranscriber:
                 stream.tokens += tokens
                 stream.token_frames += frames
                 stream.frames_done = int(self._frames[s])
-                self._ending.discard(s)
+                self._ending.pop(s, None)
                 done.append((s, stream))
         if self.on_finish is not None:
             self.on_finish(done)  # before the slots are free: nothing can reopen them meanwhile
@@ -210,7 +212,7 @@ class BulkTranscriber:
             started = time.monotonic()
             rows, audio, ready = self.queues.take(self.max_batch)
             if not len(rows):
-                return self._finish_ended()
+                return self._finish_ended(force=True)
             first = self._stepped[rows] == 0
             groups = []
             for phase in (True, False):
@@ -238,10 +240,16 @@ class BulkTranscriber:
         while self._latencies_kept > LATENCIES_KEPT and len(self._latencies) > 1:
             self._latencies_kept -= len(self._latencies.popleft())
 
-    def _finish_ended(self) -> int:
-        """Step the ends of the ended streams with no complete chunk left queued (step lock held)."""
+    def _finish_ended(self, force: bool = False) -> int:
+        """Step the ends of the ended streams with no complete chunk left queued (step lock held): when ``force``
+        (the worker is idle), when ``FLUSH_BATCH`` are ready or one has waited ``FLUSH_WAIT_S``. Ends take
+        eager steps (their last chunks are short and masked: no graph), a fixed ~3 launch-bound steps whatever
+        their number: flushing a few streams after every step would slow every step of the others."""
         with self._lock:
             ready = [s for s in self._ending if not self.queues.queued(s)]
+            oldest = min((self._ending[s] for s in ready), default=0.0)
+        if ready and not force and len(ready) < FLUSH_BATCH and time.monotonic() - oldest < FLUSH_WAIT_S:
+            return 0
         if ready:
             self._finish_many(sorted(ready))
         return len(ready)
@@ -327,7 +335,7 @@ class BulkTranscriber:
             with self._lock:
                 if self.streams.pop(slot, None) is None:
                     raise KeyError(f"slot {slot} is not open")
-                self._ending.discard(slot)
+                self._ending.pop(slot, None)
                 self._slots.release(slot)
             self.queues.reset(np.array([slot]))
 

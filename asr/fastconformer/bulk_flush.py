@@ -22,67 +22,73 @@ def flush(bulk, slots: list[int], partials: list[np.ndarray]) -> dict[int, tuple
     is ``partials`` (each shorter than a chunk); returns each slot's last tokens and their encoder frames."""
     dev = bulk.device
     out: dict[int, tuple[list[int], list[int]]] = {s: ([], []) for s in slots}
-    mels, remaining, started = _last_mel(bulk, slots, partials)
+    started = bulk._stepped[np.asarray(slots, np.int64)] > 0
     for phase in (False, True):  # rows that never stepped take a first step (another width) apart
-        pick = [i for i in range(len(slots)) if started[i] == phase and remaining[i] is not None]
-        if not pick:
+        pick = np.flatnonzero(started == phase)
+        if not len(pick):
             continue
-        pos = np.zeros(len(pick), np.int64)
-        active = np.ones(len(pick), bool)
-        first = not phase
+        group = [slots[i] for i in pick]
+        mel, left = _last_mel(bulk, group, [partials[i] for i in pick], phase)
+        live = left >= 0  # -1: no audio at all, nothing to step
+        if not live.any():
+            continue
+        rows_all, mel, left = np.asarray(group, np.int64)[live], mel[torch.from_numpy(live).to(dev)], left[live]
+        active = np.ones(len(rows_all), bool)
+        first, pos = not phase, 0
         while active.any():
             idx = np.flatnonzero(active)
-            rows_np = np.array([slots[pick[j]] for j in idx], np.int64)
+            rows_np = rows_all[idx]
             rows = torch.as_tensor(rows_np, device=dev)
             width = bulk.first_mel if first else bulk.step_mel
-            n = np.minimum(width, np.array([remaining[pick[j]] for j in idx]) - pos[idx])
+            n = np.minimum(width, left[idx] - pos)  # every row still active has taken whole steps: one position
             final = n < width
-            chunk = torch.zeros(len(idx), width, bulk._mel_carry.shape[2], device=dev)
-            for r, j in enumerate(idx):
-                if n[r]:
-                    chunk[r, :n[r]] = mels[pick[j]][0, pos[j]:pos[j] + n[r]]
+            n_dev = torch.as_tensor(n, device=dev)
+            chunk = mel[torch.as_tensor(idx, device=dev), pos:pos + width]
+            chunk = chunk * (torch.arange(width, device=dev)[None, :, None] < n_dev[:, None, None])  # padding: zeros
             y, valid = bulk.encoder.stream_step(chunk.to(bulk.dtype), bulk.pool.state, lookahead=bulk.lookahead, first=first,
-                                                valid=torch.as_tensor(n, device=dev),
-                                                final=torch.as_tensor(final, device=dev) if final.any() else None, rows=rows)
+                                                valid=n_dev, final=torch.as_tensor(final, device=dev) if final.any() else None,
+                                                rows=rows)
             tokens, frames = bulk.decode(y, valid, rows_np)
             done = bulk._frames[rows_np]
             for r, s in enumerate(rows_np.tolist()):
                 out[s][0].extend(tokens[r])
                 out[s][1].extend(int(done[r]) + f for f in frames[r])
             bulk._frames[rows_np] += valid.cpu().numpy()
-            pos[idx] += n
+            pos += width
             active[idx[final]] = False
             first = False
     return out
 
 
-def _last_mel(bulk, slots: list[int], partials: list[np.ndarray]):
-    """Per stream: its remaining mel frames (1, m, F) or None, how many count (NeMo's valid frames; None for a
-    stream with no audio at all), and whether it has stepped before. The log-mel of every stream's last frames is one batched call."""
-    dev = bulk.device
-    started = [bool(bulk._stepped[s]) for s in slots]
-    fulls, counts = [], []
-    for s, partial, st in zip(slots, partials, started):
-        rows = torch.tensor([s], device=dev)
-        audio = torch.from_numpy(np.ascontiguousarray(partial, np.float32)).to(dev)[None]
-        if audio.shape[1]:
-            audio = bulk.mel._preemphasis(audio, bulk._last_raw[rows])
-        context = bulk._tail[rows] if st else torch.zeros(1, bulk.pad, device=dev)
-        full = torch.cat([context, audio, torch.zeros(1, bulk.pad, device=dev)], dim=1)
-        frames = full.unfold(1, bulk.window, bulk.hop)[0] if full.shape[1] >= bulk.window else full.new_zeros(0, bulk.window)
-        fulls.append(frames)
-        counts.append(frames.shape[0])
-    logmel = bulk.mel._log_mel(torch.cat(fulls)[None])[0] if sum(counts) else None  # (all frames, F), one call
-    mels, remaining, at = [], [], 0
-    for s, st, n, partial in zip(slots, started, counts, partials):
-        mel = logmel[at:at + n][None] if n else None
-        at += n
-        if st:
-            carry = bulk._mel_carry[s][None]
-            mel = carry if mel is None else torch.cat([carry, mel], dim=1)
-        total = int(bulk._stepped[s]) * bulk.chunk + len(partial)
-        used = bulk.first_mel + (int(bulk._stepped[s]) - 1) * bulk.step_mel if st else 0
-        left = total // bulk.hop - used
-        mels.append(mel[:, :left] if mel is not None else None)
-        remaining.append(left if (st or total) else None)  # None: no audio at all, nothing to step
-    return mels, remaining, started
+def _last_mel(bulk, slots: list[int], partials: list[np.ndarray], started: bool) -> tuple[torch.Tensor, np.ndarray]:
+    """The remaining mel frames of streams in one phase, batched: (m, frames, n_mels) padded (past a row's count
+    the values are not zeros: the caller masks), and how many count per row (NeMo's valid frames; -1 for a
+    stream with no audio at all). The streams' partial chunks, pre-emphasised and framed with the right padding,
+    in one log-mel call; a stream that has stepped puts its carried context and mel frames in front."""
+    dev, m = bulk.device, len(slots)
+    rows_np = np.asarray(slots, np.int64)
+    rows = torch.as_tensor(rows_np, device=dev)
+    lengths = np.array([len(p) for p in partials], np.int64)
+    audio = np.zeros((m, max(1, int(lengths.max()))), np.float32)
+    for i, p in enumerate(partials):
+        audio[i, :len(p)] = p
+    x = torch.from_numpy(audio).to(dev)
+    inside = torch.arange(x.shape[1], device=dev)[None, :] < torch.as_tensor(lengths, device=dev)[:, None]
+    y = bulk.mel._preemphasis(x, bulk._last_raw[rows]) * inside  # samples past the partial: the right padding's zeros
+    context = bulk._tail[rows] if started else torch.zeros(m, bulk.pad, device=dev)
+    full = torch.cat([context, y, torch.zeros(m, bulk.pad, device=dev)], dim=1)
+    if full.shape[1] >= bulk.window:
+        logmel = bulk.mel._log_mel(full.unfold(1, bulk.window, bulk.hop))
+    else:
+        logmel = full.new_zeros(m, 0, bulk._mel_carry.shape[2])
+    mel = torch.cat([bulk._mel_carry[rows], logmel], dim=1) if started else logmel
+    stepped = bulk._stepped[rows_np]
+    total = stepped * bulk.chunk + lengths
+    used = bulk.first_mel + (stepped - 1) * bulk.step_mel if started else np.zeros(m, np.int64)
+    left = total // bulk.hop - used
+    if not started:
+        left[total == 0] = -1
+    need = int(max(0, left.max())) + bulk.first_mel + bulk.step_mel  # room for the last step's whole width
+    if mel.shape[1] < need:
+        mel = torch.cat([mel, mel.new_zeros(m, need - mel.shape[1], mel.shape[2])], dim=1)
+    return mel, left
