@@ -26,6 +26,7 @@ import functools
 import logging
 import math
 import queue
+import sys
 import threading
 import time
 
@@ -47,6 +48,7 @@ DEFAULT_MIN_SILENCE_MS = 500  # as the general FastConformer stage
 NO_ENDPOINT = np.iinfo(np.int64).max // 4
 IDLE_S = 0.002  # worker nap when no chunk is complete
 FULL_QUEUE_RETRY_S = 0.02  # a push into a full stream queue waits this long before trying again
+GIL_SWITCH_S = 0.0005  # the engine process's GIL switch interval (Python's default: 5 ms)
 WARM_UP_BATCHES = (1, 16, 17)  # batch sizes ``warm_up`` steps: Triton's integer specialisations (1, 16k, other)
 
 
@@ -182,6 +184,10 @@ class BulkEngine:
 
     def start(self) -> "BulkEngine":
         if self._worker is None:
+            # a thread wanting the GIL waits up to the switch interval for the holder to drop it; the stepping
+            # thread retakes it after every CUDA call, so with pipe readers and event loops in the same process the
+            # default 5 ms made steps several times slower. Process-wide: the shorter wait costs the others little.
+            sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
             self._stop.clear()
             self._text = threading.Thread(target=self._text_work, name="legato-bulk-text", daemon=True)
             self._text.start()

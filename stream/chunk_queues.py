@@ -101,6 +101,10 @@ class ChunkQueues:
         """Complete chunks waiting in the slot's queue."""
         return int(self._count[slot])
 
+    def room(self, slots: np.ndarray) -> np.ndarray:
+        """Whole chunks each of ``slots`` can still take (its queue's free places, a chunk being filled counted)."""
+        return self.depth - self._count[slots] - (self._fill[slots] > 0)
+
     def waiting(self) -> int:
         """Complete chunks waiting in all queues."""
         return int(self._count.sum())
