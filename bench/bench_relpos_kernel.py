@@ -51,9 +51,7 @@ FIXED = [(8, 2, 4, 64, False), (8, 2, 4, 128, True), (8, 3, 4, 128, True), (8, 2
          (8, 3, 4, 128, False)]
 
 
-# The every-head kernel's (keys per tile, warps)
-HEADS_TILE = [(16, 4), (32, 4), (32, 8), (64, 8)]
-KEPT = ("default", "torch", "pool rows", "heads tile k32 w8")  # what runs at the later batch sizes
+KEPT = ("default", "torch", "pool rows")  # what runs at the later batch sizes
 
 
 def impls(t):
@@ -63,8 +61,6 @@ def impls(t):
     for heads, stages, warps, main, pre in FIXED:
         out[f"h{heads} s{stages} w{warps} m{main}{' pre' if pre else ''}"] = functools.partial(
             ra.launch, HEADS=heads, STAGES=stages, num_warps=warps, MAIN=main, PRE_POS=pre)
-    for keys, warps in HEADS_TILE:  # every head of a stream in one block-diagonal tile (experimental)
-        out[f"heads tile k{keys} w{warps}"] = functools.partial(ra.launch, HEADS_TILE=True, BLOCK_K=keys, num_warps=warps)
     return out
 
 

@@ -97,9 +97,9 @@ FP32_MAIN_TILE = 64  # fp32 tiles of 128 keys need 246 KB of shared memory at 2 
 # Position scores by one product before the kernel: 0.639 vs 0.663 ms at 4096 streams (bf16 ring), 0.879 vs 0.933
 # (fp8), commit 702f7e6
 PRECOMPUTED_POSITIONS = True
-# The every-head-in-one-tile kernel (experimental, bench only until measured): keys per tile, warps
-HEADS_TILE_KEYS = 32
-HEADS_TILE_WARPS = 8
+# Every head of a stream in one block-diagonal tile (tried in session 6, measured in 7, deleted): 1.08 vs 0.71 ms
+# at 4,096 streams, 3.81 vs 2.26 at 16,384 (bf16 ring, H200, 565217e): the 8x less softmax padding did not pay for
+# the larger tiles' products.
 
 
 def heads_per_program(n_heads: int) -> int:
@@ -118,27 +118,9 @@ def position_scores(q, pos, bias_v) -> torch.Tensor:
     return torch.matmul(qv.permute(2, 0, 1, 3).reshape(h, b * t, d), pos.float().transpose(1, 2)).view(h, b, t, -1)
 
 
-def launch_heads_tile(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float, out, rows=None,
-                      BLOCK_K: int = HEADS_TILE_KEYS, num_warps: int = HEADS_TILE_WARPS) -> None:
-    """The experimental every-head-in-one-tile kernel (``relpos_attention_heads_triton``; H * D a power of two)."""
-    from legato.kernels import relpos_attention_heads_triton as kh
-
-    b, t, h, d = q.shape
-    g = position_scores(q, pos, bias_v)  # (H, B, T, R)
-    kh.relpos_heads_kernel[(b,)](
-        q, k, v, ring_k, ring_v, frames, valid, bias_u, out, frames if rows is None else rows, g,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        ring_k.stride(0), ring_k.stride(1), ring_k.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        g.stride(1), g.stride(2), g.stride(0), t, left, ring_k.shape[2], pos.shape[1], scale,
-        H=h, D=d, BLOCK_M=_pow2(h * t), BLOCK_K=BLOCK_K, N_TILES=-(-(left + t) // BLOCK_K), BLOCK_T=_pow2(t, 1),
-        IEEE=q.dtype == torch.float32, HAS_ROWS=rows is not None, num_warps=num_warps)
-
-
 def launch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float, out, rows=None, **config) -> None:
     """Run the kernel into ``out``; ``config`` (HEADS, STAGES, num_warps, MAIN, PRE_POS) overrides the measured
-    launch (bench); ``HEADS_TILE=True`` (with BLOCK_K, num_warps) runs the experimental every-head kernel."""
-    if config.pop("HEADS_TILE", False):
-        return launch_heads_tile(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left, scale, out, rows, **config)
+    launch (bench)."""
     b, t, h, d = q.shape
     main = MAIN_TILE if q.element_size() < 4 else FP32_MAIN_TILE
     config = {"HEADS": heads_per_program(h), "STAGES": PIPELINE_STAGES, "num_warps": NUM_WARPS, "MAIN": main,

@@ -19,13 +19,6 @@ TRITON_DEVICES = (["cuda"] if torch.cuda.is_available() else []) + (["cpu"] if I
 POOL, ROWS = 9, [4, 0, 2, 7, 1]  # a batch of 5 streams in a pool of 9, out of order
 
 
-def _triton_only():
-    """The Triton devices as parameters (CUDA marked gpu); a skipped one where there are none."""
-    if not TRITON_DEVICES:
-        return [pytest.param("none", marks=pytest.mark.skip(reason="needs CUDA, or TRITON_INTERPRET=1 with Triton"))]
-    return [pytest.param(dev, marks=[pytest.mark.gpu] if dev == "cuda" else []) for dev in TRITON_DEVICES]
-
-
 def _impls():
     cases = [("torch", "cpu")] + [("triton", dev) for dev in TRITON_DEVICES]
     return [pytest.param(impl, dev, marks=[pytest.mark.gpu] if dev == "cuda" else []) for impl, dev in cases]
@@ -76,20 +69,6 @@ def test_relpos_attention_over_pool_rows(impl, device, t, left, cap, d, main, pr
     monkeypatch.setattr(relpos_attention, "PRECOMPUTED_POSITIONS", pre)
     check = _relpos_case(device, t, left, cap, 4, d, seed=t + left)
     check(lambda *args: _pick(relpos_attention, impl)(*args))  # fp32: IEEE products in the kernel
-
-
-@pytest.mark.parametrize("device", _triton_only())
-@pytest.mark.parametrize("t,left,cap,h,d,keys", [(2, 70, 70, 8, 64, 16), (3, 12, 12, 4, 16, 16), (8, 20, 24, 2, 16, 32)])
-def test_every_head_in_one_tile_kernel_over_pool_rows(device, t, left, cap, h, d, keys):
-    """The experimental block-diagonal kernel (``launch(HEADS_TILE=True)``) equals the reference, rings included."""
-    check = _relpos_case(device, t, left, cap, h, d, seed=t + h)
-
-    def heads_tile(q, k, v, ring_k, ring_v, frames, valid, pos, bu, bv, left, scale, rows):
-        out = torch.zeros_like(q)
-        relpos_attention.launch(q, k, v, ring_k, ring_v, frames, valid, pos, bu, bv, left, scale, out, rows, HEADS_TILE=True, BLOCK_K=keys)
-        return out
-
-    check(heads_tile)
 
 
 @pytest.mark.parametrize("impl,device", _impls())
