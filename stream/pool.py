@@ -55,6 +55,11 @@ class StatePool:
         n = len(slots)
         self.state.scatter_(self.rows(slots), self._fresh.map(lambda t: t.expand((n,) + t.shape[1:])))
 
+    def reset_rows(self, rows: torch.Tensor) -> None:
+        """``reset`` by a device tensor of rows (no host list: a CUDA graph can capture it)."""
+        n = rows.shape[0]
+        self.state.scatter_(rows, self._fresh.map(lambda t: t.expand((n,) + t.shape[1:])))
+
     def gather(self, slots: Sequence[int]) -> StreamState:
         """A working copy of the given slots' state (batch = len(slots))."""
         return self.state.gather(self.rows(slots))

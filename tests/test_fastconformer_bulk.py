@@ -141,6 +141,28 @@ def test_whole_stream_with_finish_equals_offline(case, seconds):
     assert bulk.finish(other).tokens == tokens
 
 
+@pytest.mark.parametrize("second", [300, 2560 * 3 + 77])
+def test_a_reused_slot_starts_clean(case, second):
+    """A slot's next stream (its state reset by its first step, not at open) decodes as if the slot were new,
+    also when it ends before a first whole chunk (the reset then happens in its end's steps)."""
+    rec, dec = case
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=1)
+    rng = np.random.default_rng(5)
+    first_audio = (rng.standard_normal(2560 * 4 + 500) * 0.3).astype(np.float32)
+    slot = bulk.open()
+    bulk.push(slot, first_audio)
+    while bulk.step():
+        pass
+    bulk.finish(slot)
+    audio = (rng.standard_normal(second) * 0.3).astype(np.float32)
+    assert bulk.open() == slot
+    bulk.push(slot, audio)
+    while bulk.step():
+        pass
+    got = bulk.finish(slot)
+    assert (got.tokens, got.token_frames) == rec.transcribe_tokens(torch.from_numpy(audio), bulk.recognizer.lookaheads_ms[bulk.lookahead], dec)
+
+
 def test_streams_ended_together_step_their_ends_as_one_batch_and_equal_offline(case):
     """end() on streams of many lengths (none, part of a first chunk, whole chunks, chunks and a bit, with chunks
     still queued): their last steps run batched inside step(), on_finish gets each once, each equals offline."""

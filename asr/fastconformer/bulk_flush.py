@@ -28,6 +28,8 @@ def flush(bulk, slots: list[int], partials: list[np.ndarray]) -> dict[int, tuple
         if not len(pick):
             continue
         group = [slots[i] for i in pick]
+        if not phase:  # never stepped: their state is reset by a first step, this one
+            bulk.reset_rows(torch.as_tensor(group, dtype=torch.long, device=dev))
         mel, left = _last_mel(bulk, group, [partials[i] for i in pick], phase)
         live = left >= 0  # -1: no audio at all, nothing to step
         if not live.any():
