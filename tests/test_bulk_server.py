@@ -236,3 +236,26 @@ def test_churn_of_opens_ends_and_drops_leaks_no_slot(rec, speech_dir):
         if not leave:
             assert msgs[-1]["type"] == "end"
             assert [w["word"] for m in msgs if m["type"] == "final" for w in m["words"]] == _offline_words(rec, audio[:length])
+
+
+def test_warm_up_leaves_nothing_open_and_the_stats_line_says_what_the_worker_did(rec, speech_dir):
+    """``warm_up`` (the server's, before it listens) opens no stream for good and leaves a clean window; after two
+    clips the stats line counts the streams' chunks, its steps and its latencies."""
+    engine = BulkEngine(rec.name, rec, capacity=4, max_batch=64, stats_every_s=60)
+    engine.warm_up()
+    assert engine.bulk.in_use == 0 and engine.stats_line().startswith("bulk: 0 streams, 0 chunks waiting, 0 pushes refused")
+
+    async def go():
+        server = await TranscriptionServer(engine, [rec.name], ServerConfig(port=0)).start()
+        try:
+            return await asyncio.gather(*(_stream(server.url, _clip(speech_dir, c)) for c in CLIPS[:2]))
+        finally:
+            await server.drain()
+
+    outs = _run(go())
+    assert all(o[-1]["type"] == "end" for o in outs)
+    head, window = engine.stats_line().split("; ")
+    assert head.startswith("bulk: 0 streams, 0 chunks waiting, ")  # pushes refused: unpaced clients meet a full queue
+    rate = float(window.split(" chunks/s")[0].replace(",", ""))
+    assert rate > 0 and "worker busy" in window and "chunk latency p50/p99/max" in window
+    assert engine.stats_line().split("; ")[1].startswith("idle")  # each line covers the time since the last
