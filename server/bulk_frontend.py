@@ -50,7 +50,11 @@ class RemoteHandle(HandleEvents):
     async def apush(self, chunk: AudioChunk) -> None:
         if self._ending:
             return
-        chunks = self._whole_chunks(self.audio.push(chunk))
+        samples = self.audio.push(chunk)
+        if not np.isfinite(samples).all():  # this stream's error (as in one process), never the engine's
+            self._out.put_nowait(ErrorEvent("non_finite_audio", "audio holds NaN or infinite samples", "bulk"))
+            return
+        chunks = self._whole_chunks(samples)
         if len(chunks):
             while self.engine.in_flight >= MAX_AUDIO_IN_FLIGHT:  # the engine is behind: hold this client
                 await asyncio.sleep(FULL_RETRY_S)

@@ -177,6 +177,10 @@ class FrontendLink:
         """Chunks (n, chunk) for ``slots`` (n,), a slot's in order: pushed in one ``push_many`` (its first chunk
         of each slot with nothing in the backlog); the rest, and those refused, to the backlog."""
         keep = self._accepts[slots]
+        finite = np.isfinite(chunks).all(axis=1)  # the front ends refuse such audio; a bad one must not stop this reader
+        for slot in np.unique(slots[keep & ~finite]).tolist():
+            self._refuse(slot, "non_finite_audio", "audio holds NaN or infinite samples")
+        keep &= finite & self._accepts[slots]
         slots, chunks = slots[keep], chunks[keep]
         self._msgs += 1
         self._chunks += len(slots)
@@ -197,6 +201,13 @@ class FrontendLink:
             self._backlog_n += 1
         if later.any():
             self._drain()  # a slot's second chunk of the message, where its queue has room
+
+    def _refuse(self, slot: int, code: str, message: str) -> None:
+        """The stream's error: no more of its audio is taken; its slot stays open until the front end's cancel
+        (which the error brings) frees it: freeing it here, a later stale cancel could hit the slot's next stream."""
+        self._accepts[slot] = False
+        self._drop_backlog(slot)
+        self.send(("error", slot, code, message))
 
     def _drain(self) -> None:
         """Push the backlog's oldest item of each slot, round after round, while any is taken."""

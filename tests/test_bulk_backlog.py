@@ -151,3 +151,17 @@ def test_step_windows_read_and_restart():
     line = first.line(first.started + 1.0)
     assert "400 chunks/s" in line and "batch mean 200, max 300" in line and "worker busy 4%" in line
     assert w.read().line().startswith("idle")
+
+
+def test_non_finite_audio_fails_only_its_stream_and_keeps_its_slot_until_the_cancel():
+    engine, link, conn = _link()
+    bad = _chunks(0, 0, 2)
+    bad[1, 2] = np.nan
+    link._audio(np.array([0, 0, 1]), np.concatenate([bad, _chunks(1, 0, 1)]))
+    assert conn.recv() == ("setup", b"", 0.08) and conn.recv() == ("error", 0, "non_finite_audio", "audio holds NaN or infinite samples")
+    assert _take_all(engine) == {1: [0]}  # the other stream's chunk went in; none of the failed stream's
+    link._audio(np.zeros(1, np.int64), _chunks(0, 2, 1))  # the failed stream's later audio is dropped
+    assert engine.bulk.queues.queued(0) == 0 and 0 in link._streams
+    link._cancel(0)  # the front end's cancel (its handle saw the error) frees the slot
+    assert engine.cancelled == [0] and 0 not in link._streams
+    conn.close()

@@ -72,6 +72,40 @@ def test_churn_over_two_front_ends(server, speech_dir):
             assert [w["word"] for m in msgs if m["type"] == "final" for w in m["words"]] == _expected(rec, audio[:n], 16000)
 
 
+def test_non_finite_audio_fails_only_its_stream(server, speech_dir):
+    """f32le audio with a NaN: that client gets ``non_finite_audio``; a stream beside it gets its words."""
+    import json
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosedError
+
+    _, url = server
+    rec = FastConformerRecognizer.from_nemo(MODEL)
+    audio = read_audio(str(speech_dir / "en_goforward.wav"), sample_rate=16000)[0][:, 0].numpy()
+
+    async def bad():
+        async with connect(url) as ws:
+            await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "f32le"}))
+            assert json.loads(await ws.recv())["type"] == "ready"
+            x = np.zeros(8000, "<f4")
+            x[100] = np.nan
+            await ws.send(x.tobytes())
+            got = []
+            try:
+                async for m in ws:
+                    got.append(json.loads(m))
+            except ConnectionClosedError as exc:  # closed with 1007 after the error message (docs/PROTOCOL.md)
+                got.append({"closed": exc.rcvd.code})
+            return got
+
+    async def main():
+        return await asyncio.gather(bad(), _stream(url, audio, pace_s=0.002))
+
+    failed, good = asyncio.run(asyncio.wait_for(main(), 120))
+    assert failed[-2]["type"] == "error" and failed[-2]["code"] == "non_finite_audio" and failed[-1] == {"closed": 1007}, failed
+    assert [w["word"] for m in good if m["type"] == "final" for w in m["words"]] == _expected(rec, audio, 16000)
+
+
 def test_streams_over_two_front_ends_get_the_offline_words_and_sigterm_drains(server, speech_dir):
     proc, url = server
     rec = FastConformerRecognizer.from_nemo(MODEL)
