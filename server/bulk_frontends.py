@@ -23,6 +23,7 @@ hold every other stream's audio behind them. A full backlog stops the reader: th
 from __future__ import annotations
 
 import collections
+import logging
 import multiprocessing
 import queue
 import threading
@@ -35,6 +36,8 @@ from legato.asr.fastconformer.bulk_tokens import TokenUpdates
 from legato.server.bulk_engine import BulkEngine
 from legato.server.bulk_frontend import frontend_main
 from legato.stream.errors import CapacityError
+
+log = logging.getLogger("legato.bulk")
 
 BACKLOG_CHUNKS = 2048  # refused chunks a link holds (~20 MB) before its reader stops reading the pipe
 BACKLOG_RETRY_S = 0.002  # with a backlog, the reader retries it this often (between pipe messages)
@@ -137,21 +140,27 @@ class FrontendLink:
                 if self._backlog and not self.conn.poll(BACKLOG_RETRY_S):
                     continue
                 msg = self.conn.recv()
-                kind = msg[0]
-                if kind == "audio":
-                    self._audio(msg[1], msg[2])
-                elif kind == "open":
-                    self._open(*msg[1:])
-                elif kind == "end":
-                    self._end(*msg[1:])
-                elif kind == "cancel":
-                    self._cancel(msg[1])
-                elif kind == "ready":
-                    self.ready.set()
+                try:
+                    self._handle(msg)
+                except Exception:  # noqa: BLE001 - one bad message must not drop every stream of the front end
+                    log.exception("front end %d: message %r failed", self.index, msg[0])
         except (EOFError, OSError):
             pass
         for slot in list(self._streams):  # the front end is gone: free its streams' slots
             self._cancel(slot)
+
+    def _handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "audio":
+            self._audio(msg[1], msg[2])
+        elif kind == "open":
+            self._open(*msg[1:])
+        elif kind == "end":
+            self._end(*msg[1:])
+        elif kind == "cancel":
+            self._cancel(msg[1])
+        elif kind == "ready":
+            self.ready.set()
 
     def _open(self, key: int, options: dict, route: str | None) -> None:
         try:
