@@ -9,6 +9,17 @@ SPEECH = REPO.parent / "shared" / "testdata" / "speech"
 FIXTURES = REPO / "tests" / "fixtures"
 
 
+@pytest.fixture
+def exact_fp32():
+    """No TF32 while the test runs (CUDA parity tests: TF32 convolutions and matmuls move fp32 logits by ~1e-3)."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.fixture(scope="session")
 def speech_dir() -> Path:
     if not SPEECH.is_dir():

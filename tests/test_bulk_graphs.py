@@ -11,17 +11,9 @@ from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 
 from conftest import FIXTURES
 
-pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"), pytest.mark.gpu]
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"), pytest.mark.gpu,
+              pytest.mark.usefixtures("exact_fp32")]  # true fp32 on both sides
 NEMO = FIXTURES / "nemo"
-
-
-@pytest.fixture(autouse=True)
-def exact_fp32():
-    """TF32 would let the two sides' matmuls round differently: the comparison wants true fp32."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _run(rec, decoder: str, graphs: bool, audios: list[np.ndarray], joins: dict[int, int], max_batch: int):

@@ -13,17 +13,9 @@ from legato.asr.frontends.nemo_mel import NemoMel
 
 from conftest import FIXTURES
 
-pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"), pytest.mark.gpu]
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"), pytest.mark.gpu,
+              pytest.mark.usefixtures("exact_fp32")]  # true fp32 on both sides
 NEMO = FIXTURES / "nemo"
-
-
-@pytest.fixture(autouse=True)
-def exact_fp32():
-    """TF32 convolutions would move fp32 logits by ~1e-3: parity wants true fp32."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.mark.parametrize("name,tags", [("rnnt", ["L16R3", "L16R0"]), ("hybrid", ["L16R3", "L16R1", "L16R0"])])
