@@ -19,6 +19,10 @@ The encoder's state lives in a pool of ``capacity`` rows that the kernels read a
 (``stream_step(rows=...)``): a step that raises part way leaves its streams' state part-updated (their chunk is
 lost either way), so such streams should be finished and reopened.
 
+On CUDA a step of up to 4,096 rows replays a CUDA graph of its device work (``bulk_graphs.py``); a stream's state
+is reset by its first step, so opening is host bookkeeping. A step's new tokens go to ``on_step`` as flat arrays
+(``bulk_tokens.py``), not as per-stream Python objects.
+
 Steady chunks are stepped in batches. A stream's end (its queued chunks, its partial last chunk, NeMo's right
 padding and the final short step, as the engine stage's last steps) runs either at once for that stream alone
 (``finish``) or, after ``end``, inside ``step`` batched with every other stream ending then (``bulk_flush``),
