@@ -7,6 +7,8 @@ schedule, starts spread over one chunk period), then ``end``, and waits for the 
 * text latency, partials and finals apart: receive time minus the send time of the chunk holding the event's last
   word end (what a caption viewer waits, lookahead included; a final also waits for its endpoint);
 * flush latency: ``end`` sent to ``end`` received;
+* steady partial latency: the partials of chunks sent while every stream of the level was on (after the ramp,
+  before the first end; use ``--seconds`` well above ``--ramp-s``);
 * client lag: how late the sender ran against its schedule (when it grows past a chunk, this machine's clients,
   not the server, are the limit, and the figure is invalid);
 * failures: connections refused, ``error`` messages, streams without ``end`` ("no audio lost" = none of these).
@@ -39,6 +41,7 @@ from common import git_commit, pct  # noqa: E402
 SAMPLE_RATE = 16000
 DEFAULT_CLIP = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "speech" / "en_LDC93S1.wav"
 READY_TIMEOUT_S = 120
+STEADY_MARGIN_S = 0.5  # the steady window starts this long after the ramp and ends this long before the first end
 
 
 def free_port() -> int:
@@ -124,6 +127,8 @@ async def one_stream(url: str, pcm: bytes, chunk_ms: int, offset_s: float, rec: 
                     k = min(len(sent) - 1, int(msg["end"] * 1000 // chunk_ms))
                     if k >= 0:
                         rec[kind].append(now - sent[k])
+                        if kind == "partial":
+                            rec["partial_at"].append(sent[k])
                 elif kind == "error":
                     rec["errors"].append(msg.get("code", "?"))
                     break
@@ -139,7 +144,7 @@ async def one_stream(url: str, pcm: bytes, chunk_ms: int, offset_s: float, rec: 
 async def run_streams(port: int, first: int, count: int, n: int, pcm: bytes, chunk_ms: int, ramp_s: float,
                       slack_s: float) -> list[dict]:
     """Streams first .. first + count - 1 of a level of n, started evenly over ``ramp_s``."""
-    recs = [{"lag": [], "partial": [], "final": [], "errors": [], "ended": False} for _ in range(count)]
+    recs = [{"lag": [], "partial": [], "partial_at": [], "final": [], "errors": [], "ended": False} for _ in range(count)]
     await asyncio.gather(*(one_stream(f"ws://127.0.0.1:{port}/", pcm, chunk_ms, ramp_s * (first + i) / n, r, slack_s)
                            for i, r in enumerate(recs)))
     return recs
@@ -167,12 +172,18 @@ def run_level(port: int, n: int, pcm: bytes, chunk_ms: int, procs: int, ramp_s: 
         return {"n": len(xs), "p50": statistics.median(xs), "p95": pct(xs, 95), "p99": pct(xs, 99), "max": max(xs)} if xs else None
 
     lag = [x * 1e3 for r in recs for x in r["lag"]]
+    # steady state: partials of chunks sent once every stream had started and before any could end (the ramp's
+    # opens and the level's ends, all within a few seconds here, are transients a long-running server spreads out)
+    lo, hi = t0 + ramp_s + STEADY_MARGIN_S, t0 + len(pcm) / 2 / SAMPLE_RATE - STEADY_MARGIN_S
+    steady = [x * 1e3 for r in recs for x, at in zip(r["partial"], r["partial_at"]) if lo <= at <= hi]
     flush = [r["flush"] * 1e3 for r in recs if "flush" in r]
     failures = sum(1 for r in recs if r["errors"] or not r["ended"])
     return {
         "streams": n, "client_processes": procs, "wall_s": wall, "failed_streams": failures,
         "errors": sorted({e for r in recs for e in r["errors"]})[:5],
         "partial_latency_ms": dist("partial"), "final_latency_ms": dist("final"),
+        "steady_partial_latency_ms": {"n": len(steady), "p50": statistics.median(steady), "p99": pct(steady, 99),
+                                      "window_s": hi - lo} if steady else None,
         "flush_ms": {"p50": statistics.median(flush), "p99": pct(flush, 99)} if flush else None,
         "client_lag_ms": {"p99": pct(lag, 99), "max": max(lag)} if lag else None,
     }
