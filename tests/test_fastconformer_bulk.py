@@ -192,3 +192,19 @@ def test_streams_ended_together_step_their_ends_as_one_batch_and_equal_offline(c
         tokens, frames = rec.transcribe_tokens(torch.from_numpy(a), bulk.recognizer.lookaheads_ms[bulk.lookahead], dec) if len(a) else ([], [])
         assert (done[s].tokens, done[s].token_frames) == (tokens, frames), len(a)
     assert bulk.open() in slots  # the slots are free again
+
+
+def test_pool_reset_rows_equals_reset(case):
+    """``reset_rows`` (zero leaves filled in place, the others copied) leaves the pool as ``reset`` does."""
+    rec, dec = case
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=5)
+    for pool in (bulk.pool, bulk.dec_pool):
+        for _, t in pool.state.leaves():
+            t.copy_(torch.randn(t.shape).to(t.dtype) if t.is_floating_point() else torch.randint(-5, 5, t.shape).to(t.dtype))
+        a, b = pool.state.clone(), pool.state.clone()
+        pool.state, saved = a, pool.state
+        pool.reset([1, 3])
+        pool.state = b
+        pool.reset_rows(torch.tensor([1, 3]))
+        pool.state = saved
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a.leaves(), b.leaves()))

@@ -273,7 +273,7 @@ class BulkTranscriber:
     def reset_rows(self, rows: torch.Tensor) -> None:
         """Fresh state for streams about to take their first step (encoder pool, pre-emphasis, decoder)."""
         self.pool.reset_rows(rows)
-        self._last_raw[rows] = 0.0
+        self._last_raw.index_fill_(0, rows, 0.0)  # a fill, not an indexed assignment of a host scalar: graph-safe
         self.dec_pool.reset_rows(rows)
 
     def _collect(self, updates: TokenUpdates) -> None:
