@@ -8,12 +8,32 @@ the graph's memory: replays update it in place, exactly as ``step`` does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from legato.stream.module import StreamingModule
 from legato.stream.state import StreamState
 
 WARMUP_STEPS = 2  # lets kernels pick algorithms and allocate workspaces before capture
+
+
+def capture(fn: Callable[[], Any], *, pool=None, error_mode: str = "global") -> tuple[torch.cuda.CUDAGraph, Any]:
+    """``fn()`` run ``WARMUP_STEPS`` times on a side stream (kernels compile, libraries pick algorithms and allocate
+    workspaces), then captured: the graph and ``fn``'s output, the graph's static buffers. ``pool``: a memory pool
+    shared with other graphs; ``error_mode``: ``torch.cuda.graph``'s capture_error_mode ("thread_local" when other
+    threads may use CUDA meanwhile)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_STEPS):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode=error_mode):
+        out = fn()
+    return graph, out
 
 
 class CapturedStep:
@@ -31,15 +51,7 @@ class CapturedStep:
         self.module, self.state = module, state
         self.input = example.clone()
         saved = state.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                module.step(self.input, state)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = module.step(self.input, state)
+        self.graph, self.output = capture(lambda: module.step(self.input, state))
         state.copy_(saved)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from legato.stream.cuda_graphs import capture
 from legato.stream.kv_cache import KvCache
 from legato.stream.packed_batch import PackedBatch
-
-WARMUP_STEPS = 2  # compile Triton kernels and let cuBLAS pick algorithms before capture
 
 
 def buckets_for(slots: int) -> list[int]:
@@ -54,15 +53,7 @@ class DecodeGraphs:
         self.tokens.zero_()
         self.positions.zero_()
         self.slots.fill_(self.cache.scratch)  # warm-up steps must not touch a live slot
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                self.model.step(batch, self.cache)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            logits = self.model.step(batch, self.cache)
+        graph, logits = capture(lambda: self.model.step(batch, self.cache), pool=self.pool)
         return graph, logits, batch  # the graph reads the batch's tensors: they must live as long as it
 
     def run(self, tokens: list[int], positions: list[int], slots: list[int]) -> torch.Tensor:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-WARMUP_STEPS = 2  # eager runs before capture: Triton compiles, cuFFT plans, workspaces
+from legato.stream.cuda_graphs import capture
+
 BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1280, 1536, 2048, 2560, 3072, 3584, 4096)
 # Above this many rows a step runs eager: the GPU's work (~20 ms at 4,096 FastConformer-L rows) hides the ~35 ms of
 # launches issued ahead of it, while a bucket's padding would be real work (H200, 8fd30d2: with buckets up to 16,384,
@@ -80,13 +81,6 @@ class BulkGraphs:
         bulk = self.bulk
         audio = torch.zeros(b, bulk.chunk, device=bulk.device)
         rows = torch.full((b,), self.scratch, dtype=torch.long, device=bulk.device)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                bulk.device_step(rows, audio, first)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):  # other threads may run
-            out = bulk.device_step(rows, audio, first)
+        # warm-up runs and capture on the scratch row; thread_local: the server's other threads may run meanwhile
+        graph, out = capture(lambda: bulk.device_step(rows, audio, first), pool=self._pool, error_mode="thread_local")
         return _Graph(graph, audio, rows, out)
