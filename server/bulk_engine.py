@@ -166,14 +166,14 @@ class BulkEngine:
         self._live = np.zeros(capacity, bool)  # the slot has a registered handle
         self._sink_of = np.zeros(capacity, np.int64)  # index of its handle's sink in _sink_list
         self._sink_list: list = []
-        self._text_queue: queue.Queue = queue.Queue()  # (loop, updates) for the text thread
+        self._text_queue: queue.Queue = queue.Queue()  # (loop, updates, handles) for the text thread
         self._text: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         # opens and cancels, done by the worker between two steps: from another thread they would wait for the step
         # lock (the event loop must not), and a thread opening one stream at a time could starve behind back-to-back
-        # steps; the worker opens every waiting stream in one state reset
+        # steps; the worker opens every waiting stream in one call
         self._requests: collections.deque = collections.deque()
         self._sinks: dict = {}
         self.stats_every_s = stats_every_s
@@ -318,13 +318,13 @@ class BulkEngine:
     def stats_line(self) -> str:
         """What the worker did since the last call, and where the streams stand now."""
         refused = self.bulk.queues.refused
-        parts = [f"bulk: {self.bulk.in_use:,} streams, {self.bulk.queues.waiting():,} chunks waiting, "
-                 f"{refused - self._refused_logged:,} pushes refused (queue full); {self.bulk.windows.read().line()}"]
+        head = (f"bulk: {self.bulk.in_use:,} streams, {self.bulk.queues.waiting():,} chunks waiting, "
+                f"{refused - self._refused_logged:,} pushes refused (queue full); {self.bulk.windows.read().line()}")
         self._refused_logged = refused
-        return "; ".join(parts + [f() for f in self.stats_lines])
+        return "; ".join([head] + [f() for f in self.stats_lines])
 
     def _serve_requests(self, closing: bool = False) -> int:
-        """Cancels, then every waiting open in one state reset (those past capacity get CapacityError)."""
+        """Cancels, then every waiting open in one call (those past capacity get CapacityError)."""
         requests = []
         while self._requests:
             requests.append(self._requests.popleft())

@@ -241,7 +241,7 @@ class _Connection:
             options["sample_rate"] = req.pcm.sample_rate
             engine, args = self.server.engine, (self.server.config.latency_budget_s, options, uuid.uuid4().hex[:12])
             try:
-                if hasattr(engine, "aopen_stream"):  # an engine whose opening may wait (the bulk path's state reset)
+                if hasattr(engine, "aopen_stream"):  # an engine whose opening may wait (the bulk path opens between steps)
                     self.handle = await engine.aopen_stream(*args, route=name)
                 else:
                     self.handle = engine.open_stream(*args, route=name)

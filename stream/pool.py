@@ -53,8 +53,7 @@ class StatePool:
     def reset(self, slots: Sequence[int]) -> None:
         """Put the given slots back to the initial state, touching no other row
         (a stream may open while a step runs on other slots)."""
-        n = len(slots)
-        self.state.scatter_(self.rows(slots), self._fresh.map(lambda t: t.expand((n,) + t.shape[1:])))
+        self.reset_rows(self.rows(slots))
 
     def reset_rows(self, rows: torch.Tensor) -> None:
         """``reset`` by a device tensor of rows, with no host list and no copy of the fresh state per row (a CUDA

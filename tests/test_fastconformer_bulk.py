@@ -195,16 +195,15 @@ def test_streams_ended_together_step_their_ends_as_one_batch_and_equal_offline(c
 
 
 def test_pool_reset_rows_equals_reset(case):
-    """``reset_rows`` (zero leaves filled in place, the others copied) leaves the pool as ``reset`` does."""
+    """``reset_rows`` (zero leaves filled in place, the others copied) puts the rows at the fresh state, as the
+    expanded copy it replaced did, and leaves every other row as it was."""
     rec, dec = case
     bulk = BulkTranscriber(rec, decoder=dec, capacity=5)
     for pool in (bulk.pool, bulk.dec_pool):
         for _, t in pool.state.leaves():
             t.copy_(torch.randn(t.shape).to(t.dtype) if t.is_floating_point() else torch.randint(-5, 5, t.shape).to(t.dtype))
-        a, b = pool.state.clone(), pool.state.clone()
-        pool.state, saved = a, pool.state
-        pool.reset([1, 3])
-        pool.state = b
+        want = pool.state.clone()
+        for (_, w), (_, f) in zip(want.leaves(), pool._fresh.leaves()):
+            w[[1, 3]] = f.expand((2,) + f.shape[1:])
         pool.reset_rows(torch.tensor([1, 3]))
-        pool.state = saved
-        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a.leaves(), b.leaves()))
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(want.leaves(), pool.state.leaves()))
