@@ -47,20 +47,24 @@ def floor_ms(b, t, ring_dtype) -> float:
 # tile, position scores made before the kernel). Main 64: the 70-frame ring split 64 + the rest with the chunk
 # (online softmax over two tiles); 128: one tile. "pre": (q + v) . P for every stream by one matrix product
 # before the kernel, which then loads its shifted columns (no P loads, product or register gather in the kernel).
-FIXED = [(8, 2, 4, 64, False), (8, 2, 4, 128, True), (8, 3, 4, 128, True), (8, 2, 8, 128, True), (4, 2, 4, 128, True),
-         (8, 3, 4, 128, False)]
+FIXED = [(8, 2, 4, 128, True)]
+# One warp per (stream, head) ("warp", the default for chunks of 1-2 frames): (ring slots per key tile, warps)
+WARP = [(16, 1), (32, 1), (32, 2), (64, 2)]
 
 
-KEPT = ("default", "torch", "pool rows")  # what runs at the later batch sizes
+KEPT = ("default", "tensor-core kernel", "torch", "pool rows", "ring copy", "position scores")  # what runs at the later batch sizes
 
 
 def impls(t):
     """The kernel at its default launch, a few fixed configurations, and the default reading its streams' rings
     by pool row ("pool rows": a batch of the pool's odd rows, as the bulk path steps a pool in place)."""
-    out = {"default": ra.launch}
+    out = {"default": ra.launch, "tensor-core kernel": functools.partial(ra.launch, WARP_KERNEL=False)}
     for heads, stages, warps, main, pre in FIXED:
         out[f"h{heads} s{stages} w{warps} m{main}{' pre' if pre else ''}"] = functools.partial(
-            ra.launch, HEADS=heads, STAGES=stages, num_warps=warps, MAIN=main, PRE_POS=pre)
+            ra.launch, HEADS=heads, STAGES=stages, num_warps=warps, MAIN=main, PRE_POS=pre, WARP_KERNEL=False)
+    if t <= 2:
+        for kt, warps in WARP:
+            out[f"warp k{kt} w{warps}"] = functools.partial(ra.launch, KT=kt, num_warps=warps, WARP_KERNEL=True)
     return out
 
 
@@ -107,6 +111,9 @@ def main() -> None:
                 runs["torch"] = lambda x=x: ra.relpos_attention_torch(*x, LEFT, D_HEAD ** -0.5)
                 pooled, rows = pool_case(x)
                 runs["pool rows"] = lambda x=pooled, rows=rows, out=out: ra.launch(*x, LEFT, D_HEAD ** -0.5, out, rows)
+                runs["position scores"] = lambda x=x: ra.position_scores(x[0], x[7], x[9])
+                copies = [torch.empty_like(r) for r in x[3:5]]  # the rings' bytes read and written once: the bandwidth a plain copy gets
+                runs["ring copy"] = lambda x=x, c=copies: [a.copy_(r) for a, r in zip(c, x[3:5])]
                 fl = floor_ms(b, t, ring_dtype)
                 if b != int(args.batches.split(",")[0]):  # the configurations only at the first batch size
                     runs = {k_: f_ for k_, f_ in runs.items() if k_ in KEPT}

@@ -18,7 +18,10 @@ queries' dtype.
   product made before it, and the kernel loads each (query, key) pair's shifted column (no (B, H, T, S)
   position-bias tensor); softmax (online over key tiles) and the value product on tensor-core tiles, then the
   new keys/values written into the ring: no concatenated copy of the cache, no host sync. Given ``rows``, the
-  rings and frame counts are a state pool's and each stream's row is read and written where it lies.
+  rings and frame counts are a state pool's and each stream's row is read and written where it lies. Chunks of
+  one or two frames (FastConformer's 160 ms chunks) take ``relpos_warp_kernel`` instead: one warp per (stream,
+  head), the ring in key tiles of 32 slots read in storage order, CUDA-core products and an online softmax per
+  query row; larger chunks take the tensor-core kernel.
 """
 
 from __future__ import annotations
@@ -83,6 +86,12 @@ def _compile():
     return k.relpos_attention_kernel
 
 
+def _compile_warp():
+    from legato.kernels import relpos_attention_triton as k
+
+    return k.relpos_warp_kernel
+
+
 # Launch configuration measured on an H200 (bench/bench_relpos_kernel.py, FastConformer-L shape, 4096 streams,
 # commit 8d309a7): all 8 heads in one program, 2 pipeline stages, 4 warps: 0.657 ms per layer for 2-frame chunks
 # (one program per head: 0.798; Triton's autotuner picked 0.890, its timing drowned by restoring the 0.6 GB ring).
@@ -97,6 +106,15 @@ FP32_MAIN_TILE = 64  # fp32 tiles of 128 keys need 246 KB of shared memory at 2 
 # Position scores by one product before the kernel: 0.639 vs 0.663 ms at 4096 streams (bf16 ring), 0.879 vs 0.933
 # (fp8), commit 702f7e6
 PRECOMPUTED_POSITIONS = True
+# Chunks of one or two frames (160 ms at 8x subsampling): one warp per (stream, head), CUDA-core products
+# (``relpos_warp_kernel``): 1.32 vs 2.29 ms per layer at 16,384 streams, position scores included (H200, bf16 ring,
+# 32-slot key tiles; 16: 2.39, 8: 2.70; two warps: 2.97). tl.dot pads the queries to 16 rows, and the tensor-core
+# kernel's padded tiles took 216 registers a thread: two programs an SM, a quarter of the memory bandwidth (ncu).
+# Also measured no faster, and deleted: that kernel reading the ring in storage order (2.41), and a CUDA-core kernel
+# holding a (stream, head)'s whole ring in registers (2.20; 168-255 registers).
+MAX_WARP_KERNEL_T = 2
+WARP_KEY_TILE = 32
+WARP_WARPS = 1
 # Every head of a stream in one block-diagonal tile (tried in session 6, measured in 7, deleted): 1.08 vs 0.71 ms
 # at 4,096 streams, 3.81 vs 2.26 at 16,384 (bf16 ring, H200, 565217e): the 8x less softmax padding did not pay for
 # the larger tiles' products.
@@ -119,8 +137,11 @@ def position_scores(q, pos, bias_v) -> torch.Tensor:
 
 
 def launch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float, out, rows=None, **config) -> None:
-    """Run the kernel into ``out``; ``config`` (HEADS, STAGES, num_warps, MAIN, PRE_POS) overrides the measured
-    launch (bench)."""
+    """Run the kernel into ``out``: the one-warp kernel for chunks of one or two frames (``WARP_KERNEL``), else the
+    tensor-core one; ``config`` (HEADS, STAGES, num_warps, MAIN, PRE_POS; KT for the warp kernel) overrides the
+    measured launch (bench)."""
+    if config.pop("WARP_KERNEL", q.shape[1] <= MAX_WARP_KERNEL_T):
+        return launch_warp(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left, scale, out, rows, **config)
     b, t, h, d = q.shape
     main = MAIN_TILE if q.element_size() < 4 else FP32_MAIN_TILE
     config = {"HEADS": heads_per_program(h), "STAGES": PIPELINE_STAGES, "num_warps": NUM_WARPS, "MAIN": main,
@@ -135,6 +156,24 @@ def launch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: in
         pos.stride(0), pos.stride(1), *g_strides, t, left, ring_k.shape[2], pos.shape[1], scale, h,
         BLOCK_T=_pow2(t), BLOCK_R=_pow2(pos.shape[1]), D=d, IEEE=q.dtype == torch.float32, N_MAIN=n_main,
         BLOCK_TAIL=_pow2(left - n_main * config["MAIN"] + t), HAS_ROWS=rows is not None, **config)
+
+
+def launch_warp(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float, out, rows=None, **config) -> None:
+    """The one-warp-per-(stream, head) kernel (``relpos_warp_kernel``, chunks of 1-2 frames) into ``out``."""
+    b, t, h, d = q.shape
+    assert t <= 2, "the warp kernel takes chunks of one or two frames"
+    cap = ring_k.shape[2]
+    kt = config.pop("KT", WARP_KEY_TILE)
+    config = {"num_warps": WARP_WARPS, **config}
+    for unused in ("PRE_POS", "MAIN", "HEADS", "STAGES"):
+        config.pop(unused, None)
+    g = position_scores(q, pos, bias_v)
+    _compile_warp()[(b, h)](
+        q, k, v, ring_k, ring_v, frames, valid, bias_u, out, frames if rows is None else rows, g,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        ring_k.stride(0), ring_k.stride(1), ring_k.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        g.stride(1), g.stride(2), g.stride(0), left, cap, scale,
+        T=t, BLOCK_C=2, KT=kt, N_TILES=-(-cap // kt), MASK_LAST=cap % kt != 0, D=d, HAS_ROWS=rows is not None, **config)
 
 
 @register(NAME, "triton")

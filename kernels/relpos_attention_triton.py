@@ -115,3 +115,86 @@ def relpos_attention_kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O, ROWS, 
         dst = row * sr_b + h * sr_h + new_slot[:, None] * sr_c + d[None, :]
         tl.store(RK + dst, tl.load(K + chunk, mask=in_t[:, None], other=0.0).to(RK.dtype.element_ty), mask=in_t[:, None])
         tl.store(RV + dst, tl.load(V + chunk, mask=in_t[:, None], other=0.0).to(RV.dtype.element_ty), mask=in_t[:, None])
+
+
+@triton.jit
+def score_row(k, qu, pos, seen, scale):
+    """One query's scores against key rows ``k`` (content + position), -inf where unseen."""
+    return tl.where(seen, (tl.sum(k * qu[None, :], 1) + pos) * scale, float("-inf"))
+
+
+@triton.jit
+def fold_row(m, l, acc, s, v):
+    """Online softmax of one query: fold scores ``s`` (keys,) and values ``v`` (keys, D) into max ``m``, sum ``l``
+    and weighted values ``acc`` (D,)."""
+    m_new = tl.maximum(m, tl.max(s, 0))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet
+    alpha = tl.exp(m - m_safe)
+    e = tl.exp(s - m_safe)
+    return m_new, l * alpha + tl.sum(e, 0), acc * alpha + tl.sum(v * e[:, None], 0)
+
+
+@triton.jit
+def relpos_warp_kernel(Q, K, V, RK, RV, FRAMES, VALID, BU, O, ROWS, G,
+                       sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, so_b, so_t, so_h,
+                       sg_b, sg_t, sg_h, LEFT, CAP, scale,
+                       T: tl.constexpr, BLOCK_C: tl.constexpr, KT: tl.constexpr, N_TILES: tl.constexpr,
+                       MASK_LAST: tl.constexpr, D: tl.constexpr, HAS_ROWS: tl.constexpr):
+    """One (stream, head) per program (one warp: every reduction a shuffle), for chunks of one or two frames:
+    each query row's online softmax over ring tiles of KT slots in storage order, then the chunk's own keys;
+    CUDA-core products (tl.dot would pad the 1-2 queries to 16 rows, and its padded tiles' registers held the
+    tensor-core kernel to two programs an SM)."""
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    if HAS_ROWS:
+        row = tl.load(ROWS + b).to(tl.int64)
+    else:
+        row = b
+    frames = tl.load(FRAMES + row)
+    valid = tl.load(VALID + b)
+    d = tl.arange(0, D)
+    dt = K.dtype.element_ty
+    bu = tl.load(BU + h * D + d).to(tl.float32)
+    gbase = G + b * sg_b + h * sg_h
+    qu0 = (tl.load(Q + b * sq_b + h * sq_h + d).to(tl.float32) + bu).to(dt).to(tl.float32)
+    m0 = tl.max(tl.full((2,), float("-inf"), tl.float32), 0)
+    l0 = tl.sum(tl.zeros((2,), tl.float32), 0)
+    acc0 = tl.zeros((D,), tl.float32)
+    if T > 1:
+        qu1 = (tl.load(Q + b * sq_b + sq_t + h * sq_h + d).to(tl.float32) + bu).to(dt).to(tl.float32)
+        m1, l1, acc1 = m0, l0, acc0
+    # the chunk's own keys (key n: distance t - n, column t - n + T - 1)
+    c = tl.arange(0, BLOCK_C)
+    in_chunk = (c < T) & (c < valid)
+    chunk = b * sk_b + c[:, None] * sk_t + h * sk_h + d[None, :]
+    kc = tl.load(K + chunk, mask=in_chunk[:, None], other=0.0).to(tl.float32)
+    vc = tl.load(V + chunk, mask=in_chunk[:, None], other=0.0).to(tl.float32)
+    m0, l0, acc0 = fold_row(m0, l0, acc0, score_row(kc, qu0, tl.load(gbase + (T - 1 - c), mask=in_chunk, other=0.0), in_chunk, scale), vc)
+    if T > 1:
+        m1, l1, acc1 = fold_row(m1, l1, acc1, score_row(kc, qu1, tl.load(gbase + sg_t + (T - c), mask=in_chunk, other=0.0), in_chunk, scale), vc)
+    # the ring, in storage order: slot s holds frame f; distance (frames + t) - f, column frames + t - f + T - 1
+    for tile in tl.static_range(N_TILES):
+        s = tile * KT + tl.arange(0, KT)
+        f = frames - CAP + ((s - frames) % CAP + CAP) % CAP
+        seen = (f >= 0) & (f >= frames - LEFT) & (s < CAP)
+        ring = row * sr_b + h * sr_h + s[:, None] * sr_c + d[None, :]
+        if MASK_LAST and tile == N_TILES - 1:
+            k = tl.load(RK + ring, mask=(s < CAP)[:, None], other=0.0).to(tl.float32)
+            v = tl.load(RV + ring, mask=(s < CAP)[:, None], other=0.0).to(tl.float32)
+        else:
+            k = tl.load(RK + ring).to(tl.float32)
+            v = tl.load(RV + ring).to(tl.float32)
+        col = frames - f + T - 1
+        m0, l0, acc0 = fold_row(m0, l0, acc0, score_row(k, qu0, tl.load(gbase + col, mask=seen, other=0.0), seen, scale), v)
+        if T > 1:
+            m1, l1, acc1 = fold_row(m1, l1, acc1, score_row(k, qu1, tl.load(gbase + sg_t + col + 1, mask=seen, other=0.0), seen, scale), v)
+    out = O + b * so_b + h * so_h + d
+    tl.store(out, (acc0 / tl.where(l0 > 0, l0, 1.0)).to(O.dtype.element_ty))  # nothing seen: 0, as NeMo
+    if T > 1:
+        tl.store(out + so_t, (acc1 / tl.where(l1 > 0, l1, 1.0)).to(O.dtype.element_ty))
+    tl.debug_barrier()  # the ring reads are done before the chunk overwrites the oldest slots
+    keep = (c < T)[:, None]
+    dst = row * sr_b + h * sr_h + ((frames + c) % CAP)[:, None] * sr_c + d[None, :]
+    src = b * sk_b + c[:, None] * sk_t + h * sk_h + d[None, :]
+    tl.store(RK + dst, tl.load(K + src, mask=keep, other=0.0).to(RK.dtype.element_ty), mask=keep)
+    tl.store(RV + dst, tl.load(V + src, mask=keep, other=0.0).to(RV.dtype.element_ty), mask=keep)

@@ -61,12 +61,18 @@ def _relpos_case(device, t, left, cap, h, d, seed):
 
 
 @pytest.mark.parametrize("impl,device", _impls())
-@pytest.mark.parametrize("t,left,cap,d,main,pre", [(2, 70, 70, 64, 64, False), (3, 10, 16, 16, 128, True), (2, 70, 70, 64, 32, True),
-                                                   (8, 70, 70, 64, 128, False)])
-def test_relpos_attention_over_pool_rows(impl, device, t, left, cap, d, main, pre, monkeypatch):
-    """Key tiles of ``main`` ring frames (then the rest with the chunk's); ``pre``: position scores made before the kernel."""
+@pytest.mark.parametrize("t,left,cap,d,main,pre,warp_t,kt", [
+    (2, 70, 70, 64, 64, False, 0, 0), (3, 10, 16, 16, 128, True, 0, 0), (2, 70, 70, 64, 32, True, 0, 0),
+    (8, 70, 70, 64, 128, False, 2, 32),  # the tensor-core kernel
+    (2, 70, 70, 64, 0, True, 2, 32), (1, 10, 16, 16, 0, True, 2, 16), (2, 60, 70, 64, 0, True, 2, 16)])  # the warp kernel
+def test_relpos_attention_over_pool_rows(impl, device, t, left, cap, d, main, pre, warp_t, kt, monkeypatch):
+    """Tensor-core kernel: key tiles of ``main`` ring frames (then the rest with the chunk's); ``pre``: position
+    scores made before the kernel. Chunks of up to ``warp_t`` frames: the warp kernel, key tiles of ``kt`` slots
+    (the last one masked where they do not divide the ring)."""
     monkeypatch.setattr(relpos_attention, "MAIN_TILE", main)
     monkeypatch.setattr(relpos_attention, "PRECOMPUTED_POSITIONS", pre)
+    monkeypatch.setattr(relpos_attention, "MAX_WARP_KERNEL_T", warp_t)
+    monkeypatch.setattr(relpos_attention, "WARP_KEY_TILE", kt)
     check = _relpos_case(device, t, left, cap, 4, d, seed=t + left)
     check(lambda *args: _pick(relpos_attention, impl)(*args))  # fp32: IEEE products in the kernel
 

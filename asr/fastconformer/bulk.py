@@ -19,7 +19,7 @@ The encoder's state lives in a pool of ``capacity`` rows that the kernels read a
 (``stream_step(rows=...)``): a step that raises part way leaves its streams' state part-updated (their chunk is
 lost either way), so such streams should be finished and reopened.
 
-On CUDA a step of up to 4,096 rows replays a CUDA graph of its device work (``bulk_graphs.py``); a stream's state
+On CUDA a step of up to 16,384 rows replays a CUDA graph of its device work (``bulk_graphs.py``); a stream's state
 is reset by its first step, so opening is host bookkeeping. A step's new tokens go to ``on_step`` as flat arrays
 (``bulk_tokens.py``), not as per-stream Python objects.
 

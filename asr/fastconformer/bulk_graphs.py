@@ -26,11 +26,13 @@ import torch
 
 from legato.stream.cuda_graphs import capture
 
-BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1280, 1536, 2048, 2560, 3072, 3584, 4096)
-# Above this many rows a step runs eager: the GPU's work (~20 ms at 4,096 FastConformer-L rows) hides the ~35 ms of
-# launches issued ahead of it, while a bucket's padding would be real work (H200, 8fd30d2: with buckets up to 16,384,
-# 24,000 streams settled at 9,300-row steps padded to 12,288, p99 126 ms; eager 72 ms).
-MAX_GRAPH_ROWS = 4096
+BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1280, 1536, 2048, 2560, 3072, 3584, 4096,
+           5120, 6144, 7168, 8192, 9216, 10240, 11264, 12288, 14336, 16384)
+# Steps above this many rows run eager. Buckets to 16,384 with coarse steps above 4,096 (8fd30d2): 24,000 streams
+# settled at 9,300-row steps padded to 12,288, p99 126 ms; graphs only to 4,096, eager above (0097940): p99 143
+# at 24,000 and 518 at 32,000 (against 305 with graphs): eager launches share the GIL with the threads pushing audio
+# (H200). So graphs to 16,384, with buckets at most ~11 % apart above 4,096.
+MAX_GRAPH_ROWS = 16384
 
 
 @dataclass
