@@ -129,12 +129,14 @@ def _pow2(n: int, floor: int = MIN_DOT) -> int:
 
 
 def position_scores(q, pos, bias_v) -> torch.Tensor:
-    """(q + v) . P for every stream, query, head and distance: (H, B, T, R) in q's dtype, one batched product, as
-    the reference rounds it. (In fp32, with three conversion passes around it, it took 0.33 ms a layer at 16,384
+    """(q + v) . P for every stream, query, head and distance: (H, B, T, R) fp32, one batched product in q's dtype
+    (rounded as the reference rounds it). (In fp32, with three conversion passes around it, it took 0.33 ms a layer at 16,384
     streams on an H200, a quarter of the attention.)"""
     b, t, h, d = q.shape
     qv = (q + bias_v.to(q.dtype)).reshape(b * t, h, d).transpose(0, 1)  # (H, B*T, D), heads strided
-    return torch.matmul(qv, pos.to(q.dtype).transpose(1, 2)).view(h, b, t, -1)
+    g = torch.matmul(qv, pos.to(q.dtype).transpose(1, 2))
+    # fp32 (H, B, T, R) for the kernels: read as bf16 the warp kernel took 2.26 instead of 1.0 ms (16,384 streams)
+    return g.to(torch.float32, memory_format=torch.contiguous_format).view(h, b, t, -1)
 
 
 def launch(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, left: int, scale: float, out, rows=None, **config) -> None:
