@@ -76,9 +76,10 @@ def make_bulk(rec: FastConformerRecognizer, n: int, args):
     (its per-step endpointing and hand-over of token updates as arrays on the stepping thread)."""
     lookahead = None if args.cpu_smoke else LOOKAHEAD_MS
     if not args.engine:
-        bulk = BulkTranscriber(rec, capacity=n, lookahead_ms=lookahead, max_batch=args.max_batch, cuda_graphs=not args.eager)
+        bulk = BulkTranscriber(rec, capacity=n, lookahead_ms=lookahead, max_batch=args.max_batch, cuda_graphs=not args.eager,
+                               graph_rows=args.graph_rows)
         return bulk, bulk.open_many(n)
-    engine = BulkEngine("bench", rec, capacity=n, max_batch=args.max_batch, lookahead_ms=lookahead)
+    engine = BulkEngine("bench", rec, capacity=n, max_batch=args.max_batch, lookahead_ms=lookahead, graph_rows=args.graph_rows)
     engine.bulk.graphs = None if args.eager else engine.bulk.graphs
     slots = engine.bulk.open_many(n)
     for s in slots.tolist():
@@ -149,6 +150,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16384)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--kv-cache", default="same", choices=["same", "fp8"])
+    ap.add_argument("--graph-rows", type=int, default=16384,
+                    help="steps of up to this many rows replay CUDA graphs, each captured at its first use (eager above)")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs (each step launches its kernels from Python)")
     ap.add_argument("--engine", action="store_true", help="through the server's BulkEngine (endpointing and token "
                     "hand-over per step) instead of BulkTranscriber alone")

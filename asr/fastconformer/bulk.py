@@ -19,7 +19,7 @@ The encoder's state lives in a pool of ``capacity`` rows that the kernels read a
 (``stream_step(rows=...)``): a step that raises part way leaves its streams' state part-updated (their chunk is
 lost either way), so such streams should be finished and reopened.
 
-On CUDA a step of up to 16,384 rows replays a CUDA graph of its device work (``bulk_graphs.py``); a stream's state
+On CUDA a step of up to ``graph_rows`` rows (4,096 by default) replays a CUDA graph of its device work (``bulk_graphs.py``); a stream's state
 is reset by its first step, so opening is host bookkeeping. A step's new tokens go to ``on_step`` as flat arrays
 (``bulk_tokens.py``), not as per-stream Python objects.
 
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from legato.asr.fastconformer.bulk_flush import flush
-from legato.asr.fastconformer.bulk_graphs import BulkGraphs
+from legato.asr.fastconformer.bulk_graphs import MAX_GRAPH_ROWS, BulkGraphs
 from legato.asr.fastconformer.bulk_tokens import TokenUpdates
 from legato.asr.fastconformer.decoders import CtcState, ctc_greedy_mask
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
@@ -74,7 +74,7 @@ class BulkTranscriber:
     def __init__(self, recognizer: FastConformerRecognizer, capacity: int, *, lookahead_ms: int | None = None, max_batch: int = 4096,
                  decoder: str | None = "ctc", on_step: Callable[[np.ndarray, TokenUpdates], None] | None = None,
                  on_finish: Callable[[list[tuple[int, "BulkStream"]]], None] | None = None, keep_tokens: bool = True,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, graph_rows: int = MAX_GRAPH_ROWS):
         """``decoder``: "ctc" (default), "rnnt", or None for the model's own (RNNT for a hybrid).
         ``on_step(stepped_slots, updates)``: called at the end of every ``step`` that stepped rows, on the stepping
         thread, before another step, ``open`` or ``finish`` can run, with the step's new tokens as arrays (a
@@ -83,7 +83,7 @@ class BulkTranscriber:
         ``BulkStream`` gathers its tokens (Python lists, ~5 us per stream with news per step); a consumer of
         ``on_step`` passes False and the streams ``on_finish`` hands over hold only their last steps' tokens.
         ``cuda_graphs``: on CUDA, steps replay a graph per batch bucket (``bulk_graphs.py``), captured on first use
-        of a bucket or all at once by ``graphs.capture_all()``."""
+        of a bucket or all at once by ``graphs.capture_all()``, for steps of up to ``graph_rows`` rows (eager above)."""
         model = recognizer.model
         self.decoder = model.check_decoder(decoder)  # ValueError for a head the model lacks
         self.greedy = model.greedy_decoder(self.decoder)
@@ -123,7 +123,7 @@ class BulkTranscriber:
         self._tail = torch.zeros(rows, tail, device=dev)  # pre-emphasised samples carried to the next frame
         self._mel_carry = torch.zeros(rows, self.carry, c.n_mels, device=dev)
         self.dec_pool = StatePool(self.greedy, rows, dev)  # CTC: the previous frame's argmax; RNNT: LSTM state
-        self.graphs = BulkGraphs(self, scratch=capacity) if cuda_graphs and dev.type == "cuda" else None
+        self.graphs = BulkGraphs(self, scratch=capacity, max_rows=graph_rows) if cuda_graphs and dev.type == "cuda" else None
         self._latencies: collections.deque[np.ndarray] = collections.deque()
         self._latencies_kept = 0
         self.windows = StepWindows()

@@ -28,11 +28,13 @@ from legato.stream.cuda_graphs import capture
 
 BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1280, 1536, 2048, 2560, 3072, 3584, 4096,
            5120, 6144, 7168, 8192, 9216, 10240, 11264, 12288, 14336, 16384)
-# Steps above this many rows run eager. Buckets to 16,384 with coarse steps above 4,096 (8fd30d2): 24,000 streams
-# settled at 9,300-row steps padded to 12,288, p99 126 ms; graphs only to 4,096, eager above (0097940): p99 143
-# at 24,000 and 518 at 32,000 (against 305 with graphs): eager launches share the GIL with the threads pushing audio
-# (H200). So graphs to 16,384, with buckets at most ~11 % apart above 4,096.
-MAX_GRAPH_ROWS = 16384
+# Steps above ``max_rows`` (default MAX_GRAPH_ROWS) run eager. Measured on an H200: with graphs to 16,384 rows,
+# captured as used (bench_bulk --engine, ce234f3), 32,000 streams p99 196 ms and 40,000 kept up at p99 309; graphs
+# to 4,096 and eager above (0097940): p99 518 at 32,000 (eager launches share the GIL with the threads pushing
+# audio). But capturing all 52 graphs to 16,384 at a server's warm-up ran out of the GPU's memory (12,288-stream pool,
+# ce234f3: 25 GB in graph pools and ~75 GB more than the pool's state allocated, not yet explained), so the
+# default stays 4,096 (warm-up captures every bucket: 32 graphs) and larger graphs are asked for (``graph_rows``).
+MAX_GRAPH_ROWS = 4096
 
 
 @dataclass
@@ -47,10 +49,11 @@ class BulkGraphs:
     """``run(rows, audio, first)`` = ``device_step`` of ``bulk`` for those rows, by graph replay (up to
     ``buckets[-1]`` rows)."""
 
-    def __init__(self, bulk, scratch: int):
-        """``bulk``: a ``BulkTranscriber`` on CUDA whose per-row state has a row ``scratch`` no stream uses."""
+    def __init__(self, bulk, scratch: int, max_rows: int = MAX_GRAPH_ROWS):
+        """``bulk``: a ``BulkTranscriber`` on CUDA whose per-row state has a row ``scratch`` no stream uses; steps
+        of up to ``max_rows`` rows (at most the bucket list's last) replay graphs."""
         self.bulk, self.scratch = bulk, scratch
-        top = min(bulk.max_batch, MAX_GRAPH_ROWS)
+        top = min(bulk.max_batch, max_rows, BUCKETS[-1])
         self.buckets = sorted({b for b in BUCKETS if b < top} | {top})  # larger steps: eager
         self._graphs: dict[tuple[bool, int], _Graph] = {}
         self._pool = torch.cuda.graph_pool_handle()
