@@ -52,7 +52,7 @@ FIXED = [(8, 2, 4, 128, True)]
 WARP = [(16, 1), (32, 1), (32, 2), (64, 2)]
 
 
-KEPT = ("default", "tensor-core kernel", "torch", "pool rows", "ring copy", "position scores")  # what runs at the later batch sizes
+KEPT = ("default", "tensor-core kernel", "torch", "pool rows", "ring copy", "position scores", "position scores, unpadded")  # what runs at the later batch sizes
 
 
 def impls(t):
@@ -112,6 +112,7 @@ def main() -> None:
                 pooled, rows = pool_case(x)
                 runs["pool rows"] = lambda x=pooled, rows=rows, out=out: ra.launch(*x, LEFT, D_HEAD ** -0.5, out, rows)
                 runs["position scores"] = lambda x=x: ra.position_scores(x[0], x[7], x[9])
+                runs["position scores, unpadded"] = lambda x=x: ra.position_scores(x[0], x[7], x[9], pad=1)
                 copies = [torch.empty_like(r) for r in x[3:5]]  # the rings' bytes read and written once: the bandwidth a plain copy gets
                 runs["ring copy"] = lambda x=x, c=copies: [a.copy_(r) for a, r in zip(c, x[3:5])]
                 fl = floor_ms(b, t, ring_dtype)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 
 import torch
+import torch.nn.functional as F
 
 from legato.kernels.dispatch import register
 from legato.stream.state import byte_view
@@ -106,6 +107,9 @@ FP32_MAIN_TILE = 64  # fp32 tiles of 128 keys need 246 KB of shared memory at 2 
 # Position scores by one product before the kernel: 0.639 vs 0.663 ms at 4096 streams (bf16 ring), 0.879 vs 0.933
 # (fp8), commit 702f7e6
 PRECOMPUTED_POSITIONS = True
+# Distances per row of the position scores rounded up to a multiple of this (alignment for the product's tiles):
+# not yet measured (bench_relpos_kernel's "position scores" against "position scores, unpadded")
+POSITION_PAD = 8
 # Chunks of one or two frames (160 ms at 8x subsampling): one warp per (stream, head), CUDA-core products
 # (``relpos_warp_kernel``): 1.32 vs 2.29 ms per layer at 16,384 streams, position scores included (H200, bf16 ring,
 # 32-slot key tiles; 16: 2.39, 8: 2.70; two warps: 2.97). tl.dot pads the queries to 16 rows, and the tensor-core
@@ -128,14 +132,18 @@ def _pow2(n: int, floor: int = MIN_DOT) -> int:
     return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
 
-def position_scores(q, pos, bias_v) -> torch.Tensor:
-    """(q + v) . P for every stream, query, head and distance: (H, B, T, R) fp32, one batched product in q's dtype
-    (rounded as the reference rounds it). (In fp32, with three conversion passes around it, it took 0.33 ms a layer at 16,384
-    streams on an H200, a quarter of the attention.)"""
+def position_scores(q, pos, bias_v, pad: int | None = None) -> torch.Tensor:
+    """(q + v) . P for every stream, query, head and distance: (H, B, T, R') fp32 with R' >= R the distances padded
+    to a multiple of ``pad`` (columns past R are zero and never read), one batched product in q's dtype (rounded
+    as the reference rounds it). (In fp32, with three conversion passes around it, it took 0.33 ms a layer at
+    16,384 streams on an H200, a quarter of the attention; unpadded in bf16 0.29.)"""
     b, t, h, d = q.shape
+    pad = POSITION_PAD if pad is None else pad
+    r = pos.shape[1]
+    pos = F.pad(pos.to(q.dtype), (0, 0, 0, -r % pad))  # rows of 2 * R bytes (R = 73: 146) defeat aligned GEMM tiles
     qv = (q + bias_v.to(q.dtype)).reshape(b * t, h, d).transpose(0, 1)  # (H, B*T, D), heads strided
-    g = torch.matmul(qv, pos.to(q.dtype).transpose(1, 2))
-    # fp32 (H, B, T, R) for the kernels: read as bf16 the warp kernel took 2.26 instead of 1.0 ms (16,384 streams)
+    g = torch.matmul(qv, pos.transpose(1, 2))
+    # fp32 (H, B, T, R') for the kernels: read as bf16 the warp kernel took 2.26 instead of 1.0 ms (16,384 streams)
     return g.to(torch.float32, memory_format=torch.contiguous_format).view(h, b, t, -1)
 
 

@@ -90,3 +90,17 @@ def test_triton_kernel_with_an_fp8_ring_matches_the_reference():
     out = dispatch.get(NAME, "cuda")[1](q, k, v, ring_k, ring_v, frames, valid, pos, bu, bv, left, d ** -0.5)
     torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=3e-2)
     assert torch.equal(ring_k.view(torch.uint8), rk.view(torch.uint8))
+
+
+def test_position_scores_padding_leaves_the_distances_alone():
+    """Distances padded to a multiple of 8 (aligned product tiles): the first R columns as unpadded, the rest 0."""
+    from legato.kernels.relpos_attention import position_scores
+
+    g = torch.Generator().manual_seed(5)
+    q, pos, bv = torch.randn(3, 2, 4, 16, generator=g), torch.randn(4, 73, 16, generator=g), torch.randn(4, 16, generator=g)
+    plain, padded = position_scores(q, pos, bv, pad=1), position_scores(q, pos, bv, pad=8)
+    assert plain.shape == (4, 3, 2, 73) and padded.shape == (4, 3, 2, 80) and padded.dtype == torch.float32
+    torch.testing.assert_close(padded[..., :73], plain)
+    assert not padded[..., 73:].any()
+    want = torch.einsum("bthd,hrd->hbtr", q + bv, pos)
+    torch.testing.assert_close(plain, want, atol=1e-4, rtol=1e-4)
