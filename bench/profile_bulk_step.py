@@ -4,7 +4,7 @@ The FastConformer-L shape of bench_bulk (random weights, bf16, CTC over 1,024 to
 one 160 ms chunk per step; three steps first (the first compiles the kernels and is the streams' first step), then
 the fourth is profiled. Prints the warm steps' wall times and the profiler's table by CUDA time.
 
-    python3 -P bench/profile_bulk_step.py [--streams 16384] [--kv-cache same|fp8] [--top 22]
+    python3 -P bench/profile_bulk_step.py [--streams 16384] [--kv-cache same|fp8] [--top 22] [--shapes]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=16384)
     ap.add_argument("--kv-cache", default="same", choices=["same", "fp8"])
     ap.add_argument("--top", type=int, default=22)
+    ap.add_argument("--shapes", action="store_true", help="also the table grouped by input shapes (where copies come from)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs CUDA")
@@ -44,10 +45,14 @@ def main() -> None:
         torch.cuda.synchronize()
         print(f"step {k}: {(time.perf_counter() - t) * 1e3:.1f} ms", flush=True)
     bulk.push_many(slots, audio)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
+                                record_shapes=args.shapes) as prof:
         bulk.step()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.top, max_name_column_width=45))
+    if args.shapes:
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="cuda_time_total", row_limit=args.top,
+                                                                  max_name_column_width=30, max_shapes_column_width=70))
 
 
 if __name__ == "__main__":
