@@ -19,12 +19,13 @@ from legato.stream.state import StreamState
 WARMUP_STEPS = 2  # lets kernels pick algorithms and allocate workspaces before capture
 
 
-def capture(fn: Callable[[], Any], *, pool=None, error_mode: str = "global") -> tuple[torch.cuda.CUDAGraph, Any]:
+def capture(fn: Callable[[], Any], *, pool=None, error_mode: str = "global", side: torch.cuda.Stream | None = None) -> tuple[torch.cuda.CUDAGraph, Any]:
     """``fn()`` run ``WARMUP_STEPS`` times on a side stream (kernels compile, libraries pick algorithms and allocate
     workspaces), then captured: the graph and ``fn``'s output, the graph's static buffers. ``pool``: a memory pool
     shared with other graphs; ``error_mode``: ``torch.cuda.graph``'s capture_error_mode ("thread_local" when other
-    threads may use CUDA meanwhile)."""
-    side = torch.cuda.Stream()
+    threads may use CUDA meanwhile); ``side``: the warm-up stream, for callers capturing many graphs (blocks the
+    caching allocator keeps, and cuBLAS workspaces, are per stream: a new stream per capture starts each afresh)."""
+    side = torch.cuda.Stream() if side is None else side
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(WARMUP_STEPS):
