@@ -33,7 +33,7 @@ from torch import nn
 
 from legato.asr.fastconformer.config import FastConformerConfig, Lookahead
 from legato.asr.fastconformer.subsampling import DwStridingSubsampling
-from legato.kernels import causal_dwconv, dispatch, relpos_attention
+from legato.kernels import add_norm, causal_dwconv, dispatch, relpos_attention
 from legato.stream.layers.attention import RelPositionBias
 from legato.stream.module import StreamingModule
 from legato.stream.state import StreamState
@@ -174,7 +174,16 @@ class ConformerLayer(nn.Module):
         return self._run(x, lambda h: self.self_attn(h, visible), lambda h: self.conv(h, valid))
 
     def step(self, x, cache: LayerCache, frames, valid, left: int, rows=None) -> torch.Tensor:
-        return self._run(x, lambda h: self.self_attn.step(h, cache, frames, valid, left, rows), lambda h: self.conv.step(h, cache, valid, rows))
+        """``_run`` with each residual add fused with the layer norm after it (``kernels/add_norm``)."""
+        h = self.norm_feed_forward1(x)
+        x, h = self._add_norm(x, self.feed_forward1(h), FF_RESIDUAL_SCALE, self.norm_self_att)
+        x, h = self._add_norm(x, self.self_attn.step(h, cache, frames, valid, left, rows), 1.0, self.norm_conv)
+        x, h = self._add_norm(x, self.conv.step(h, cache, valid, rows), 1.0, self.norm_feed_forward2)
+        return self._add_norm(x, self.feed_forward2(h), FF_RESIDUAL_SCALE, self.norm_out)[1]
+
+    @staticmethod
+    def _add_norm(x, y, scale: float, norm: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        return dispatch.call(add_norm.NAME, x.device, x, y, scale, norm.weight, norm.bias, norm.eps)
 
 
 def chunked_limited_visible(length: torch.Tensor, t: int, la: Lookahead) -> torch.Tensor:
