@@ -29,7 +29,8 @@ async def serve(args) -> None:
     tokenizer = FastConformerRecognizer.from_nemo(bench_bulk.FIXTURE).tokenizer
     rec = bench_bulk.build(args, tokenizer)
     engine = BulkEngine("fastconformer:random-L", rec, capacity=args.capacity, max_batch=args.max_batch,
-                        lookahead_ms=None if args.cpu_smoke else bench_bulk.LOOKAHEAD_MS, stats_every_s=args.stats_every or None)
+                        lookahead_ms=None if args.cpu_smoke else bench_bulk.LOOKAHEAD_MS, stats_every_s=args.stats_every or None,
+                        graph_rows=args.graph_rows)
     config = ServerConfig(port=args.port, max_connections=args.capacity)
     await asyncio.get_running_loop().run_in_executor(None, engine.warm_up)
     stop = asyncio.Event()
@@ -60,10 +61,15 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--kv-cache", default="same", choices=["same", "fp8"])
     ap.add_argument("--stats-every", type=float, default=5.0, help="seconds between the worker's stats lines (0: none)")
+    ap.add_argument("--graph-rows", type=int, default=4096, help="steps of up to this many rows replay CUDA graphs")
+    ap.add_argument("--debug-graphs", action="store_true", help="log each graph capture's GPU memory")
     ap.add_argument("--cpu-smoke", action="store_true")
+    args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    asyncio.run(serve(ap.parse_args()))
+    if args.debug_graphs:
+        logging.getLogger("legato.bulk").setLevel(logging.DEBUG)
+    asyncio.run(serve(args))
 
 
 if __name__ == "__main__":
