@@ -140,10 +140,6 @@ class NemoMel(StreamingModule):
         self.register_buffer("window", hann_window(c.window_samples, periodic=False), persistent=False)
         self.register_buffer("filters", slaney_mel_filters(c.n_mels, c.n_fft, c.fmin, c.fmax, c.sample_rate), persistent=False)
         self.fft_offset = (c.n_fft - c.window_samples) // 2  # where torch.stft puts a short window
-        # The fused CUDA kernel's DFT as two matrix products (unused on CPU, 0.4 MB at the default config).
-        dft_cos, dft_sin = log_mel.dft_bases(c.window_samples, c.n_fft, log_mel.used_bins(self.filters))
-        self.register_buffer("dft_cos", dft_cos, persistent=False)
-        self.register_buffer("dft_sin", dft_sin, persistent=False)
         self.framer = Framer(c.window_samples, c.hop_samples, pad=c.window_samples // 2, pad_mode="constant")
 
     @classmethod
@@ -165,10 +161,9 @@ class NemoMel(StreamingModule):
         """(B, T, window) pre-emphasised frames -> (B, T, n_mels) ln mel energies."""
         if frames.shape[1] == 0:  # most small steps: skip the spectral work
             return frames.new_zeros(frames.shape[0], 0, self.config.n_mels)
-        # CPU: the PyTorch reference (rfft, as always); CUDA: one fused Triton launch (kernels/log_mel.py).
         c = self.config
-        return dispatch.call(log_mel.NAME, frames.device, frames, self.window, self.filters, self.dft_cos, self.dft_sin,
-                             c.n_fft, self.fft_offset, c.log_zero_guard)
+        return dispatch.call(log_mel.NAME, frames.device, frames, self.window, self.filters, c.n_fft, self.fft_offset,
+                             c.log_zero_guard)
 
     def _preemphasis(self, audio: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """y[i] = x[i] - preemph * x[i-1], with ``previous`` (B,) standing for x[-1]."""
