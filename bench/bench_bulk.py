@@ -77,9 +77,10 @@ def make_bulk(rec: FastConformerRecognizer, n: int, args):
     lookahead = None if args.cpu_smoke else LOOKAHEAD_MS
     if not args.engine:
         bulk = BulkTranscriber(rec, capacity=n, lookahead_ms=lookahead, max_batch=args.max_batch, cuda_graphs=not args.eager,
-                               graph_rows=args.graph_rows)
+                               graph_rows=args.graph_rows, pipeline=not args.serial)
         return bulk, bulk.open_many(n)
-    engine = BulkEngine("bench", rec, capacity=n, max_batch=args.max_batch, lookahead_ms=lookahead, graph_rows=args.graph_rows)
+    engine = BulkEngine("bench", rec, capacity=n, max_batch=args.max_batch, lookahead_ms=lookahead, graph_rows=args.graph_rows,
+                        pipeline=not args.serial)
     engine.bulk.graphs = None if args.eager else engine.bulk.graphs
     slots = engine.bulk.open_many(n)
     for s in slots.tolist():
@@ -152,6 +153,8 @@ def main() -> None:
     ap.add_argument("--kv-cache", default="same", choices=["same", "fp8"])
     ap.add_argument("--graph-rows", type=int, default=16384,
                     help="steps of up to this many rows replay CUDA graphs, each captured at its first use (eager above)")
+    ap.add_argument("--serial", action="store_true",
+                    help="no pipelining: each step completes before the next one's host work (the default before 2026-11-29)")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs (each step launches its kernels from Python)")
     ap.add_argument("--engine", action="store_true", help="through the server's BulkEngine (endpointing and token "
                     "hand-over per step) instead of BulkTranscriber alone")

@@ -150,17 +150,19 @@ class BulkEngine:
 
     def __init__(self, name: str, recognizer: FastConformerRecognizer, *, capacity: int, max_batch: int = 4096,
                  lookahead_ms: int | None = None, decoder: str | None = None, stats_every_s: float | None = None,
-                 graph_rows: int = MAX_GRAPH_ROWS):
+                 graph_rows: int = MAX_GRAPH_ROWS, pipeline: bool = True):
         """``decoder``: "ctc" or "rnnt" (None: the model's own, RNNT for a hybrid); ``lookahead_ms``: the one
         lookahead served (None: the model's first); ``stats_every_s``: log a line of what the worker did (streams,
         chunks/s, batch sizes, its busy share, step and chunk-latency quantiles) this often at INFO (None: never);
-        ``graph_rows``: steps of up to this many rows replay CUDA graphs (all captured by ``warm_up``)."""
+        ``graph_rows``: steps of up to this many rows replay CUDA graphs (all captured by ``warm_up``);
+        ``pipeline``: each step's host work overlaps the device's (``BulkTranscriber(pipeline=)``, CTC)."""
         if recognizer.tokenizer is None:
             raise ValueError("the bulk server needs the model's tokenizer (words)")
         self.routes = [name]
         self.recognizer = recognizer
         self.bulk = BulkTranscriber(recognizer, capacity, lookahead_ms=lookahead_ms, max_batch=max_batch, decoder=decoder,
-                                    on_step=self._on_step, on_finish=self._on_finish, keep_tokens=False, graph_rows=graph_rows)
+                                    on_step=self._on_step, on_finish=self._on_finish, keep_tokens=False, graph_rows=graph_rows,
+                                    pipeline=pipeline)
         self.lookahead_ms = recognizer.lookaheads_ms[self.bulk.lookahead]
         self._handles: dict[int, BulkHandle] = {}
         self._endpoint = np.full(capacity, NO_ENDPOINT, np.int64)  # encoder frames of silence that end an utterance
@@ -316,6 +318,7 @@ class BulkEngine:
                 stepped = 0
             if not stepped and not served:
                 self._stop.wait(IDLE_S)
+        self.bulk.settle()
         self._serve_requests(closing=True)
 
     def stats_line(self) -> str:

@@ -22,7 +22,8 @@ class ChunkQueues:
         self.capacity, self.chunk, self.depth = capacity, chunk, depth
         self._audio_t = torch.zeros(capacity * depth, chunk, pin_memory=pinned)
         self._audio = self._audio_t.numpy().reshape(capacity, depth, chunk)
-        self._staging = torch.zeros(min(max_take, capacity), chunk, pin_memory=pinned)
+        # two staging buffers: a pipelined consumer takes the next batch while the device still reads the last
+        self._staging = [torch.zeros(min(max_take, capacity), chunk, pin_memory=pinned) for _ in range(2)]
         self._ready = np.zeros((capacity, depth), np.float64)  # when each queued chunk was completed
         self._head = np.zeros(capacity, np.int64)  # oldest queued chunk
         self._count = np.zeros(capacity, np.int64)  # complete chunks queued
@@ -83,16 +84,18 @@ class ChunkQueues:
             self._count[ok] += 1
         return full
 
-    def take(self, max_n: int) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
-        """Slots with a complete chunk, oldest first, up to ``max_n``: (slots, their chunks in the staging buffer,
-        ready times). The staging buffer is reused: the caller's use of the previous take must be complete."""
+    def take(self, max_n: int, buffer: int = 0) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+        """Slots with a complete chunk, oldest first, up to ``max_n``: (slots, their chunks in staging buffer
+        ``buffer`` (0 or 1), ready times). Each buffer is reused: the caller's use of that buffer's previous take
+        must be complete."""
         with self._lock:
+            staging = self._staging[buffer]
             rows = np.flatnonzero(self._count > 0)
             ready = self._ready[rows, self._head[rows]]
-            order = np.argsort(ready, kind="stable")[: min(max_n, len(self._staging))]
+            order = np.argsort(ready, kind="stable")[: min(max_n, len(staging))]
             rows, ready = rows[order], ready[order]
             index = torch.from_numpy(rows * self.depth + self._head[rows])
-            audio = torch.index_select(self._audio_t, 0, index, out=self._staging[: len(rows)])  # producers may refill now
+            audio = torch.index_select(self._audio_t, 0, index, out=staging[: len(rows)])  # producers may refill now
             self._head[rows] = (self._head[rows] + 1) % self.depth
             self._count[rows] -= 1
         return rows, audio, ready

@@ -41,10 +41,12 @@ def reference(rec, decoder: str, audio: np.ndarray, steps: int, lookahead_ms):
     return tokens, frames, done
 
 
+@pytest.mark.parametrize("pipeline", [False, True], ids=["serial", "pipelined"])
 @pytest.mark.parametrize("lookahead_ms", [0, 240])
-def test_streams_joining_at_different_times_get_the_reference_tokens(case, lookahead_ms):
+def test_streams_joining_at_different_times_get_the_reference_tokens(case, lookahead_ms, pipeline):
+    """``pipeline``: each step completes the one before (CTC; RNNT runs serial whatever the flag)."""
     rec, dec = case
-    bulk = BulkTranscriber(rec, decoder=dec, capacity=4, lookahead_ms=lookahead_ms)
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=4, lookahead_ms=lookahead_ms, pipeline=pipeline)
     if lookahead_ms not in rec.lookaheads_ms:
         pytest.skip(f"the model's lookaheads are {rec.lookaheads_ms}")
     rng = np.random.default_rng(0)
@@ -163,13 +165,16 @@ def test_a_reused_slot_starts_clean(case, second):
     assert (got.tokens, got.token_frames) == rec.transcribe_tokens(torch.from_numpy(audio), bulk.recognizer.lookaheads_ms[bulk.lookahead], dec)
 
 
-def test_streams_ended_together_step_their_ends_as_one_batch_and_equal_offline(case):
+@pytest.mark.parametrize("pipeline", [False, True], ids=["serial", "pipelined"])
+def test_streams_ended_together_step_their_ends_as_one_batch_and_equal_offline(case, pipeline):
     """end() on streams of many lengths (none, part of a first chunk, whole chunks, chunks and a bit, with chunks
-    still queued): their last steps run batched inside step(), on_finish gets each once, each equals offline."""
+    still queued): their last steps run batched inside step(), on_finish gets each once, each equals offline.
+    Pipelined, a stream whose last chunk is in flight ends only after that step's tokens are read."""
     rec, dec = case
     lengths = [0, 300, 2560 * 2, 9000, 16000, 23456]
     done = {}
-    bulk = BulkTranscriber(rec, decoder=dec, capacity=len(lengths) + 1, on_finish=lambda items: done.update(items))
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=len(lengths) + 1, on_finish=lambda items: done.update(items),
+                           pipeline=pipeline)
     rng = np.random.default_rng(7)
     audios = [(rng.standard_normal(n) * 0.3).astype(np.float32) for n in lengths]
     slots = [bulk.open() for _ in lengths]
@@ -207,3 +212,34 @@ def test_pool_reset_rows_equals_reset(case):
             w[[1, 3]] = f.expand((2,) + f.shape[1:])
         pool.reset_rows(torch.tensor([1, 3]))
         assert all(torch.equal(x, y) for (_, x), (_, y) in zip(want.leaves(), pool.state.leaves()))
+
+
+def test_pipelined_steps_complete_the_step_before_and_cancel_settles(case):
+    """Pipelined (CTC), a step's tokens reach ``on_step`` during the next call; an idle call completes the last;
+    cancelling a stream whose chunk is in flight completes that step first, and the other stream is unaffected."""
+    rec, dec = case
+    if dec != "ctc":
+        pytest.skip("pipelining is for CTC")
+    seen, decoded = [], []
+
+    def on_step(rows, updates):
+        seen.append(rows.tolist())
+        decoded.append(bulk.frames_decoded(rows).tolist())  # as of the completed step, not the one in flight
+
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=2, pipeline=True, on_step=on_step)
+    rng = np.random.default_rng(3)
+    audio = (rng.standard_normal(bulk.chunk * 4) * 0.3).astype(np.float32)
+    a, b = bulk.open(), bulk.open()
+    bulk.push_many(np.array([a, b]), np.stack([audio[: bulk.chunk]] * 2))
+    assert bulk.step() == 2 and seen == []  # launched, not completed
+    bulk.push(a, audio[bulk.chunk: 2 * bulk.chunk])
+    assert bulk.step() == 1 and seen == [[a, b]]  # the first step completed by the second's call
+    bulk.cancel(b)  # nothing of b in flight now; a's second step is
+    assert seen == [[a, b], [a]]
+    bulk.push(a, audio[2 * bulk.chunk: 3 * bulk.chunk])
+    bulk.step()
+    assert bulk.step() == 1 and bulk.step() == 0 and seen[-1] == [a]  # the idle call completed the last
+    tokens, frames, done = reference(rec, dec, audio, 3, None)
+    assert (bulk.streams[a].tokens, bulk.streams[a].token_frames, bulk._frames[a]) == (tokens, frames, done)
+    first = reference(rec, dec, audio, 1, None)[2]
+    assert decoded[0] == [first, first] and decoded[-1] == [done]  # a's frames after its 1st step, then its 3rd

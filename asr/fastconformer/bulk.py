@@ -42,6 +42,7 @@ import torch
 
 from legato.asr.fastconformer.bulk_flush import flush
 from legato.asr.fastconformer.bulk_graphs import MAX_GRAPH_ROWS, BulkGraphs
+from legato.asr.fastconformer.bulk_launch import LaunchedGroup, LaunchedStep, to_device, to_host
 from legato.asr.fastconformer.bulk_tokens import TokenUpdates
 from legato.asr.fastconformer.decoders import CtcState, ctc_greedy_mask
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
@@ -74,7 +75,7 @@ class BulkTranscriber:
     def __init__(self, recognizer: FastConformerRecognizer, capacity: int, *, lookahead_ms: int | None = None, max_batch: int = 4096,
                  decoder: str | None = "ctc", on_step: Callable[[np.ndarray, TokenUpdates], None] | None = None,
                  on_finish: Callable[[list[tuple[int, "BulkStream"]]], None] | None = None, keep_tokens: bool = True,
-                 cuda_graphs: bool = True, graph_rows: int = MAX_GRAPH_ROWS):
+                 cuda_graphs: bool = True, graph_rows: int = MAX_GRAPH_ROWS, pipeline: bool = False):
         """``decoder``: "ctc" (default), "rnnt", or None for the model's own (RNNT for a hybrid).
         ``on_step(stepped_slots, updates)``: called at the end of every ``step`` that stepped rows, on the stepping
         thread, before another step, ``open`` or ``finish`` can run, with the step's new tokens as arrays (a
@@ -83,7 +84,9 @@ class BulkTranscriber:
         ``BulkStream`` gathers its tokens (Python lists, ~5 us per stream with news per step); a consumer of
         ``on_step`` passes False and the streams ``on_finish`` hands over hold only their last steps' tokens.
         ``cuda_graphs``: on CUDA, steps replay a graph per batch bucket (``bulk_graphs.py``), captured on first use
-        of a bucket or all at once by ``graphs.capture_all()``, for steps of up to ``graph_rows`` rows (eager above)."""
+        of a bucket or all at once by ``graphs.capture_all()``, for steps of up to ``graph_rows`` rows (eager above).
+        ``pipeline`` (CTC): a ``step`` launches its device work and then completes the step before it
+        (``bulk_launch.py``): the host's work overlaps the device's; ``settle()`` completes the one in flight."""
         model = recognizer.model
         self.decoder = model.check_decoder(decoder)  # ValueError for a head the model lacks
         self.greedy = model.greedy_decoder(self.decoder)
@@ -128,6 +131,9 @@ class BulkTranscriber:
         self._latencies_kept = 0
         self.windows = StepWindows()
         self.steps_done = 0  # steps that stepped rows (a producer waiting for queue room watches it)
+        self.pipeline = pipeline and self.decoder == "ctc"  # RNNT decodes on the host between steps anyway
+        self._inflight: LaunchedStep | None = None  # pipelined: the step launched, not yet completed
+        self._launches = 0  # alternates the queues' staging buffers
 
     # -- producers ---------------------------------------------------------------
 
@@ -173,8 +179,10 @@ class BulkTranscriber:
             with self._lock:
                 if slot not in self.streams:
                     raise KeyError(f"slot {slot} is not open")
+            self._settle()
             while (audio := self.queues.take_one(slot)) is not None:
-                self._collect(self._step_group(np.array([slot]), audio, bool(self._stepped[slot] == 0)))
+                group = self._launch_group(np.array([slot]), audio, bool(self._stepped[slot] == 0))
+                self._collect(self._tokens(group))
             return self._finish_many([slot])[0][1]
 
     def end(self, slot: int) -> None:
@@ -209,32 +217,64 @@ class BulkTranscriber:
 
     @torch.inference_mode()
     def step(self) -> int:
-        """Step every slot with a complete chunk queued (up to ``max_batch``); returns how many were stepped."""
+        """Step every slot with a complete chunk queued (up to ``max_batch``); returns how many were stepped (with
+        ``pipeline``: launched; the step before is completed meanwhile, and an idle call completes the last)."""
         with self._step_lock:
             started = time.monotonic()
-            rows, audio, ready = self.queues.take(self.max_batch)
+            rows, audio, ready = self.queues.take(self.max_batch, buffer=self._launches % 2)
             if not len(rows):
-                return self._finish_ended(force=True)
-            first = self._stepped[rows] == 0
-            groups = []
-            for phase in (True, False):
-                pick = first == phase
-                if pick.all():
-                    groups.append(self._step_group(rows, audio, phase))
-                elif pick.any():
-                    groups.append(self._step_group(rows[pick], audio[torch.from_numpy(pick)], phase))
-            updates = TokenUpdates.concat(groups)
-            if self.keep_tokens:
-                self._collect(updates)
-            if self.on_step is not None:
-                self.on_step(rows, updates)
-            ended = self._finish_ended()
+                return self._settle() + self._finish_ended(force=True)
+            launched = self._launch(rows, audio, ready, started)
+            self._launches += 1
+            if self.pipeline:  # complete the step before while this one runs on the device
+                previous, self._inflight = self._inflight, launched  # in flight while ``on_step`` sees the previous
+                if previous is not None:
+                    self._complete(previous)
+            else:
+                self._complete(launched)
+            return len(rows) + self._finish_ended()
+
+    def settle(self) -> int:
+        """Complete the step in flight (``pipeline``), if any: its rows."""
+        with self._step_lock:
+            return self._settle()
+
+    def _settle(self) -> int:
+        launched, self._inflight = self._inflight, None
+        return 0 if launched is None else self._complete(launched)
+
+    def _launch(self, rows: np.ndarray, audio: torch.Tensor, ready: np.ndarray, started: float) -> LaunchedStep:
+        """The step's device work for every phase group, outputs on their way to the host."""
+        first = self._stepped[rows] == 0
+        groups = []
+        for phase in (True, False):
+            pick = first == phase
+            if pick.all():
+                groups.append(self._launch_group(rows, audio, phase))
+            elif pick.any():
+                part = audio[torch.from_numpy(pick)]
+                groups.append(self._launch_group(rows[pick], part.pin_memory() if audio.is_pinned() else part, phase))
+        done = None
+        if self.device.type == "cuda":
+            done = torch.cuda.Event()
+            done.record()
+        return LaunchedStep(rows, ready, started, groups, done)
+
+    def _complete(self, launched: LaunchedStep) -> int:
+        """Wait for a launched step's outputs; its tokens to ``on_step`` (and the streams); stats."""
+        if launched.done is not None:
+            launched.done.synchronize()
+        updates = TokenUpdates.concat([self._tokens(g) for g in launched.groups])
+        if self.keep_tokens:
+            self._collect(updates)
+        if self.on_step is not None:
+            self.on_step(launched.rows, updates)
         done = time.monotonic()
         self.steps_done += 1
-        latencies = done - ready
-        self.windows.record(len(rows), done - started, latencies)
+        latencies = done - launched.ready
+        self.windows.record(len(launched.rows), done - launched.started, latencies)
         self._keep(latencies)
-        return len(rows) + ended
+        return len(launched.rows)
 
     def _keep(self, latencies: np.ndarray) -> None:
         self._latencies.append(latencies)
@@ -247,8 +287,9 @@ class BulkTranscriber:
         (the worker is idle), when ``FLUSH_BATCH`` are ready or one has waited ``FLUSH_WAIT_S``. Ends take
         eager steps (their last chunks are short and masked: no graph), a fixed ~3 launch-bound steps whatever
         their number: flushing a few streams after every step would slow every step of the others."""
+        busy = set(self._inflight.rows.tolist()) if self._inflight is not None else ()  # their tokens not yet read
         with self._lock:
-            ready = [s for s in self._ending if not self.queues.queued(s)]
+            ready = [s for s in self._ending if not self.queues.queued(s) and s not in busy]
             oldest = min((self._ending[s] for s in ready), default=0.0)
         if ready and not force and len(ready) < FLUSH_BATCH and time.monotonic() - oldest < FLUSH_WAIT_S:
             return 0
@@ -303,24 +344,26 @@ class BulkTranscriber:
         state.last[rows] = ctc.last
         return best, keep
 
-    def _step_group(self, slots: np.ndarray, audio: torch.Tensor, first: bool) -> TokenUpdates:
-        """Step these slots (one phase); returns their new tokens."""
+    def _launch_group(self, slots: np.ndarray, audio: torch.Tensor, first: bool) -> LaunchedGroup:
+        """Launch these slots' step (one phase); the host state the next launch needs advances now."""
         if self.graphs is not None and len(slots) <= self.graphs.buckets[-1]:
             out = self.graphs.run(slots, audio, first)
         else:
-            out = self.device_step(torch.as_tensor(slots, device=self.device), audio.to(self.device, non_blocking=True), first)
-        if self.decoder == "ctc":  # one host sync, array operations only
-            best, keep = out[0].cpu().numpy(), out[1].cpu().numpy()
-            updated, frames = TokenUpdates.from_mask(slots, keep, best, self._frames[slots]), keep.shape[1]
-        else:
-            y, valid = out
-            tokens, token_frames = self.decode(y, valid, slots)
-            start = self._frames[slots].tolist()
-            updated = TokenUpdates.from_lists(slots, tokens, [[s + f for f in fr] for s, fr in zip(start, token_frames)])
-            frames = y.shape[1]
-        self._frames[slots] += frames
+            out = self.device_step(to_device(slots, self.device), audio.to(self.device, non_blocking=True), first)
+        frames = self._frames[slots].copy()
+        self._frames[slots] += out[0].shape[1]  # CTC: (best, keep) (B, T); RNNT: y (B, T, d)
         self._stepped[slots] += 1
-        return updated
+        return LaunchedGroup(slots, frames, out[0].shape[1], to_host(out) if self.decoder == "ctc" else out)
+
+    def _tokens(self, group: LaunchedGroup) -> TokenUpdates:
+        """A launched group's new tokens (its outputs on the host: CTC array operations; RNNT greedy decoding)."""
+        if self.decoder == "ctc":
+            best, keep = (t.numpy() for t in group.outputs)
+            return TokenUpdates.from_mask(group.slots, keep, best, group.frames)
+        y, valid = group.outputs
+        tokens, token_frames = self.decode(y, valid, group.slots)
+        start = group.frames.tolist()
+        return TokenUpdates.from_lists(group.slots, tokens, [[s + f for f in fr] for s, fr in zip(start, token_frames)])
 
     def decode(self, y: torch.Tensor, valid: torch.Tensor, slots: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
         """Greedy decoding of encoder frames ``y`` for ``slots`` over their pooled decoder state: new tokens and
@@ -336,12 +379,18 @@ class BulkTranscriber:
         return self._slots.in_use
 
     def frames_decoded(self, slots: np.ndarray) -> np.ndarray:
-        """Encoder frames decoded so far for each of ``slots``."""
-        return self._frames[slots]
+        """Encoder frames decoded so far for each of ``slots`` (by completed steps: not a step in flight)."""
+        frames = self._frames[slots]
+        if self._inflight is not None:
+            frames = frames.copy()
+            for group in self._inflight.groups:
+                frames -= np.isin(slots, group.slots) * group.step_frames
+        return frames
 
     def cancel(self, slot: int) -> None:
         """Drop the stream: its queued audio and state are discarded, nothing is decoded; the slot is free again."""
         with self._step_lock:
+            self._settle()  # its chunk may be in flight
             with self._lock:
                 if self.streams.pop(slot, None) is None:
                     raise KeyError(f"slot {slot} is not open")

@@ -75,7 +75,8 @@ class BulkGraphs:
         sliced to n rows (views of the graph's static buffers: read them before the next ``run``)."""
         n = len(rows)
         g = self._get(first, self.bucket(n))
-        g.rows[:n].copy_(torch.from_numpy(rows), non_blocking=False)
+        # page-locked and queued: a pageable copy would wait for the step in flight (a pipelined caller's)
+        g.rows[:n].copy_(torch.from_numpy(np.ascontiguousarray(rows)).pin_memory(), non_blocking=True)
         g.rows[n:].fill_(self.scratch)
         g.audio[:n].copy_(audio, non_blocking=True)
         g.graph.replay()

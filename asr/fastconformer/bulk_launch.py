@@ -1,0 +1,53 @@
+"""A bulk step launched on the device and not yet read back: what completing it needs.
+
+Pipelining (``BulkTranscriber(pipeline=True)``): a step's device work is launched and its outputs copied to
+page-locked host memory asynchronously; the step is completed (tokens read, ``on_step``) only after the next step
+has been launched, so the host's work between two steps (taking the next batch of chunks from the queues, copying
+it, the graph inputs; reading tokens, endpointing) runs while the device computes instead of between its steps.
+Host state that the next step's launch depends on (frames decoded, chunks stepped) is advanced at launch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class LaunchedGroup:
+    slots: np.ndarray  # (n,) the group's slots (one phase: first or later steps)
+    frames: np.ndarray  # (n,) encoder frames decoded before this step: its tokens' frame offsets
+    step_frames: int  # encoder frames the step adds to each
+    outputs: tuple  # CTC: (best, keep) on the host, filled by an async copy; RNNT: the encoder's (y, valid) on the device
+
+
+@dataclass
+class LaunchedStep:
+    rows: np.ndarray  # every slot stepped
+    ready: np.ndarray  # when each row's chunk was complete (latency)
+    started: float  # time.monotonic() at the take
+    groups: list[LaunchedGroup]
+    done: torch.cuda.Event | None  # recorded after the copies to the host (None on the CPU: nothing is async)
+
+
+def to_host(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Device tensors -> page-locked host copies, asynchronously (valid once the stream reaches this point)."""
+    out = []
+    for t in tensors:
+        if t.device.type == "cpu":
+            out.append(t)
+            continue
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        out.append(host.copy_(t, non_blocking=True))
+    return tuple(out)
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device`` without a host sync: a pageable copy waits for the stream's earlier work (here: the
+    step in flight), a page-locked one is queued behind it."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
