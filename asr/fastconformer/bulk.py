@@ -182,6 +182,8 @@ class BulkTranscriber:
             self._settle()
             while (audio := self.queues.take_one(slot)) is not None:
                 group = self._launch_group(np.array([slot]), audio, bool(self._stepped[slot] == 0))
+                if self.device.type == "cuda":
+                    torch.cuda.current_stream(self.device).synchronize()  # its outputs' copies to the host
                 self._collect(self._tokens(group))
             return self._finish_many([slot])[0][1]
 
