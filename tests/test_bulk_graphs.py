@@ -49,11 +49,14 @@ def test_graph_steps_equal_eager_steps(name, decoder, pipeline):
     n = 37  # joins spread so that first and steady steps of many batch sizes (1 .. 37, buckets 16/32/64) mix
     audios = [(rng.standard_normal(int(rng.integers(4, 12)) * 2560) * 0.3).astype(np.float32) for _ in range(n)]
     joins = {i: (0 if i < 20 else int(rng.integers(1, 20))) for i in range(n)}  # 20 at once: buckets 32 and 64
-    eager, _ = _run(rec, decoder, False, audios, joins, max_batch=64)
+    eager, eager_bulk = _run(rec, decoder, False, audios, joins, max_batch=64)
     graphed, bulk = _run(rec, decoder, True, audios, joins, max_batch=64, pipeline=pipeline)
     assert bulk.graphs is not None and len(bulk.graphs._graphs) >= 3
     assert graphed == eager
     assert any(tokens for tokens, _ in eager.values())
+    for slot in sorted(bulk.streams)[:3]:  # finish: its own steps and the end, outputs read back from the device
+        done, want = bulk.finish(slot), eager_bulk.finish(slot)
+        assert (done.tokens, done.token_frames) == (want.tokens, want.token_frames)
 
 
 def test_capture_touches_no_stream():
