@@ -115,7 +115,8 @@ POSITION_PAD = 8
 # 32-slot key tiles; 16: 2.39, 8: 2.70; two warps: 2.97). tl.dot pads the queries to 16 rows, and the tensor-core
 # kernel's padded tiles took 216 registers a thread: two programs an SM, a quarter of the memory bandwidth (ncu).
 # Also measured no faster, and deleted: that kernel reading the ring in storage order (2.41), and a CUDA-core kernel
-# holding a (stream, head)'s whole ring in registers (2.20; 168-255 registers).
+# holding a (stream, head)'s whole ring in registers (2.20; 168-255 registers). Since then (not yet measured) the
+# ring's rest is a smaller masked tile (70 slots: 32 + 32 + 8 rows of products, was 3 x 32 = 96).
 MAX_WARP_KERNEL_T = 2
 WARP_KEY_TILE = 32
 WARP_WARPS = 1
@@ -184,7 +185,8 @@ def launch_warp(q, k, v, ring_k, ring_v, frames, valid, pos, bias_u, bias_v, lef
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         ring_k.stride(0), ring_k.stride(1), ring_k.stride(2), out.stride(0), out.stride(1), out.stride(2),
         g.stride(1), g.stride(2), g.stride(0), left, cap, scale,
-        T=t, BLOCK_C=2, KT=kt, N_TILES=-(-cap // kt), MASK_LAST=cap % kt != 0, D=d, HAS_ROWS=rows is not None, **config)
+        T=t, BLOCK_C=2, KT=kt, N_FULL=cap // kt, TAIL=_pow2(cap % kt, 2) if cap % kt else 0, D=d,
+        HAS_ROWS=rows is not None, **config)
 
 
 @register(NAME, "triton")

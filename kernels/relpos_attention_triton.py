@@ -135,13 +135,35 @@ def fold_row(m, l, acc, s, v):
 
 
 @triton.jit
+def ring_rows(m0, l0, acc0, m1, l1, acc1, qu0, qu1, s, d, row, h, frames, RK, RV, gbase, sr_b, sr_h, sr_c, sg_t,
+              LEFT, CAP, scale, T: tl.constexpr, MASKED: tl.constexpr):
+    """Fold ring slots ``s`` (storage order) into both queries' softmax. Slot s holds frame f; the position term of
+    query t is column frames + t - f + T - 1 (distance (frames + t) - f)."""
+    f = frames - CAP + ((s - frames) % CAP + CAP) % CAP
+    seen = (f >= 0) & (f >= frames - LEFT) & (s < CAP)
+    ring = row * sr_b + h * sr_h + s[:, None] * sr_c + d[None, :]
+    if MASKED:
+        k = tl.load(RK + ring, mask=(s < CAP)[:, None], other=0.0).to(tl.float32)
+        v = tl.load(RV + ring, mask=(s < CAP)[:, None], other=0.0).to(tl.float32)
+    else:
+        k = tl.load(RK + ring).to(tl.float32)
+        v = tl.load(RV + ring).to(tl.float32)
+    col = frames - f + T - 1
+    m0, l0, acc0 = fold_row(m0, l0, acc0, score_row(k, qu0, tl.load(gbase + col, mask=seen, other=0.0), seen, scale), v)
+    if T > 1:
+        m1, l1, acc1 = fold_row(m1, l1, acc1, score_row(k, qu1, tl.load(gbase + sg_t + col + 1, mask=seen, other=0.0), seen, scale), v)
+    return m0, l0, acc0, m1, l1, acc1
+
+
+@triton.jit
 def relpos_warp_kernel(Q, K, V, RK, RV, FRAMES, VALID, BU, O, ROWS, G,
                        sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sr_b, sr_h, sr_c, so_b, so_t, so_h,
                        sg_b, sg_t, sg_h, LEFT, CAP, scale,
-                       T: tl.constexpr, BLOCK_C: tl.constexpr, KT: tl.constexpr, N_TILES: tl.constexpr,
-                       MASK_LAST: tl.constexpr, D: tl.constexpr, HAS_ROWS: tl.constexpr):
+                       T: tl.constexpr, BLOCK_C: tl.constexpr, KT: tl.constexpr, N_FULL: tl.constexpr,
+                       TAIL: tl.constexpr, D: tl.constexpr, HAS_ROWS: tl.constexpr):
     """One (stream, head) per program (one warp: every reduction a shuffle), for chunks of one or two frames:
-    each query row's online softmax over ring tiles of KT slots in storage order, then the chunk's own keys;
+    each query row's online softmax over the chunk's own keys, then ring tiles of KT slots in storage order and a
+    smaller masked tile of TAIL for the rest;
     CUDA-core products (tl.dot would pad the 1-2 queries to 16 rows, and its padded tiles' registers held the
     tensor-core kernel to two programs an SM)."""
     b = tl.program_id(0).to(tl.int64)
@@ -160,9 +182,9 @@ def relpos_warp_kernel(Q, K, V, RK, RV, FRAMES, VALID, BU, O, ROWS, G,
     m0 = tl.max(tl.full((2,), float("-inf"), tl.float32), 0)
     l0 = tl.sum(tl.zeros((2,), tl.float32), 0)
     acc0 = tl.zeros((D,), tl.float32)
+    qu1, m1, l1, acc1 = qu0, m0, l0, acc0  # unused with one query
     if T > 1:
         qu1 = (tl.load(Q + b * sq_b + sq_t + h * sq_h + d).to(tl.float32) + bu).to(dt).to(tl.float32)
-        m1, l1, acc1 = m0, l0, acc0
     # the chunk's own keys (key n: distance t - n, column t - n + T - 1)
     c = tl.arange(0, BLOCK_C)
     in_chunk = (c < T) & (c < valid)
@@ -172,22 +194,12 @@ def relpos_warp_kernel(Q, K, V, RK, RV, FRAMES, VALID, BU, O, ROWS, G,
     m0, l0, acc0 = fold_row(m0, l0, acc0, score_row(kc, qu0, tl.load(gbase + (T - 1 - c), mask=in_chunk, other=0.0), in_chunk, scale), vc)
     if T > 1:
         m1, l1, acc1 = fold_row(m1, l1, acc1, score_row(kc, qu1, tl.load(gbase + sg_t + (T - c), mask=in_chunk, other=0.0), in_chunk, scale), vc)
-    # the ring, in storage order: slot s holds frame f; distance (frames + t) - f, column frames + t - f + T - 1
-    for tile in tl.static_range(N_TILES):
-        s = tile * KT + tl.arange(0, KT)
-        f = frames - CAP + ((s - frames) % CAP + CAP) % CAP
-        seen = (f >= 0) & (f >= frames - LEFT) & (s < CAP)
-        ring = row * sr_b + h * sr_h + s[:, None] * sr_c + d[None, :]
-        if MASK_LAST and tile == N_TILES - 1:
-            k = tl.load(RK + ring, mask=(s < CAP)[:, None], other=0.0).to(tl.float32)
-            v = tl.load(RV + ring, mask=(s < CAP)[:, None], other=0.0).to(tl.float32)
-        else:
-            k = tl.load(RK + ring).to(tl.float32)
-            v = tl.load(RV + ring).to(tl.float32)
-        col = frames - f + T - 1
-        m0, l0, acc0 = fold_row(m0, l0, acc0, score_row(k, qu0, tl.load(gbase + col, mask=seen, other=0.0), seen, scale), v)
-        if T > 1:
-            m1, l1, acc1 = fold_row(m1, l1, acc1, score_row(k, qu1, tl.load(gbase + sg_t + col + 1, mask=seen, other=0.0), seen, scale), v)
+    for tile in tl.static_range(N_FULL):
+        m0, l0, acc0, m1, l1, acc1 = ring_rows(m0, l0, acc0, m1, l1, acc1, qu0, qu1, tile * KT + tl.arange(0, KT), d, row, h,
+                                               frames, RK, RV, gbase, sr_b, sr_h, sr_c, sg_t, LEFT, CAP, scale, T, False)
+    if TAIL > 0:  # the rest of the ring in a smaller masked tile (70 slots: 32 + 32 + 8, not 3 x 32)
+        m0, l0, acc0, m1, l1, acc1 = ring_rows(m0, l0, acc0, m1, l1, acc1, qu0, qu1, N_FULL * KT + tl.arange(0, TAIL), d, row, h,
+                                               frames, RK, RV, gbase, sr_b, sr_h, sr_c, sg_t, LEFT, CAP, scale, T, True)
     out = O + b * so_b + h * so_h + d
     tl.store(out, (acc0 / tl.where(l0 > 0, l0, 1.0)).to(O.dtype.element_ty))  # nothing seen: 0, as NeMo
     if T > 1:
