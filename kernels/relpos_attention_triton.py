@@ -12,6 +12,16 @@ def dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def stream_of(b, ROWS, FRAMES, VALID, HAS_ROWS: tl.constexpr):
+    """Batch row b's stream: (its state's row: ROWS[b] in a pool, else b; frames cached; valid chunk frames)."""
+    if HAS_ROWS:
+        row = tl.load(ROWS + b).to(tl.int64)
+    else:
+        row = b
+    return row, tl.load(FRAMES + row), tl.load(VALID + b)
+
+
+@triton.jit
 def key_positions(kpos, frames, valid, T, LEFT, CAP):
     """Key position p in [0, LEFT + T): p < LEFT is the ring frame ``frames - LEFT + p`` (seen if it exists, in
     ring slot ``f % CAP``), p >= LEFT the chunk's own frame ``n = p - LEFT`` (seen if < valid).
@@ -74,12 +84,7 @@ def relpos_attention_kernel(Q, K, V, RK, RV, FRAMES, VALID, P, BU, BV, O, ROWS, 
     of every stream, head and distance, made before the kernel by one matrix product: the kernel then loads what
     it needs instead of P (8 heads x 9 KB per stream, from L2), a product and a register gather."""
     b = tl.program_id(0).to(tl.int64)
-    if HAS_ROWS:
-        row = tl.load(ROWS + b).to(tl.int64)
-    else:
-        row = b
-    frames = tl.load(FRAMES + row)
-    valid = tl.load(VALID + b)
+    row, frames, valid = stream_of(b, ROWS, FRAMES, VALID, HAS_ROWS)
     t = tl.arange(0, BLOCK_T)
     d = tl.arange(0, D)
     in_t = t < T
@@ -168,12 +173,7 @@ def relpos_warp_kernel(Q, K, V, RK, RV, FRAMES, VALID, BU, O, ROWS, G,
     tensor-core kernel to two programs an SM)."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
-    if HAS_ROWS:
-        row = tl.load(ROWS + b).to(tl.int64)
-    else:
-        row = b
-    frames = tl.load(FRAMES + row)
-    valid = tl.load(VALID + b)
+    row, frames, valid = stream_of(b, ROWS, FRAMES, VALID, HAS_ROWS)
     d = tl.arange(0, D)
     dt = K.dtype.element_ty
     bu = tl.load(BU + h * D + d).to(tl.float32)
