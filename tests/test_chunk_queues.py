@@ -34,3 +34,34 @@ def test_bad_pushes_are_refused_whole():
         q.push_many(np.array([1]), np.ones((1, 3), np.float32))
     rows, audio, _ = q.take(2)
     assert rows.tolist() == [0] and audio.shape == (1, 4)
+
+
+def test_a_producer_pushing_while_the_consumer_takes_loses_and_reorders_nothing():
+    """take copies outside the lock; a producer thread pushing meanwhile (queues often full, pushes refused and
+    retried) never overwrites a chunk being taken: each slot gets its chunks once, in order."""
+    import threading
+
+    slots, per_slot, chunk = 6, 100, 8
+    q = ChunkQueues(slots, chunk, depth=2, max_take=slots, pinned=False)
+    done = threading.Event()
+
+    def produce():
+        sent = np.zeros(slots, np.int64)
+        while (sent < per_slot).any():
+            todo = np.flatnonzero(sent < per_slot)
+            chunks = (sent[todo, None] * slots + todo[:, None]).astype(np.float32) * np.ones((1, chunk), np.float32)
+            refused = q.push_many(todo, chunks)
+            sent[todo[~refused]] += 1
+        done.set()
+
+    got = [[] for _ in range(slots)]
+    thread = threading.Thread(target=produce)
+    thread.start()
+    while not (done.is_set() and q.waiting() == 0):
+        for buffer in (0, 1):
+            rows, audio, _ = q.take(slots, buffer)
+            for r, a in zip(rows.tolist(), audio.numpy()):
+                assert (a == a[0]).all()
+                got[r].append(int(a[0]))
+    thread.join()
+    assert got == [[k * slots + s for k in range(per_slot)] for s in range(slots)]
