@@ -9,6 +9,7 @@ over channels when ``norm_weight`` is given, and passed through SiLU -> (T, d). 
 * ``glu_dwconv_torch``: the reference (GLU, concatenation, ``conv1d``, ``layer_norm``, ``silu``).
 * ``glu_dwconv_triton``: one program per stream does it all in registers: no concatenated copy, no
   intermediate tensors between the five steps, the cache rewritten in place (a pool's row, given ``rows``).
+  Chunks of one or two frames (160 ms) take ``window_kernel``: each window frame gated and loaded once.
 """
 
 from __future__ import annotations
@@ -41,10 +42,15 @@ def glu_dwconv_torch(a, cache, valid, weight, bias, norm_weight, norm_bias, eps:
     return F.silu(y)
 
 
-def _compile():
+# Chunks of up to this many frames take ``window_kernel`` (each window frame gated and loaded once): not yet
+# measured against ``kernel`` (265 us a layer at 16,384 streams on an H200, ~3.4x its memory floor)
+MAX_WINDOW_T = 2
+
+
+def _compile(window: bool = False):
     from legato.kernels import causal_dwconv_triton as k  # Triton only where it exists
 
-    return k.kernel
+    return k.window_kernel if window else k.kernel
 
 
 @register(NAME, "triton")
@@ -55,8 +61,11 @@ def glu_dwconv_triton(a, cache, valid, weight, bias, norm_weight, norm_bias, eps
         return glu_dwconv_torch(a, cache, valid, weight, bias, norm_weight, norm_bias, eps, rows)
     out = torch.empty(b, t, d, device=a.device, dtype=a.dtype)
     has_norm = norm_weight is not None
-    _compile()[(b,)](a, cache, valid, weight, bias, norm_weight if has_norm else bias, norm_bias if has_norm else bias, out,
-                     valid if rows is None else rows,
-                     a.stride(0), a.stride(1), cache.stride(0), cache.stride(1), out.stride(0), out.stride(1), t, d, eps,
-                     K=k, BLOCK_D=1 << (d - 1).bit_length(), HAS_NORM=has_norm, HAS_ROWS=rows is not None)
+    args = (a, cache, valid, weight, bias, norm_weight if has_norm else bias, norm_bias if has_norm else bias, out,
+            valid if rows is None else rows, a.stride(0), a.stride(1), cache.stride(0), cache.stride(1), out.stride(0), out.stride(1))
+    flags = dict(K=k, BLOCK_D=1 << (d - 1).bit_length(), HAS_NORM=has_norm, HAS_ROWS=rows is not None)
+    if 1 <= t <= MAX_WINDOW_T:
+        _compile(window=True)[(b,)](*args, d, eps, T=t, **flags)
+    else:
+        _compile()[(b,)](*args, t, d, eps, **flags)
     return out

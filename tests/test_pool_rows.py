@@ -79,14 +79,15 @@ def test_relpos_attention_over_pool_rows(impl, device, t, left, cap, d, main, pr
 
 @pytest.mark.parametrize("impl,device", _impls())
 @pytest.mark.parametrize("norm", [True, False])
-def test_glu_dwconv_over_pool_rows(impl, device, norm):
+@pytest.mark.parametrize("t", [2, 3])  # 2: the one-pass window kernel; 3: the general one
+def test_glu_dwconv_over_pool_rows(impl, device, norm, t):
     g = torch.Generator().manual_seed(1)
-    t, d, kernel = 3, 24, 9
+    d, kernel = 24, 9
     mk = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
     rows = torch.tensor(ROWS, device=device)
     a, cache, w, bias = mk(5, t, 2 * d), mk(POOL, kernel - 1, d), mk(d, kernel), mk(d)
     nw, nb = (mk(d), mk(d)) if norm else (None, None)
-    valid = torch.tensor([t, t, 1, 0, 2], device=device)
+    valid = torch.tensor([t, t, 1, 0, t - 1], device=device)
     want, (want_cache,) = _gathered([cache], rows, lambda own: causal_dwconv.glu_dwconv_torch(a, own[0], valid, w, bias, nw, nb, 1e-5))
     got = _pick(causal_dwconv, impl)(a, cache, valid, w, bias, nw, nb, 1e-5, rows)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
