@@ -8,30 +8,26 @@ move (x and y read, the sum and the norm written) at 4.8 TB/s.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
-from common import time_steps  # noqa: E402
+from common import floor_ms, kernel_bench_streams, time_steps  # noqa: E402
 
 from legato.kernels import add_norm  # noqa: E402
 
 D_MODEL, FRAMES = 512, 2
-HBM_BYTES_PER_S = 4.8e12  # H200
 
 
 @torch.inference_mode()
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--streams", default="4096,16384")
-    args = ap.parse_args()
-    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  bf16  d {D_MODEL}")
+    streams = kernel_bench_streams(__doc__)
+    print(f"bf16  d {D_MODEL}")
     print("| streams | torch ms | fused ms | ratio | floor ms | fused x floor | max norm err |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
-    for n in (int(s) for s in args.streams.split(",")):
+    for n in streams:
         g = torch.Generator(device="cuda").manual_seed(0)
         mk = lambda *s: torch.randn(*s, device="cuda", generator=g).to(torch.bfloat16)  # noqa: E731
         x, y, w, b = mk(n, FRAMES, D_MODEL), mk(n, FRAMES, D_MODEL), mk(D_MODEL), mk(D_MODEL)
@@ -42,7 +38,7 @@ def main() -> None:
         med = lambda fn: sorted(time_steps(fn, 10, 50, True))[25]  # noqa: E731
         t_ref = med(lambda: add_norm.add_layer_norm_torch(x, y, 0.5, w, b, 1e-5))
         t_fused = med(lambda: add_norm.add_layer_norm_triton(x, y, 0.5, w, b, 1e-5))
-        floor = 4 * x.numel() * x.element_size() / HBM_BYTES_PER_S * 1e3
+        floor = floor_ms(4 * x.numel() * x.element_size())
         print(f"| {n} | {t_ref:.3f} | {t_fused:.3f} | {t_ref / t_fused:.2f} | {floor:.3f} | {t_fused / floor:.1f} | {err:.1e} |", flush=True)
 
 

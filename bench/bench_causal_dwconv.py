@@ -9,30 +9,26 @@ bytes a call must move (the chunk's 2d inputs and d outputs, the cache row read 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
-from common import time_steps  # noqa: E402
+from common import floor_ms, kernel_bench_streams, time_steps  # noqa: E402
 
 from legato.kernels import causal_dwconv as cd  # noqa: E402
 
 D_MODEL, KERNEL, FRAMES = 512, 9, 2
-HBM_BYTES_PER_S = 4.8e12  # H200
 
 
 @torch.inference_mode()
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--streams", default="4096,16384")
-    args = ap.parse_args()
-    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  bf16  d {D_MODEL}  kernel {KERNEL}  T {FRAMES}")
+    streams = kernel_bench_streams(__doc__)
+    print(f"bf16  d {D_MODEL}  kernel {KERNEL}  T {FRAMES}")
     print("| streams | side | ms p50 | floor ms | x floor | max err vs reference |")
     print("|---:|---|---:|---:|---:|---:|")
-    for n in (int(s) for s in args.streams.split(",")):
+    for n in streams:
         g = torch.Generator(device="cuda").manual_seed(0)
         mk = lambda *s: torch.randn(*s, device="cuda", generator=g).to(torch.bfloat16)  # noqa: E731
         a, pool, w, bias, nw, nb = mk(n, FRAMES, 2 * D_MODEL), mk(n + 1, KERNEL - 1, D_MODEL), mk(D_MODEL, KERNEL), mk(D_MODEL), mk(D_MODEL), mk(D_MODEL)
@@ -40,7 +36,7 @@ def main() -> None:
         valid = torch.full((n,), FRAMES, device="cuda")
         sides = {"torch": cd.glu_dwconv_torch, "general kernel": lambda *x: _general(*x), "window kernel": cd.glu_dwconv_triton}
         ref = cd.glu_dwconv_torch(a, pool.clone(), valid, w, bias, nw, nb, 1e-5, rows)
-        floor = n * (FRAMES * 3 * D_MODEL + 2 * (KERNEL - 1) * D_MODEL) * 2 / HBM_BYTES_PER_S * 1e3
+        floor = floor_ms(n * (FRAMES * 3 * D_MODEL + 2 * (KERNEL - 1) * D_MODEL) * 2)
         for name, fn in sides.items():
             out = fn(a, pool.clone(), valid, w, bias, nw, nb, 1e-5, rows)
             err = (out.float() - ref.float()).abs().max().item()

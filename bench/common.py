@@ -63,3 +63,22 @@ def git_commit() -> str | None:
         return (r.stdout.strip() or None) if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+HBM_BYTES_PER_S = 4.8e12  # H200: the memory floors of the kernel benches
+
+
+def floor_ms(bytes_moved: float) -> float:
+    """Milliseconds to move ``bytes_moved`` at HBM bandwidth."""
+    return bytes_moved / HBM_BYTES_PER_S * 1e3
+
+
+def kernel_bench_streams(doc: str, default: str = "4096,16384") -> list[int]:
+    """The stream counts of a kernel bench (``--streams``), its CUDA device and torch printed first."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--streams", default=default)
+    args = ap.parse_args()
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}")
+    return [int(s) for s in args.streams.split(",")]

@@ -9,6 +9,16 @@ import triton.language as tl
 
 
 @triton.jit
+def cache_row(b, ROWS, HAS_ROWS: tl.constexpr):
+    """Batch row b's cache row: ROWS[b] when the cache is a pool's, else b."""
+    if HAS_ROWS:
+        row = tl.load(ROWS + b).to(tl.int64)
+    else:
+        row = b
+    return row
+
+
+@triton.jit
 def gated_frame(A, C, b, row, j, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K: tl.constexpr):
     """Frame j of [cache (K - 1 rows) of pool row ``row`` | gated chunk of batch row b], fp32, channels c."""
     jj = c * 0 + j  # the frame index as a vector: masks are vectors (also in the CPU interpreter)
@@ -27,10 +37,7 @@ def gated_frame(A, C, b, row, j, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K: tl.
 def kernel(A, C, VALID, W, BIAS, NW, NB, O, ROWS, sa_b, sa_t, sc_b, sc_t, so_b, so_t, T, d, eps,
            K: tl.constexpr, BLOCK_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROWS: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    if HAS_ROWS:  # the cache is a pool's: this stream's row
-        row = tl.load(ROWS + b).to(tl.int64)
-    else:
-        row = b
+    row = cache_row(b, ROWS, HAS_ROWS)
     c = tl.arange(0, BLOCK_D)
     cm = c < d
     valid = tl.load(VALID + b)
@@ -73,10 +80,7 @@ def window_kernel(A, C, VALID, W, BIAS, NW, NB, O, ROWS, sa_b, sa_t, sc_b, sc_t,
     gated loads a step for K = 9, T = 2, against 2 here). A cache row is rewritten right after the window frame
     it takes is read (frame j goes to row j - T < j, already read), each thread in its own channels."""
     b = tl.program_id(0).to(tl.int64)
-    if HAS_ROWS:
-        row = tl.load(ROWS + b).to(tl.int64)
-    else:
-        row = b
+    row = cache_row(b, ROWS, HAS_ROWS)
     c = tl.arange(0, BLOCK_D)
     cm = c < d
     valid = tl.load(VALID + b)
