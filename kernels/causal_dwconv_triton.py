@@ -7,15 +7,7 @@ written only after row T + r (> r) has been read, and no other thread reads that
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def cache_row(b, ROWS, HAS_ROWS: tl.constexpr):
-    """Batch row b's cache row: ROWS[b] when the cache is a pool's, else b."""
-    if HAS_ROWS:
-        row = tl.load(ROWS + b).to(tl.int64)
-    else:
-        row = b
-    return row
+from legato.kernels.pool_row_triton import pool_row
 
 
 @triton.jit
@@ -34,34 +26,6 @@ def gated_frame(A, C, b, row, j, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K: tl.
 
 
 @triton.jit
-def kernel(A, C, VALID, W, BIAS, NW, NB, O, ROWS, sa_b, sa_t, sc_b, sc_t, so_b, so_t, T, d, eps,
-           K: tl.constexpr, BLOCK_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROWS: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    row = cache_row(b, ROWS, HAS_ROWS)
-    c = tl.arange(0, BLOCK_D)
-    cm = c < d
-    valid = tl.load(VALID + b)
-    bias = tl.load(BIAS + c, mask=cm, other=0.0).to(tl.float32)
-    for t in range(T):
-        acc = bias
-        for k in tl.static_range(K):
-            w = tl.load(W + c * K + k, mask=cm, other=0.0).to(tl.float32)
-            acc += w * gated_frame(A, C, b, row, t + k, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K)
-        y = acc
-        if HAS_NORM:
-            mean = tl.sum(tl.where(cm, y, 0.0), 0) / d
-            diff = tl.where(cm, y - mean, 0.0)
-            var = tl.sum(diff * diff, 0) / d
-            y = diff * tl.rsqrt(var + eps) * tl.load(NW + c, mask=cm, other=0.0).to(tl.float32) \
-                + tl.load(NB + c, mask=cm, other=0.0).to(tl.float32)
-        y = y * tl.sigmoid(y)
-        tl.store(O + b * so_b + t * so_t + c, y.to(O.dtype.element_ty), mask=cm)
-    for r in tl.static_range(K - 1):
-        x = gated_frame(A, C, b, row, T + r, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K)
-        tl.store(C + row * sc_b + r * sc_t + c, x.to(C.dtype.element_ty), mask=cm)
-
-
-@triton.jit
 def norm_silu_store(y, O, b, t, so_b, so_t, c, cm, NW, NB, d, eps, HAS_NORM: tl.constexpr):
     """Output frame t: layer norm over channels (if any), SiLU, stored."""
     if HAS_NORM:
@@ -73,6 +37,26 @@ def norm_silu_store(y, O, b, t, so_b, so_t, c, cm, NW, NB, d, eps, HAS_NORM: tl.
 
 
 @triton.jit
+def kernel(A, C, VALID, W, BIAS, NW, NB, O, ROWS, sa_b, sa_t, sc_b, sc_t, so_b, so_t, T, d, eps,
+           K: tl.constexpr, BLOCK_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROWS: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    row = pool_row(b, ROWS, HAS_ROWS)
+    c = tl.arange(0, BLOCK_D)
+    cm = c < d
+    valid = tl.load(VALID + b)
+    bias = tl.load(BIAS + c, mask=cm, other=0.0).to(tl.float32)
+    for t in range(T):
+        acc = bias
+        for k in tl.static_range(K):
+            w = tl.load(W + c * K + k, mask=cm, other=0.0).to(tl.float32)
+            acc += w * gated_frame(A, C, b, row, t + k, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K)
+        norm_silu_store(acc, O, b, t, so_b, so_t, c, cm, NW, NB, d, eps, HAS_NORM)
+    for r in tl.static_range(K - 1):
+        x = gated_frame(A, C, b, row, T + r, c, cm, valid, sa_b, sa_t, sc_b, sc_t, d, K)
+        tl.store(C + row * sc_b + r * sc_t + c, x.to(C.dtype.element_ty), mask=cm)
+
+
+@triton.jit
 def window_kernel(A, C, VALID, W, BIAS, NW, NB, O, ROWS, sa_b, sa_t, sc_b, sc_t, so_b, so_t, d, eps,
                   T: tl.constexpr, K: tl.constexpr, BLOCK_D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROWS: tl.constexpr):
     """Chunks of one or two frames: the window's K - 1 + T frames are each loaded (and gated) once, in order, and
@@ -80,7 +64,7 @@ def window_kernel(A, C, VALID, W, BIAS, NW, NB, O, ROWS, sa_b, sa_t, sc_b, sc_t,
     gated loads a step for K = 9, T = 2, against 2 here). A cache row is rewritten right after the window frame
     it takes is read (frame j goes to row j - T < j, already read), each thread in its own channels."""
     b = tl.program_id(0).to(tl.int64)
-    row = cache_row(b, ROWS, HAS_ROWS)
+    row = pool_row(b, ROWS, HAS_ROWS)
     c = tl.arange(0, BLOCK_D)
     cm = c < d
     valid = tl.load(VALID + b)

@@ -10,6 +10,8 @@ is a plain loop, not unrolled: unrolled, the live tiles spilled (a first version
 import triton
 import triton.language as tl
 
+from legato.kernels.pool_row_triton import pool_row
+
 TAPS = tl.constexpr(3)  # the 3x3 kernel's taps per axis
 CACHE = tl.constexpr(2)  # frames a stage caches
 
@@ -70,10 +72,7 @@ def first_stages(FULL, CTX2, W1, B1, W2, B2, OUT, T_FULL, F_IN, F_MID, F_OUT, C,
     Per output frame j the stage-1 frames 2j (used once) are folded into the sum tile by tile; the frames 2j + 1
     are kept for the next window, so at most six tiles are live (registers, not spills)."""
     b = tl.program_id(0).to(tl.int64)
-    if HAS_ROWS:  # the cache is a pool's: this stream's row
-        row = tl.load(ROWS + b).to(tl.int64)
-    else:
-        row = b
+    row = pool_row(b, ROWS, HAS_ROWS)  # the cache is a pool's: this stream's row
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     g = tl.arange(0, BLOCK_G)
     cm = c < C
@@ -106,10 +105,7 @@ def depthwise(X, CTX, W, BIAS, OUT, F_IN, F_OUT, C, T_OUT, ROWS, BLOCK_G: tl.con
     CTX (B, 2, F_IN, C) rewritten (a pool's, row ROWS[b], with HAS_ROWS); OUT (B, T_OUT, F_OUT, C) the depthwise
     conv + bias."""
     b = tl.program_id(0).to(tl.int64)
-    if HAS_ROWS:  # the cache is a pool's: this stream's row
-        row = tl.load(ROWS + b).to(tl.int64)
-    else:
-        row = b
+    row = pool_row(b, ROWS, HAS_ROWS)  # the cache is a pool's: this stream's row
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     g = tl.arange(0, BLOCK_G)
     cm = c < C

@@ -3,6 +3,8 @@
 import triton
 import triton.language as tl
 
+from legato.kernels.pool_row_triton import pool_row
+
 
 @triton.jit
 def dot(a, b, IEEE: tl.constexpr):
@@ -14,10 +16,7 @@ def dot(a, b, IEEE: tl.constexpr):
 @triton.jit
 def stream_of(b, ROWS, FRAMES, VALID, HAS_ROWS: tl.constexpr):
     """Batch row b's stream: (its state's row: ROWS[b] in a pool, else b; frames cached; valid chunk frames)."""
-    if HAS_ROWS:
-        row = tl.load(ROWS + b).to(tl.int64)
-    else:
-        row = b
+    row = pool_row(b, ROWS, HAS_ROWS)
     return row, tl.load(FRAMES + row), tl.load(VALID + b)
 
 
