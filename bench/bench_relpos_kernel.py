@@ -18,12 +18,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
-from common import time_steps  # noqa: E402
+from common import floor_ms, time_steps  # noqa: E402
 
 from legato.kernels import relpos_attention as ra  # noqa: E402
 
 HEADS, D_HEAD, LEFT = 8, 64, 70
-HBM_BYTES_PER_S = 4.8e12  # H200
 
 
 def case(b, t, ring_dtype, seed=0):
@@ -37,10 +36,9 @@ def case(b, t, ring_dtype, seed=0):
     return q, k, v, ring_k, ring_v, frames, valid, pos, mk(HEADS, D_HEAD), mk(HEADS, D_HEAD)
 
 
-def floor_ms(b, t, ring_dtype) -> float:
+def attention_floor_ms(b, t, ring_dtype) -> float:
     ring_item = torch.empty(0, dtype=ring_dtype).element_size()
-    moved = b * HEADS * D_HEAD * (2 * LEFT * ring_item + 2 * t * ring_item + 4 * t * 2)
-    return moved / HBM_BYTES_PER_S * 1e3
+    return floor_ms(b * HEADS * D_HEAD * (2 * LEFT * ring_item + 2 * t * ring_item + 4 * t * 2))
 
 
 # Fixed configurations beside the default: (heads per program, pipeline stages, warps, ring frames per main key
@@ -115,7 +113,7 @@ def main() -> None:
                 runs["position scores, unpadded"] = lambda x=x: ra.position_scores(x[0], x[7], x[9], pad=1)
                 copies = [torch.empty_like(r) for r in x[3:5]]  # the rings' bytes read and written once: the bandwidth a plain copy gets
                 runs["ring copy"] = lambda x=x, c=copies: [a.copy_(r) for a, r in zip(c, x[3:5])]
-                fl = floor_ms(b, t, ring_dtype)
+                fl = attention_floor_ms(b, t, ring_dtype)
                 if b != int(args.batches.split(",")[0]):  # the configurations only at the first batch size
                     runs = {k_: f_ for k_, f_ in runs.items() if k_ in KEPT}
                 for name, fn in runs.items():

@@ -18,12 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (scripts run with python -P)
 from bench_fastconformer import FULL  # noqa: E402
-from common import time_steps  # noqa: E402
+from common import floor_ms, time_steps  # noqa: E402
 
 from legato.asr.fastconformer.subsampling import DwStridingSubsampling, freq_after  # noqa: E402
 from legato.kernels.dw_subsampling import dw_subsampling_torch, dw_subsampling_triton  # noqa: E402
 
-HBM_BYTES_PER_S = 4.8e12  # H200
 LOOKAHEAD = 2  # [70, 1]: 16 mel frames a step
 WARMUP, ITERS = 5, 20
 DTYPE = torch.bfloat16
@@ -68,7 +67,7 @@ def main() -> None:
             del contexts
             torch.cuda.empty_cache()
         print(f"{b:>6} {times['torch']:>9.3f} {times['fused']:>9.3f} {times['torch'] / times['fused']:>7.2f}x "
-              f"{b * floor_b / HBM_BYTES_PER_S * 1e3:>9.3f} {b * path_b / HBM_BYTES_PER_S * 1e3:>8.3f}")
+              f"{floor_ms(b * floor_b):>9.3f} {floor_ms(b * path_b):>8.3f}")
 
 
 if __name__ == "__main__":
