@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from legato.asr.fastconformer.bulk_launch import pinned
 from legato.stream.cuda_graphs import capture
 
 log = logging.getLogger("legato.bulk")
@@ -75,8 +76,7 @@ class BulkGraphs:
         sliced to n rows (views of the graph's static buffers: read them before the next ``run``)."""
         n = len(rows)
         g = self._get(first, self.bucket(n))
-        # page-locked and queued: a pageable copy would wait for the step in flight (a pipelined caller's)
-        g.rows[:n].copy_(torch.from_numpy(np.ascontiguousarray(rows)).pin_memory(), non_blocking=True)
+        g.rows[:n].copy_(pinned(rows), non_blocking=True)  # queued behind a pipelined caller's step in flight
         g.rows[n:].fill_(self.scratch)
         g.audio[:n].copy_(audio, non_blocking=True)
         g.graph.replay()

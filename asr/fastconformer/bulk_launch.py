@@ -44,10 +44,14 @@ def to_host(tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
+def pinned(array: np.ndarray) -> torch.Tensor:
+    """A page-locked copy of a host array, to copy to the device without a host sync: a pageable copy waits for the
+    stream's earlier work (here: the step in flight), a page-locked one is queued behind it."""
+    return torch.from_numpy(np.ascontiguousarray(array)).pin_memory()
+
+
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on ``device`` without a host sync: a pageable copy waits for the stream's earlier work (here: the
-    step in flight), a page-locked one is queued behind it."""
-    t = torch.from_numpy(np.ascontiguousarray(array))
+    """A host array on ``device`` without a host sync (``pinned``)."""
     if device.type == "cpu":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
+        return torch.from_numpy(np.ascontiguousarray(array))
+    return pinned(array).to(device, non_blocking=True)
