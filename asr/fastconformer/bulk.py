@@ -289,6 +289,8 @@ class BulkTranscriber:
         (the worker is idle), when ``FLUSH_BATCH`` are ready or one has waited ``FLUSH_WAIT_S``. Ends take
         eager steps (their last chunks are short and masked: no graph), a fixed ~3 launch-bound steps whatever
         their number: flushing a few streams after every step would slow every step of the others."""
+        if not self._ending:
+            return 0
         busy = set(self._inflight.rows.tolist()) if self._inflight is not None else ()  # their tokens not yet read
         with self._lock:
             ready = [s for s in self._ending if not self.queues.queued(s) and s not in busy]
