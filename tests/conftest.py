@@ -1,12 +1,18 @@
-"""Shared test helpers: where the real speech clips are."""
+"""Shared test helpers: where the real speech clips are, where Triton kernels can run."""
 
+import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO.parent / "shared" / "testdata" / "speech"
 FIXTURES = REPO / "tests" / "fixtures"
+# where Triton kernels can run: CUDA, and the CPU under Triton's interpreter (TRITON_INTERPRET=1, Triton importable)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
+TRITON_DEVICES = (["cuda"] if torch.cuda.is_available() else []) + (["cpu"] if INTERPRETED else [])
 
 
 @pytest.fixture

@@ -1,16 +1,12 @@
 """Residual add fused with layer norm: the Triton kernel equals the unfused reference (CUDA, or the CPU interpreter
 with TRITON_INTERPRET=1; skipped otherwise), bit for bit in fp32 up to the norm's summation order."""
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
 from legato.kernels import add_norm
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
-DEVICES = (["cuda"] if torch.cuda.is_available() else []) + (["cpu"] if INTERPRETED else [])
+from conftest import TRITON_DEVICES
 
 
 def _case(device, dtype, shape, d):
@@ -26,7 +22,7 @@ def test_reference_is_the_unfused_ops():
     torch.testing.assert_close(norm, torch.nn.functional.layer_norm(x + 0.5 * y, (16,), w, b, 1e-5))
 
 
-@pytest.mark.parametrize("device", [pytest.param(d, marks=[pytest.mark.gpu] if d == "cuda" else []) for d in DEVICES])
+@pytest.mark.parametrize("device", [pytest.param(d, marks=[pytest.mark.gpu] if d == "cuda" else []) for d in TRITON_DEVICES])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("shape,d,scale", [((5, 2), 512, 0.5), ((3, 7), 80, 1.0), ((1, 1), 16, 0.5)])
 def test_triton_kernel_matches_the_reference(device, dtype, tol, shape, d, scale):

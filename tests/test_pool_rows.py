@@ -3,9 +3,6 @@ the copy and scattering the copy back; other rows are untouched. The references 
 on CUDA, or in the CPU interpreter with TRITON_INTERPRET=1 (skipped otherwise). Then the whole encoder step over a
 pool by slot equals the step over a gathered working state."""
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
@@ -14,8 +11,8 @@ from legato.asr.fastconformer.encoder import FastConformerEncoder
 from legato.kernels import causal_dwconv, dw_subsampling, relpos_attention
 from legato.stream.state import byte_view
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
-TRITON_DEVICES = (["cuda"] if torch.cuda.is_available() else []) + (["cpu"] if INTERPRETED else [])
+from conftest import TRITON_DEVICES
+
 POOL, ROWS = 9, [4, 0, 2, 7, 1]  # a batch of 5 streams in a pool of 9, out of order
 
 
