@@ -127,6 +127,7 @@ def run(rec: FastConformerRecognizer, n: int, args) -> dict:
         t.start()
     time.sleep(args.warmup)  # the phases settle
     bulk.latencies(clear=True)
+    bulk.windows.read()
     for key in stats:
         stats[key] = 0
     time.sleep(args.seconds)
@@ -134,11 +135,13 @@ def run(rec: FastConformerRecognizer, n: int, args) -> dict:
     for t in threads:
         t.join()
     lat = bulk.latencies() * 1e3
+    phases = bulk.windows.read().phases_ms()
     due = round(n * args.seconds / chunk_s)  # what real-time streams bring in the timed window
     return {
         "streams": n, "chunks_due": due, "chunks_pushed": stats["pushed"], "chunks_stepped": stats["rows"],
         "refused_pushes": stats["refused"], "steps": stats["steps"], "mean_batch": stats["rows"] / max(stats["steps"], 1),
         "kept_up": stats["refused"] == 0 and stats["rows"] >= 0.97 * due,
+        "phases_ms": phases,
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "max": float(lat.max())} if len(lat) else None,
     }
 
@@ -170,20 +173,22 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.cpu_smoke else "cpu"
     print(f"{gpu}  torch {torch.__version__}  {args.dtype}  kv {args.kv_cache}  {'eager' if args.eager else 'CUDA graphs'}  "
           f"{'BulkEngine' if args.engine else 'BulkTranscriber'}  commit {args.commit or git_commit()}")
-    print("| streams | chunks due / pushed / stepped | mean batch | latency p50 / p99 / max ms | kept up | refused pushes |")
-    print("|---:|---:|---:|---:|---|---:|")
+    print("| streams | chunks due / pushed / stepped | mean batch | latency p50 / p99 / max ms | kept up | refused pushes "
+          "| stepping thread ms a step: take / launch / wait / finish / ends |")
+    print("|---:|---:|---:|---:|---|---:|---|")
     rows = []
     for n in (int(x) for x in args.streams.split(",")):
         try:
             r = run(rec, n, args)
         except torch.OutOfMemoryError as exc:
-            print(f"| {n} | OOM: {str(exc)[:80]} | | | | |", flush=True)
+            print(f"| {n} | OOM: {str(exc)[:80]} | | | | | |", flush=True)
             gc.collect()
             torch.cuda.empty_cache()
             continue
         lat = r["latency_ms"] or {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
         print(f"| {n} | {r['chunks_due']} / {r['chunks_pushed']} / {r['chunks_stepped']} | {r['mean_batch']:.0f} | {lat['p50']:.1f} / {lat['p99']:.1f} / "
-              f"{lat['max']:.1f} | {'yes' if r['kept_up'] else 'no'} | {r['refused_pushes']} |", flush=True)
+              f"{lat['max']:.1f} | {'yes' if r['kept_up'] else 'no'} | {r['refused_pushes']} | "
+              f"{' / '.join(f'{v:.1f}' for v in r['phases_ms'].values())} |", flush=True)
         rows.append(r)
         gc.collect()  # the engine's hooks make cycles: the last level's pool (tens of GB) goes before the next
         if torch.cuda.is_available():

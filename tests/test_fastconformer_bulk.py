@@ -243,3 +243,32 @@ def test_pipelined_steps_complete_the_step_before_and_cancel_settles(case):
     assert (bulk.streams[a].tokens, bulk.streams[a].token_frames, bulk._frames[a]) == (tokens, frames, done)
     first = reference(rec, dec, audio, 1, None)[2]
     assert decoded[0] == [first, first] and decoded[-1] == [done]  # a's frames after its 1st step, then its 3rd
+
+
+def test_device_step_keeps_no_autograd_history_whoever_calls(case):
+    """A server's warm-up captures graphs outside ``step``: the device step must not record autograd history into
+    the pool's rows (it kept every capture's activations alive: out of GPU memory at warm-up)."""
+    rec, dec = case
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=2)
+    assert any(p.requires_grad for p in rec.model.parameters())  # the case the fix is for
+    audio = torch.from_numpy((np.random.default_rng(4).standard_normal((2, bulk.chunk)) * 0.3).astype(np.float32))
+    with torch.enable_grad():
+        out = bulk.device_step(torch.tensor([0, 1]), audio, True)
+    assert not any(t.requires_grad or t.grad_fn is not None for t in out)
+    for pool in (bulk.pool, bulk.dec_pool):
+        assert not any(t.requires_grad or t.grad_fn is not None for _, t in pool.state.leaves())
+
+
+def test_step_windows_say_where_the_stepping_thread_spends_its_time(case):
+    """Each step call's take / launch / wait / finish / ends seconds reach the stats window (mean ms per step)."""
+    rec, dec = case
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=2, pipeline=True)
+    slots = bulk.open_many(2)
+    audio = (np.random.default_rng(5).standard_normal((2, bulk.chunk)) * 0.3).astype(np.float32)
+    bulk.windows.read()
+    for _ in range(3):
+        bulk.push_many(slots, audio)
+        bulk.step()
+    window = bulk.windows.read()
+    assert set(window.phases_ms()) == {"take", "launch", "wait", "finish", "ends"}
+    assert window.phases_ms()["launch"] > 0 and "per step take" in window.line()

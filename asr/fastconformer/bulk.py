@@ -42,7 +42,7 @@ import torch
 
 from legato.asr.fastconformer.bulk_flush import flush
 from legato.asr.fastconformer.bulk_graphs import MAX_GRAPH_ROWS, BulkGraphs
-from legato.asr.fastconformer.bulk_launch import LaunchedGroup, LaunchedStep, to_device, to_host
+from legato.asr.fastconformer.bulk_launch import AudioUploads, LaunchedGroup, LaunchedStep, to_device, to_host
 from legato.asr.fastconformer.bulk_tokens import TokenUpdates
 from legato.asr.fastconformer.decoders import CtcState, ctc_greedy_mask
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
@@ -51,6 +51,8 @@ from legato.stream.errors import CapacityError
 from legato.stream.pool import StatePool
 from legato.stream.slots import SlotAllocator
 from legato.stream.step_window import StepWindows
+
+PHASES = ("take", "launch", "wait", "finish", "ends")  # a step call's parts, timed (``windows`` lines)
 
 QUEUED_CHUNKS = 4  # complete chunks a stream may have waiting; a push beyond is refused (bounded input)
 FLUSH_BATCH = 256  # ended streams flushed together at once ...
@@ -127,6 +129,7 @@ class BulkTranscriber:
         self._mel_carry = torch.zeros(rows, self.carry, c.n_mels, device=dev)
         self.dec_pool = StatePool(self.greedy, rows, dev)  # CTC: the previous frame's argmax; RNNT: LSTM state
         self.graphs = BulkGraphs(self, scratch=capacity, max_rows=graph_rows) if cuda_graphs and dev.type == "cuda" else None
+        self.uploads = AudioUploads(min(max_batch, capacity), self.chunk, dev) if dev.type == "cuda" else None
         self._latencies: collections.deque[np.ndarray] = collections.deque()
         self._latencies_kept = 0
         self.windows = StepWindows()
@@ -134,6 +137,9 @@ class BulkTranscriber:
         self.pipeline = pipeline and self.decoder == "ctc"  # RNNT decodes on the host between steps anyway
         self._inflight: LaunchedStep | None = None  # pipelined: the step launched, not yet completed
         self._launches = 0  # alternates the queues' staging buffers
+        # seconds of the last step call's phases (take, launch, wait for the device, finish: tokens and on_step,
+        # ends), added to ``windows``: where the stepping thread's time goes, without a profiler
+        self._phases = dict.fromkeys(PHASES, 0.0)
 
     # -- producers ---------------------------------------------------------------
 
@@ -171,6 +177,7 @@ class BulkTranscriber:
         latency. Returns the mask of slots refused for a full queue."""
         return self.queues.push_many(slots, chunks, arrived)
 
+    @torch.inference_mode()
     def finish(self, slot: int) -> BulkStream:
         """End the stream: step its queued chunks, then its last partial chunk and the end of its audio (NeMo's
         right padding, the subsampling's last window) as the engine stage does, and return what it decoded: the
@@ -226,15 +233,23 @@ class BulkTranscriber:
             rows, audio, ready = self.queues.take(self.max_batch, buffer=self._launches % 2)
             if not len(rows):
                 return self._settle() + self._finish_ended(force=True)
+            took = time.monotonic()
+            self._phases = dict.fromkeys(PHASES, 0.0)
             launched = self._launch(rows, audio, ready, started)
             self._launches += 1
+            self._phases["take"] = took - started
+            self._phases["launch"] = time.monotonic() - took
             if self.pipeline:  # complete the step before while this one runs on the device
                 previous, self._inflight = self._inflight, launched  # in flight while ``on_step`` sees the previous
                 if previous is not None:
                     self._complete(previous)
             else:
                 self._complete(launched)
-            return len(rows) + self._finish_ended()
+            ended = time.monotonic()
+            stepped = len(rows) + self._finish_ended()
+            self._phases["ends"] = time.monotonic() - ended
+            self.windows.add_phases(self._phases)
+            return stepped
 
     def settle(self) -> int:
         """Complete the step in flight (``pipeline``), if any: its rows."""
@@ -247,6 +262,9 @@ class BulkTranscriber:
 
     def _launch(self, rows: np.ndarray, audio: torch.Tensor, ready: np.ndarray, started: float) -> LaunchedStep:
         """The step's device work for every phase group, outputs on their way to the host."""
+        buffer = self._launches % 2
+        if self.uploads is not None:
+            audio = self.uploads.upload(audio, buffer)
         first = self._stepped[rows] == 0
         groups = []
         for phase in (True, False):
@@ -254,8 +272,10 @@ class BulkTranscriber:
             if pick.all():
                 groups.append(self._launch_group(rows, audio, phase))
             elif pick.any():
-                part = audio[torch.from_numpy(pick)]
-                groups.append(self._launch_group(rows[pick], part.pin_memory() if audio.is_pinned() else part, phase))
+                part = audio.index_select(0, to_device(np.flatnonzero(pick), audio.device))
+                groups.append(self._launch_group(rows[pick], part, phase))
+        if self.uploads is not None:
+            self.uploads.release(buffer)
         done = None
         if self.device.type == "cuda":
             done = torch.cuda.Event()
@@ -264,8 +284,11 @@ class BulkTranscriber:
 
     def _complete(self, launched: LaunchedStep) -> int:
         """Wait for a launched step's outputs; its tokens to ``on_step`` (and the streams); stats."""
+        waited = time.monotonic()
         if launched.done is not None:
             launched.done.synchronize()
+        finished = time.monotonic()
+        self._phases["wait"] = finished - waited
         updates = TokenUpdates.concat([self._tokens(g) for g in launched.groups])
         if self.keep_tokens:
             self._collect(updates)
@@ -276,6 +299,7 @@ class BulkTranscriber:
         latencies = done - launched.ready
         self.windows.record(len(launched.rows), done - launched.started, latencies)
         self._keep(latencies)
+        self._phases["finish"] = time.monotonic() - finished
         return len(launched.rows)
 
     def _keep(self, latencies: np.ndarray) -> None:
@@ -329,6 +353,10 @@ class BulkTranscriber:
                 stream.tokens += tokens
                 stream.token_frames += frames
 
+    # inference mode whoever calls (a server's warm-up captures graphs outside ``step``): without it the first step's
+    # PyTorch ops recorded autograd history into the pool's rows, keeping each capture's activations alive (~1.2 MB a
+    # row per first-step graph: 113 GB by the 10,240-row one at a 12,288-stream server's warm-up, H200, 02786e2)
+    @torch.inference_mode()
     def device_step(self, rows: torch.Tensor, audio: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's device work for pool ``rows`` (B,) and their chunks (B, chunk) on the device, no host sync
         (what ``BulkGraphs`` captures): CTC -> (best, keep) (B, T) with the pooled previous argmax updated;

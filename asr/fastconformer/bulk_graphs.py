@@ -36,7 +36,7 @@ BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1280, 1536, 2048, 2560, 30
 # captured as used (bench_bulk --engine, ce234f3), 32,000 streams p99 196 ms and 40,000 kept up at p99 309; graphs
 # to 4,096 and eager above (0097940): p99 518 at 32,000 (eager launches share the GIL with the threads pushing
 # audio). But capturing all 52 graphs to 16,384 at a server's warm-up ran out of the GPU's memory (12,288-stream pool,
-# ce234f3: 25 GB in graph pools and ~75 GB more than the pool's state allocated, not yet explained), so the
+# ce234f3; captures outside inference mode kept autograd history, fixed since, not yet re-measured), so the
 # default stays 4,096 (warm-up captures every bucket: 32 graphs) and larger graphs are asked for (``graph_rows``).
 MAX_GRAPH_ROWS = 4096
 
@@ -94,8 +94,7 @@ class BulkGraphs:
         # warm-up runs and capture on the scratch row; thread_local: the server's other threads may run meanwhile
         graph, out = capture(lambda: bulk.device_step(rows, audio, first), pool=self._pool, error_mode="thread_local",
                              side=self._side)
-        # what each capture keeps (capturing all 52 graphs to 16,384 rows at a 12,288-stream server's warm-up ran out
-        # of memory with ~75 GB allocated outside the graph pools, not yet explained)
+        # what each capture keeps (a server's warm-up capturing all 52 graphs to 16,384 rows ran out of memory)
         log.debug("graph %s x %d captured: %.1f GB allocated, %.1f GB reserved", "first" if first else "steady", b,
                   torch.cuda.memory_allocated() / 1e9, torch.cuda.memory_reserved() / 1e9)
         return _Graph(graph, audio, rows, out)

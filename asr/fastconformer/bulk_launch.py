@@ -55,3 +55,29 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     if device.type == "cpu":
         return torch.from_numpy(np.ascontiguousarray(array))
     return pinned(array).to(device, non_blocking=True)
+
+
+class AudioUploads:
+    """The steps' audio to the device on a side stream into two alternating device buffers: a pipelined step's
+    chunks cross PCIe while the step before computes (on the step's own stream the copy queued behind it: 3 ms of
+    a 16,384-row step's ~50 on an H200, 168 MB at ~55 GB/s); the step then reads them device to device."""
+
+    def __init__(self, rows: int, chunk: int, device: torch.device):
+        self.buffers = [torch.empty(rows, chunk, device=device) for _ in range(2)]
+        self.free = [torch.cuda.Event() for _ in range(2)]  # recorded once a buffer's readers are queued
+        self.stream = torch.cuda.Stream(device)
+
+    def upload(self, audio: torch.Tensor, buffer: int) -> torch.Tensor:
+        """``audio`` (n, chunk), page-locked -> a view of device buffer ``buffer`` (0 or 1) that the current
+        stream may read (it waits for the copy). Call ``release(buffer)`` after queueing the readers."""
+        dev = self.buffers[buffer][: len(audio)]
+        self.stream.wait_event(self.free[buffer])  # the step that read this buffer last (two launches ago)
+        with torch.cuda.stream(self.stream):
+            dev.copy_(audio, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(self.stream)
+        torch.cuda.current_stream(dev.device).wait_event(copied)
+        return dev
+
+    def release(self, buffer: int) -> None:
+        self.free[buffer].record()
