@@ -41,6 +41,7 @@ from legato.stream.engine import UnknownRouteError
 from legato.stream.errors import CapacityError, NonFiniteAudioError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
 from legato.stream.resample import Resampler
+from legato.stream.thread_cpu import ThreadCpu
 
 log = logging.getLogger("legato.bulk")
 
@@ -184,6 +185,7 @@ class BulkEngine:
         self.stats_every_s = stats_every_s
         self.stats_lines: list = []  # more ``() -> str`` for the stats line (the front ends' pipes)
         self._refused_logged = 0
+        self._cpu = ThreadCpu()  # the stats line's per-thread CPU: a slow step short of CPU or waiting (GIL, GPU)
 
     # -- Engine's interface ----------------------------------------------------------
 
@@ -327,7 +329,7 @@ class BulkEngine:
         head = (f"bulk: {self.bulk.in_use:,} streams, {self.bulk.queues.waiting():,} chunks waiting, "
                 f"{refused - self._refused_logged:,} pushes refused (queue full); {self.bulk.windows.read().line()}")
         self._refused_logged = refused
-        return "; ".join([head] + [f() for f in self.stats_lines])
+        return "; ".join([head] + [f() for f in self.stats_lines] + ([self._cpu.line()] if self._cpu.available else []))
 
     def _serve_requests(self, closing: bool = False) -> int:
         """Cancels, then every waiting open in one call (those past capacity get CapacityError)."""

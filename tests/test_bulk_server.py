@@ -254,9 +254,10 @@ def test_warm_up_leaves_nothing_open_and_the_stats_line_says_what_the_worker_did
 
     outs = _run(go())
     assert all(o[-1]["type"] == "end" for o in outs)
-    head, window, phases = engine.stats_line().split("; ")
+    head, window, phases, *cpu = engine.stats_line().split("; ")
     assert head.startswith("bulk: 0 streams, 0 chunks waiting, ")  # pushes refused: unpaced clients meet a full queue
     rate = float(window.split(" chunks/s")[0].replace(",", ""))
     assert rate > 0 and "worker busy" in window and "chunk latency p50/p99/max" in window
     assert phases.startswith("per step take ") and phases.endswith(" ms")  # where the stepping thread's time went
+    assert not cpu or cpu[0].startswith("cpu (of a core) ")  # Linux: each thread's CPU share
     assert engine.stats_line().split("; ")[1].startswith("idle")  # each line covers the time since the last
