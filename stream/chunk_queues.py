@@ -104,6 +104,10 @@ class ChunkQueues:
             self._count[rows] -= 1
         return rows, audio, ready
 
+    def counts(self, slots: np.ndarray) -> np.ndarray:
+        """Complete chunks waiting in each of ``slots``' queues (a copy)."""
+        return self._count[slots].copy()
+
     def queued(self, slot: int) -> int:
         """Complete chunks waiting in the slot's queue."""
         return int(self._count[slot])

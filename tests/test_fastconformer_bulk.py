@@ -2,11 +2,13 @@
 general step sequence (offline mel frames, first step then steady steps, encoder.stream_step + CTC greedy),
 whatever the push sizes, the order streams join in and the batches they share; bad input is refused."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
-from legato.asr.fastconformer.bulk import QUEUED_CHUNKS, BulkTranscriber
+from legato.asr.fastconformer.bulk import FLUSH_WAIT_S, QUEUED_CHUNKS, BulkTranscriber
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.stream.errors import CapacityError, NonFiniteAudioError
 
@@ -272,3 +274,21 @@ def test_step_windows_say_where_the_stepping_thread_spends_its_time(case):
     window = bulk.windows.read()
     assert set(window.phases_ms()) == {"take", "launch", "wait", "finish", "ends"}
     assert window.phases_ms()["launch"] > 0 and "per step take" in window.line()
+
+
+def test_flushes_of_ended_streams_are_spaced_by_what_they_cost(case):
+    """While others step, ended streams wait until the last flush is ``f (1/FLUSH_SHARE - 1)`` seconds old (a flush
+    costs about the same for one stream or a thousand); an idle worker flushes at once."""
+    rec, dec = case
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=2)
+    a, b = bulk.open_many(2)
+    chunk = (np.random.default_rng(6).standard_normal(bulk.chunk) * 0.3).astype(np.float32)
+    bulk.push_many(np.array([a, b]), np.stack([chunk, chunk]))
+    bulk.step()
+    bulk.end(a)
+    bulk._flushed_at, bulk._flush_s = time.monotonic(), 10.0  # as if a 10 s flush had just finished
+    for _ in range(2):
+        time.sleep(FLUSH_WAIT_S)
+        bulk.push(b, chunk)
+        assert bulk.step() == 1 and a in bulk.streams  # b stepped, a's end still waits
+    assert bulk.step() == 1 and a not in bulk.streams  # idle: flushed

@@ -57,6 +57,10 @@ PHASES = ("take", "launch", "wait", "finish", "ends")  # a step call's parts, ti
 QUEUED_CHUNKS = 4  # complete chunks a stream may have waiting; a push beyond is refused (bounded input)
 FLUSH_BATCH = 256  # ended streams flushed together at once ...
 FLUSH_WAIT_S = 0.1  # ... or once the oldest has waited this long (their final text waits as much)
+# ... and at most about this share of the stepping thread's time goes to flushes while other streams step (a flush
+# costs about the same for 1 or 1,000 streams: in a loaded server, 800 ends a second flushed every 0.1 s took the
+# worker's whole time, 78-190 ms a step, H200, 02786e2): after a flush of f seconds the next waits f (1/share - 1)
+FLUSH_SHARE = 0.25
 LATENCIES_KEPT = 1 << 22  # chunk latencies kept for ``latencies()`` (32 MB): a server runs for days
 
 
@@ -140,6 +144,7 @@ class BulkTranscriber:
         # seconds of the last step call's phases (take, launch, wait for the device, finish: tokens and on_step,
         # ends), added to ``windows``: where the stepping thread's time goes, without a profiler
         self._phases = dict.fromkeys(PHASES, 0.0)
+        self._flushed_at, self._flush_s = 0.0, 0.0  # when the last flush of ended streams finished, its seconds
 
     # -- producers ---------------------------------------------------------------
 
@@ -310,20 +315,27 @@ class BulkTranscriber:
 
     def _finish_ended(self, force: bool = False) -> int:
         """Step the ends of the ended streams with no complete chunk left queued (step lock held): when ``force``
-        (the worker is idle), when ``FLUSH_BATCH`` are ready or one has waited ``FLUSH_WAIT_S``. Ends take
+        (the worker is idle), when ``FLUSH_BATCH`` are ready or one has waited ``FLUSH_WAIT_S``, and the last flush
+        was long enough ago (``FLUSH_SHARE``). Ends take
         eager steps (their last chunks are short and masked: no graph), a fixed ~3 launch-bound steps whatever
         their number: flushing a few streams after every step would slow every step of the others."""
         if not self._ending:
             return 0
-        busy = set(self._inflight.rows.tolist()) if self._inflight is not None else ()  # their tokens not yet read
+        now = time.monotonic()
+        if not force and now - self._flushed_at < self._flush_s * (1 / FLUSH_SHARE - 1):
+            return 0  # the last flush was recent for what it cost
         with self._lock:
-            ready = [s for s in self._ending if not self.queues.queued(s) and s not in busy]
-            oldest = min((self._ending[s] for s in ready), default=0.0)
-        if ready and not force and len(ready) < FLUSH_BATCH and time.monotonic() - oldest < FLUSH_WAIT_S:
+            ending = np.fromiter(self._ending, np.int64, len(self._ending))
+            since = np.fromiter(self._ending.values(), np.float64, len(ending))
+        ready = self.queues.counts(ending) == 0
+        if self._inflight is not None:  # their tokens not yet read
+            ready &= ~np.isin(ending, self._inflight.rows)
+        if not ready.any() or (not force and ready.sum() < FLUSH_BATCH and now - since[ready].min() < FLUSH_WAIT_S):
             return 0
-        if ready:
-            self._finish_many(sorted(ready))
-        return len(ready)
+        self._finish_many(np.sort(ending[ready]).tolist())
+        self._flushed_at = time.monotonic()
+        self._flush_s = self._flushed_at - now
+        return int(ready.sum())
 
     def _log_mel(self, rows: torch.Tensor, audio: torch.Tensor, first: bool) -> torch.Tensor:
         """(B, chunk) raw audio -> (B, the step's mel frames, n_mels); updates pre-emphasis, tail and mel carry."""
