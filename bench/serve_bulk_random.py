@@ -39,10 +39,10 @@ async def serve(args) -> None:
         loop.add_signal_handler(sig, stop.set)
     if args.frontends > 1:
         engine.start()
-        procs, links = await loop.run_in_executor(None, start_frontends, engine, args.frontends, config)
+        frontends = await loop.run_in_executor(None, start_frontends, engine, args.frontends, config)
         print(f"serving on ws://127.0.0.1:{args.port} ({args.frontends} front ends)", flush=True)
         await stop.wait()
-        await loop.run_in_executor(None, stop_frontends, procs, links)
+        await loop.run_in_executor(None, stop_frontends, frontends)
         engine.stop()
     else:
         server = await TranscriptionServer(engine, engine.routes, config).start()

@@ -199,13 +199,13 @@ async def _serve_frontends(args, engine, name: str, config, where: str, stop: as
             config = dataclasses.replace(config, port=s.getsockname()[1])
     engine.start()
     loop = asyncio.get_running_loop()
-    procs, links = await loop.run_in_executor(None, start_frontends, engine, args.frontends, config)
+    frontends = await loop.run_in_executor(None, start_frontends, engine, args.frontends, config)
     scheme = "wss" if config.certfile else "ws"
     print(f"legato: serving live transcription (bulk path, {where}, {args.frontends} front-end processes) on "
           f"{scheme}://{config.host}:{config.port} (model: {name})", flush=True)
     await stop.wait()
     print("legato: draining: no new streams; finishing the open ones", flush=True)
-    await loop.run_in_executor(None, stop_frontends, procs, links)
+    await loop.run_in_executor(None, stop_frontends, frontends)
     engine.stop()
     print("legato: stopped", flush=True)
     return 0

@@ -4,6 +4,7 @@ behind its chunks; a cancel drops what it had waiting. The step windows behind t
 
 import multiprocessing
 import threading
+import time
 
 import numpy as np
 
@@ -165,3 +166,50 @@ def test_non_finite_audio_fails_only_its_stream_and_keeps_its_slot_until_the_can
     link._cancel(0)  # the front end's cancel (its handle saw the error) frees the slot
     assert engine.cancelled == [0] and 0 not in link._streams
     conn.close()
+
+
+def test_recv_message_reads_what_connection_send_wrote_and_eof():
+    """The link's one-call reader takes multiprocessing's wire format: small, 5 MB and array messages."""
+    import socket
+
+    import pytest
+
+    from legato.server.bulk_frontends import recv_message
+
+    parent, child = multiprocessing.Pipe()
+    sock = socket.fromfd(parent.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+    big = np.arange(1_300_000, dtype=np.float32)  # 5.2 MB: the socket buffer fills, the sender waits for the reader
+    sender = threading.Thread(target=lambda: [child.send(m) for m in (("ready",), ("audio", np.array([3]), big))])
+    sender.start()
+    assert recv_message(sock) == ("ready",)
+    kind, slots, chunks = recv_message(sock)
+    sender.join()
+    assert kind == "audio" and slots.tolist() == [3] and np.array_equal(chunks, big)
+    child.close()
+    with pytest.raises(EOFError):
+        recv_message(sock)
+    sock.close()
+
+
+def test_one_reader_serves_every_link_and_a_closed_pipe_cancels_its_streams():
+    from legato.server.bulk_frontends import LinkReader
+
+    engine = _Engine()
+    pairs = [multiprocessing.Pipe() for _ in range(2)]
+    links = [FrontendLink(engine, parent, i) for i, (parent, _) in enumerate(pairs)]
+    for link, s in zip(links, (0, 1)):
+        link._streams[s] = _RemoteStream(link, s)
+        link._accepts[s] = True
+    reader = LinkReader(links)
+    pairs[0][1].send(("audio", np.array([0]), _chunks(0, 0, 1)))
+    pairs[1][1].send(("audio", np.array([1]), _chunks(1, 0, 1)))
+    pairs[1][1].send(("ready",))
+    assert links[1].ready.wait(5)
+    deadline = time.monotonic() + 5
+    while engine.bulk.queues.waiting() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _take_all(engine) == {0: [0], 1: [0]}
+    for _, child in pairs:
+        child.close()
+    reader.join(timeout=5)
+    assert sorted(engine.cancelled) == [0, 1] and all(link.closed for link in links)
