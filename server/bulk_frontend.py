@@ -14,14 +14,17 @@ import itertools
 import logging
 import queue
 import signal
+import socket
+import sys
 import threading
 import time
 
 import numpy as np
 
 from legato.asr.fastconformer.tokenizer import SentencePieceTokenizer
-from legato.server.bulk_engine import SAMPLE_RATE, HandleEvents, StreamAudio
+from legato.server.bulk_engine import GIL_SWITCH_S, SAMPLE_RATE, HandleEvents, StreamAudio
 from legato.server.bulk_text import StreamText
+from legato.server.pipe_messages import enlarge_buffers
 from legato.stream.errors import CapacityError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
 from legato.stream.metrics import Histogram
@@ -214,6 +217,11 @@ def frontend_main(conn, name: str, config: dict, index: int) -> None:
     level = logging.INFO if config.get("stats_every_s") else logging.WARNING
     logging.basicConfig(level=level, format=f"%(asctime)s frontend-{index} %(name)s %(levelname)s %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)  # not a line per connection: thousands of streams
+    # the pipe writer thread gets the GIL back from the busy event loop soon (Python's default wait is 5 ms, per
+    # socket-buffer piece of a 5 MB audio message), and writes such a message in few pieces
+    sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
+    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # a duplicate of the pipe's end
+        enlarge_buffers(sock)
     asyncio.run(_frontend(conn, name, config, index))
 
 

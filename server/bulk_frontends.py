@@ -29,17 +29,16 @@ import multiprocessing
 import multiprocessing.connection
 import queue
 import socket
-import struct
 import threading
 import time
 from dataclasses import asdict, dataclass
-from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 
 from legato.asr.fastconformer.bulk_tokens import TokenUpdates
 from legato.server.bulk_engine import BulkEngine
 from legato.server.bulk_frontend import frontend_main
+from legato.server.pipe_messages import MessageReader, enlarge_buffers
 from legato.stream.errors import CapacityError
 
 log = logging.getLogger("legato.bulk")
@@ -77,7 +76,9 @@ class FrontendLink:
 
     def __init__(self, engine: BulkEngine, conn, index: int):
         self.engine, self.conn, self.index = engine, conn, index
-        self.sock = socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)  # a duplicate: recv_message's
+        self.sock = socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)  # a duplicate, read as a socket
+        enlarge_buffers(self.sock)
+        self._messages = MessageReader(self.sock)
         self.closed = False  # the front end went away (its streams were cancelled)
         self.ready = threading.Event()
         self._streams: dict[int, _RemoteStream] = {}  # slot -> stream (read and written under the engine's lock)
@@ -145,19 +146,21 @@ class FrontendLink:
         return bool(self._backlog)
 
     def read(self) -> None:
-        """The reader thread's: handle one message (the pipe is readable); at its end, cancel its streams."""
+        """The reader thread's (the pipe is readable): handle the messages whole by now; at the pipe's end, cancel
+        its streams."""
         try:
-            msg = recv_message(self.sock)
+            messages = self._messages.messages()
         except (EOFError, OSError):
             self.closed = True
             self.sock.close()
             for slot in list(self._streams):  # the front end is gone: free its streams' slots
                 self._cancel(slot)
             return
-        try:
-            self._handle(msg)
-        except Exception:  # noqa: BLE001 - one bad message must not drop every stream of the front end
-            log.exception("front end %d: message %r failed", self.index, msg[0])
+        for msg in messages:
+            try:
+                self._handle(msg)
+            except Exception:  # noqa: BLE001 - one bad message must not drop every stream of the front end
+                log.exception("front end %d: message %r failed", self.index, msg[0])
 
     def _handle(self, msg: tuple) -> None:
         kind = msg[0]
@@ -287,10 +290,11 @@ class FrontendLink:
 
 
 class LinkReader:
-    """One thread reading every front end's pipe (``multiprocessing.connection.wait``) and retrying their backlogs
-    after each step. A thread per link made ten GIL-hungry readers: each message read in 64 KB pieces (a GIL
-    release and retake each) and, with a backlog, a wake-up every 2 ms per link; the stepping thread got the GIL 4 %
-    of the time at 8,192 streams (py-spy, H200 host, 02786e2) and its steps took 10x their time."""
+    """One thread reading every front end's pipe (``multiprocessing.connection.wait``; each gives what has arrived,
+    ``pipe_messages``) and retrying their backlogs after each step. A thread per link made ten GIL-hungry readers
+    (each message read in 64 KB pieces, a GIL release and retake each; with a backlog, a wake-up every 2 ms per
+    link): the stepping thread got the GIL 4 % of the time at 8,192 streams (py-spy, H200 host, 02786e2) and its
+    steps took 10x their time."""
 
     def __init__(self, links: list[FrontendLink]):
         self.links = links
@@ -319,27 +323,6 @@ class LinkReader:
         self._thread.join(timeout)
 
 
-def recv_message(sock: socket.socket):
-    """``Connection.recv`` (multiprocessing's wire format: a 4-byte size, or -1 and an 8-byte one; a pickle) with
-    the body read by one ``recv_into`` that waits for all of it: one GIL release for a 5 MB message instead of one
-    per 64 KB piece."""
-    size, = struct.unpack("!i", _exactly(sock, 4))
-    if size == -1:
-        size, = struct.unpack("!Q", _exactly(sock, 8))
-    return ForkingPickler.loads(_exactly(sock, size))
-
-
-def _exactly(sock: socket.socket, n: int) -> bytearray:
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got, socket.MSG_WAITALL)
-        if k == 0:
-            raise EOFError("the front end closed its pipe")
-        got += k
-    return buf
-
-
 @dataclass
 class Frontends:
     procs: list  # the front-end processes
@@ -353,7 +336,7 @@ def start_frontends(engine: BulkEngine, count: int, config) -> Frontends:
     ctx = multiprocessing.get_context("spawn")  # not fork: this process holds CUDA and threads
     procs, links = [], []
     for i in range(count):
-        parent, child = ctx.Pipe()  # duplex: a socket pair (``recv_message`` reads it as one)
+        parent, child = ctx.Pipe()  # duplex: a socket pair (``pipe_messages`` reads it as one)
         settings = asdict(config) | {"reuse_port": True, "bulk_chunk": engine.bulk.chunk, "stats_every_s": engine.stats_every_s}
         p = ctx.Process(target=frontend_main, args=(child, engine.routes[0], settings, i), name=f"legato-frontend-{i}")
         p.start()

@@ -168,27 +168,34 @@ def test_non_finite_audio_fails_only_its_stream_and_keeps_its_slot_until_the_can
     conn.close()
 
 
-def test_recv_message_reads_what_connection_send_wrote_and_eof():
-    """The link's one-call reader takes multiprocessing's wire format: small, 5 MB and array messages."""
+def test_message_reader_gives_whole_messages_as_they_arrive_and_eof_after_them():
+    """multiprocessing's wire format (small, 5 MB, array messages), read without waiting: a message whose bytes
+    are still on their way is not returned yet; the end comes after every whole message."""
     import socket
 
     import pytest
 
-    from legato.server.bulk_frontends import recv_message
+    from legato.server.pipe_messages import MessageReader
 
     parent, child = multiprocessing.Pipe()
-    sock = socket.fromfd(parent.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
-    big = np.arange(1_300_000, dtype=np.float32)  # 5.2 MB: the socket buffer fills, the sender waits for the reader
-    sender = threading.Thread(target=lambda: [child.send(m) for m in (("ready",), ("audio", np.array([3]), big))])
+    reader = MessageReader(socket.fromfd(parent.fileno(), socket.AF_UNIX, socket.SOCK_STREAM))
+    assert reader.messages() == []  # nothing yet: no wait
+    big = np.arange(1_300_000, dtype=np.float32)  # 5.2 MB: the sender waits for the reader, piece by piece
+    sender = threading.Thread(target=lambda: [child.send(m) for m in (("ready",), ("audio", np.array([3]), big), ("end", 3))])
     sender.start()
-    assert recv_message(sock) == ("ready",)
-    kind, slots, chunks = recv_message(sock)
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < 3 and time.monotonic() < deadline:
+        got += reader.messages()
     sender.join()
-    assert kind == "audio" and slots.tolist() == [3] and np.array_equal(chunks, big)
+    assert got[0] == ("ready",) and got[2] == ("end", 3)
+    assert got[1][0] == "audio" and got[1][1].tolist() == [3] and np.array_equal(got[1][2], big)
+    child.send(("cancel", 4))
     child.close()
+    time.sleep(0.05)
+    assert reader.messages() == [("cancel", 4)]  # the last message before the close, then the end
     with pytest.raises(EOFError):
-        recv_message(sock)
-    sock.close()
+        reader.messages()
 
 
 def test_one_reader_serves_every_link_and_a_closed_pipe_cancels_its_streams():
