@@ -24,7 +24,7 @@ import numpy as np
 from legato.asr.fastconformer.tokenizer import SentencePieceTokenizer
 from legato.server.bulk_engine import GIL_SWITCH_S, SAMPLE_RATE, HandleEvents, StreamAudio
 from legato.server.bulk_text import StreamText
-from legato.server.pipe_messages import enlarge_buffers
+from legato.server.pipe_messages import enlarge_buffers, send_audio
 from legato.stream.errors import CapacityError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
 from legato.stream.metrics import Histogram
@@ -174,7 +174,10 @@ class RemoteEngine:
                 self._wake.set()
             for m in merged:
                 try:
-                    self.conn.send(m)
+                    if m[0] == "audio":
+                        send_audio(self.conn, m[1], m[2])  # raw frames: no pickling here or in the engine
+                    else:
+                        self.conn.send(m)
                 except (OSError, EOFError, BrokenPipeError):
                     return
                 if m[0] == "audio":

@@ -169,27 +169,39 @@ def test_non_finite_audio_fails_only_its_stream_and_keeps_its_slot_until_the_can
 
 
 def test_message_reader_gives_whole_messages_as_they_arrive_and_eof_after_them():
-    """multiprocessing's wire format (small, 5 MB, array messages), read without waiting: a message whose bytes
-    are still on their way is not returned yet; the end comes after every whole message."""
+    """multiprocessing's wire format (small, 5 MB, array messages) and raw-frame audio (``send_audio``, empty too),
+    read without waiting: a message whose bytes are still on their way is not returned yet; the end comes after
+    every whole message."""
     import socket
 
     import pytest
 
-    from legato.server.pipe_messages import MessageReader
+    from legato.server.pipe_messages import MessageReader, send_audio
 
     parent, child = multiprocessing.Pipe()
     reader = MessageReader(socket.fromfd(parent.fileno(), socket.AF_UNIX, socket.SOCK_STREAM))
     assert reader.messages() == []  # nothing yet: no wait
     big = np.arange(1_300_000, dtype=np.float32)  # 5.2 MB: the sender waits for the reader, piece by piece
-    sender = threading.Thread(target=lambda: [child.send(m) for m in (("ready",), ("audio", np.array([3]), big), ("end", 3))])
+    raw = np.arange(3 * 700_000, dtype=np.float32).reshape(3, 700_000)  # 8.4 MB as raw frames (send_audio)
+
+    def send():
+        child.send(("ready",))
+        child.send(("audio", np.array([3]), big))
+        send_audio(child, np.array([5, 6, 5]), raw)
+        send_audio(child, np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
+        child.send(("end", 3))
+
+    sender = threading.Thread(target=send)
     sender.start()
     got = []
     deadline = time.monotonic() + 10
-    while len(got) < 3 and time.monotonic() < deadline:
+    while len(got) < 5 and time.monotonic() < deadline:
         got += reader.messages()
     sender.join()
-    assert got[0] == ("ready",) and got[2] == ("end", 3)
+    assert got[0] == ("ready",) and got[4] == ("end", 3)
     assert got[1][0] == "audio" and got[1][1].tolist() == [3] and np.array_equal(got[1][2], big)
+    assert got[2][0] == "audio" and got[2][1].tolist() == [5, 6, 5] and np.array_equal(got[2][2], raw)
+    assert got[3][0] == "audio" and got[3][1].shape == (0,) and got[3][2].shape == (0, 4)
     child.send(("cancel", 4))
     child.close()
     time.sleep(0.05)
