@@ -196,8 +196,9 @@ class FrontendLink:
         self.engine.request_open().add_done_callback(opened)
 
     def _audio(self, slots: np.ndarray, chunks: np.ndarray) -> None:
-        """Chunks (n, chunk) for ``slots`` (n,), a slot's in order: pushed in one ``push_many`` (its first chunk
-        of each slot with nothing in the backlog); the rest, and those refused, to the backlog."""
+        """Chunks (n, chunk) for ``slots`` (n,), a slot's in order: pushed by ``push_many`` round after round (a
+        slot's first chunk of the message, then its second, ...) while its queue has room and it has no backlog;
+        the rest to the backlog."""
         keep = self._accepts[slots]
         finite = np.isfinite(chunks).all(axis=1)  # the front ends refuse such audio; a bad one must not stop this reader
         for slot in np.unique(slots[keep & ~finite]).tolist():
@@ -208,21 +209,27 @@ class FrontendLink:
         self._chunks += len(slots)
         if not len(slots):
             return
-        behind = np.fromiter((s in self._backlog for s in slots.tolist()), bool, len(slots)) if self._backlog else None
-        now = np.zeros(len(slots), bool)
-        _, first = np.unique(slots, return_index=True)
-        now[first] = True
-        if behind is not None:
-            now &= ~behind
-        pick = np.flatnonzero(now)
-        refused = self.engine.bulk.push_many(slots[pick], chunks[pick]) if len(pick) else np.zeros(0, bool)
-        later = np.ones(len(slots), bool)
-        later[pick[~refused]] = False
-        for i in np.flatnonzero(later).tolist():  # in message order: a slot's chunks stay in order
+        # round r pushes each slot's r-th chunk of the message (push_many takes distinct slots), unless that slot is
+        # stuck: it has a backlog, or an earlier round was refused (its queue is full); the rest go to the backlog
+        order = np.argsort(slots, kind="stable")
+        ordered = slots[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        rank = np.empty(len(slots), np.int64)
+        rank[order] = np.arange(len(slots)) - np.repeat(starts, np.diff(np.r_[starts, len(slots)]))
+        stuck = {s for s in np.unique(slots).tolist() if s in self._backlog} if self._backlog else set()
+        pushed = np.zeros(len(slots), bool)
+        for r in range(int(rank.max()) + 1):
+            pick = np.flatnonzero(rank == r)
+            if stuck:
+                pick = pick[[s not in stuck for s in slots[pick].tolist()]]
+            if not len(pick):
+                break
+            refused = self.engine.bulk.push_many(slots[pick], chunks[pick])
+            pushed[pick[~refused]] = True
+            stuck.update(slots[pick[refused]].tolist())
+        for i in np.flatnonzero(~pushed).tolist():  # in message order: a slot's chunks stay in order
             self._backlog.setdefault(int(slots[i]), collections.deque()).append(chunks[i])
             self._backlog_n += 1
-        if later.any():
-            self._drain()  # a slot's second chunk of the message, where its queue has room
 
     def _refuse(self, slot: int, code: str, message: str) -> None:
         """The stream's error: no more of its audio is taken; its slot stays open until the front end's cancel
