@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from legato.asr.fastconformer.bulk import FLUSH_WAIT_S, QUEUED_CHUNKS, BulkTranscriber
+from legato.asr.fastconformer.bulk import FLUSH_MAX_GAP_S, FLUSH_WAIT_S, QUEUED_CHUNKS, BulkTranscriber
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.stream.errors import CapacityError, NonFiniteAudioError
 
@@ -278,7 +278,7 @@ def test_step_windows_say_where_the_stepping_thread_spends_its_time(case):
 
 def test_flushes_of_ended_streams_are_spaced_by_what_they_cost(case):
     """While others step, ended streams wait until the last flush is ``f (1/FLUSH_SHARE - 1)`` seconds old (a flush
-    costs about the same for one stream or a thousand); an idle worker flushes at once."""
+    costs about the same for one stream or a thousand), at most ``FLUSH_MAX_GAP_S``; an idle worker flushes at once."""
     rec, dec = case
     bulk = BulkTranscriber(rec, decoder=dec, capacity=2)
     a, b = bulk.open_many(2)
@@ -286,9 +286,17 @@ def test_flushes_of_ended_streams_are_spaced_by_what_they_cost(case):
     bulk.push_many(np.array([a, b]), np.stack([chunk, chunk]))
     bulk.step()
     bulk.end(a)
-    bulk._flushed_at, bulk._flush_s = time.monotonic(), 10.0  # as if a 10 s flush had just finished
+    bulk._flushed_at, bulk._flush_s = time.monotonic(), 0.1  # as if a 0.1 s flush had just finished
     for _ in range(2):
         time.sleep(FLUSH_WAIT_S)
         bulk.push(b, chunk)
-        assert bulk.step() == 1 and a in bulk.streams  # b stepped, a's end still waits
+        assert bulk.step() == 1 and a in bulk.streams  # b stepped, a's end still waits (0.3 s gap)
     assert bulk.step() == 1 and a not in bulk.streams  # idle: flushed
+    c = bulk.open()
+    bulk.push_many(np.array([b, c]), np.stack([chunk, chunk]))
+    bulk.step()
+    bulk.end(c)
+    bulk._flushed_at, bulk._flush_s = time.monotonic(), 10.0  # a long flush: the gap is capped
+    time.sleep(FLUSH_MAX_GAP_S)
+    bulk.push(b, chunk)
+    assert bulk.step() == 2 and c not in bulk.streams  # b stepped and c's end flushed though others step

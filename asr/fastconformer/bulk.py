@@ -59,8 +59,11 @@ FLUSH_BATCH = 256  # ended streams flushed together at once ...
 FLUSH_WAIT_S = 0.1  # ... or once the oldest has waited this long (their final text waits as much)
 # ... and at most about this share of the stepping thread's time goes to flushes while other streams step (a flush
 # costs about the same for 1 or 1,000 streams: in a loaded server, 800 ends a second flushed every 0.1 s took the
-# worker's whole time, 78-190 ms a step, H200, 02786e2): after a flush of f seconds the next waits f (1/share - 1)
+# worker's whole time, 78-190 ms a step, H200, 02786e2): after a flush of f seconds the next waits f (1/share - 1),
+# but never more than FLUSH_MAX_GAP_S: a flush's cost also grows with its rows, and in a wave of ends a gap growing
+# with it would let the ends pile up (the final text of each waits for the gap)
 FLUSH_SHARE = 0.25
+FLUSH_MAX_GAP_S = 0.5
 LATENCIES_KEPT = 1 << 22  # chunk latencies kept for ``latencies()`` (32 MB): a server runs for days
 
 
@@ -322,7 +325,7 @@ class BulkTranscriber:
         if not self._ending:
             return 0
         now = time.monotonic()
-        if not force and now - self._flushed_at < self._flush_s * (1 / FLUSH_SHARE - 1):
+        if not force and now - self._flushed_at < min(self._flush_s * (1 / FLUSH_SHARE - 1), FLUSH_MAX_GAP_S):
             return 0  # the last flush was recent for what it cost
         with self._lock:
             ending = np.fromiter(self._ending, np.int64, len(self._ending))
