@@ -300,3 +300,39 @@ def test_flushes_of_ended_streams_are_spaced_by_what_they_cost(case):
     time.sleep(FLUSH_MAX_GAP_S)
     bulk.push(b, chunk)
     assert bulk.step() == 2 and c not in bulk.streams  # b stepped and c's end flushed though others step
+
+
+class _SmallGraphs:
+    """``BulkGraphs``' interface on the CPU: buckets of up to 2 rows (first steps: 1); a replay is the eager step
+    (outputs are fresh tensors here, where a graph's would be its static buffers)."""
+
+    def __init__(self, bulk):
+        self.bulk, self.buckets, self.first_buckets, self.calls = bulk, [1, 2], [1], []
+
+    def covers(self, n: int, first: bool) -> bool:
+        return n <= (self.first_buckets if first else self.buckets)[-1]
+
+    def run(self, rows, audio, first):
+        self.calls.append((len(rows), first))
+        return self.bulk.device_step(torch.from_numpy(rows), audio, first)
+
+
+def test_steps_larger_than_the_graphs_replay_them_on_pieces_and_equal_the_reference(case):
+    """5 streams stepped together with graphs of at most 2 rows (first steps 1): every piece fits a bucket, pieces
+    are equal in size, and each stream gets the reference tokens."""
+    rec, dec = case
+    bulk = BulkTranscriber(rec, decoder=dec, capacity=5, max_batch=5, pipeline=True)
+    bulk.graphs = _SmallGraphs(bulk)
+    rng = np.random.default_rng(7)
+    steps = 3
+    audio = (rng.standard_normal((5, bulk.chunk * steps)) * 0.3).astype(np.float32)
+    slots = bulk.open_many(5)
+    for k in range(steps):
+        bulk.push_many(slots, audio[:, k * bulk.chunk:(k + 1) * bulk.chunk])
+        assert bulk.step() == 5
+    bulk.settle()
+    assert bulk.graphs.calls[:5] == [(1, True)] * 5  # first steps: pieces of 1
+    assert bulk.graphs.calls[5:] == [(2, False), (2, False), (1, False)] * (steps - 1)  # 5 = 2 + 2 + 1 (ceil(5/2) rows)
+    for i, s in enumerate(slots.tolist()):
+        tokens, frames, done = reference(rec, dec, audio[i], steps, None)
+        assert (bulk.streams[s].tokens, bulk.streams[s].token_frames, int(bulk._frames[s])) == (tokens, frames, done)

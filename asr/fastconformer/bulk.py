@@ -19,8 +19,9 @@ The encoder's state lives in a pool of ``capacity`` rows that the kernels read a
 (``stream_step(rows=...)``): a step that raises part way leaves its streams' state part-updated (their chunk is
 lost either way), so such streams should be finished and reopened.
 
-On CUDA a step of up to ``graph_rows`` rows (4,096 by default) replays a CUDA graph of its device work (``bulk_graphs.py``); a stream's state
-is reset by its first step, so opening is host bookkeeping. A step's new tokens go to ``on_step`` as flat arrays
+On CUDA a step replays CUDA graphs of its device work (``bulk_graphs.py``), one per phase and batch bucket up to
+``graph_rows`` rows (4,096 by default; first steps up to 4,096); a larger step replays one several times on equal
+pieces of its rows. A stream's state is reset by its first step, so opening is host bookkeeping. A step's new tokens go to ``on_step`` as flat arrays
 (``bulk_tokens.py``), not as per-stream Python objects.
 
 Steady chunks are stepped in batches. A stream's end (its queued chunks, its partial last chunk, NeMo's right
@@ -93,7 +94,8 @@ class BulkTranscriber:
         ``BulkStream`` gathers its tokens (Python lists, ~5 us per stream with news per step); a consumer of
         ``on_step`` passes False and the streams ``on_finish`` hands over hold only their last steps' tokens.
         ``cuda_graphs``: on CUDA, steps replay a graph per batch bucket (``bulk_graphs.py``), captured on first use
-        of a bucket or all at once by ``graphs.capture_all()``, for steps of up to ``graph_rows`` rows (eager above).
+        of a bucket or all at once by ``graphs.capture_all()``, buckets up to ``graph_rows`` rows (larger steps
+        replay them on pieces of their rows; without graphs a step runs eager).
         ``pipeline`` (CTC): a ``step`` launches its device work and then completes the step before it
         (``bulk_launch.py``): the host's work overlaps the device's; ``settle()`` completes the one in flight."""
         model = recognizer.model
@@ -277,11 +279,13 @@ class BulkTranscriber:
         groups = []
         for phase in (True, False):
             pick = first == phase
-            if pick.all():
-                groups.append(self._launch_group(rows, audio, phase))
-            elif pick.any():
-                part = audio.index_select(0, to_device(np.flatnonzero(pick), audio.device))
-                groups.append(self._launch_group(rows[pick], part, phase))
+            if not pick.any():
+                continue
+            part_rows, part = rows, audio
+            if not pick.all():
+                part_rows, part = rows[pick], audio.index_select(0, to_device(np.flatnonzero(pick), audio.device))
+            for lo, hi in self._pieces(len(part_rows), phase):
+                groups.append(self._launch_group(part_rows[lo:hi], part[lo:hi], phase))
         if self.uploads is not None:
             self.uploads.release(buffer)
         done = None
@@ -391,10 +395,23 @@ class BulkTranscriber:
         state.last[rows] = ctc.last
         return best, keep
 
+    def _pieces(self, n: int, first: bool) -> list[tuple[int, int]]:
+        """A phase's ``n`` rows as (start, end) pieces of equal size that graphs cover (one piece without graphs):
+        a step larger than the largest graph replays a graph several times instead of launching ~1,000 kernels
+        from Python, and first steps stay within the first-step graphs' smaller buckets (memory)."""
+        if self.graphs is None or self.graphs.covers(n, first):
+            return [(0, n)]
+        top = (self.graphs.first_buckets if first else self.graphs.buckets)[-1]
+        count = -(-n // top)
+        size = -(-n // count)
+        return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+
     def _launch_group(self, slots: np.ndarray, audio: torch.Tensor, first: bool) -> LaunchedGroup:
         """Launch these slots' step (one phase); the host state the next launch needs advances now."""
-        if self.graphs is not None and len(slots) <= self.graphs.buckets[-1]:
+        if self.graphs is not None and self.graphs.covers(len(slots), first):
             out = self.graphs.run(slots, audio, first)
+            if self.decoder != "ctc":  # decoded on the host later: another piece may replay the same graph first
+                out = tuple(t.clone() for t in out)
         else:
             out = self.device_step(to_device(slots, self.device), audio.to(self.device, non_blocking=True), first)
         frames = self._frames[slots].copy()

@@ -32,14 +32,18 @@ log = logging.getLogger("legato.bulk")
 
 BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1280, 1536, 2048, 2560, 3072, 3584, 4096,
            5120, 6144, 7168, 8192, 9216, 10240, 11264, 12288, 14336, 16384)
-# Steps above ``max_rows`` (default MAX_GRAPH_ROWS) run eager. Measured on an H200: with graphs to 16,384 rows,
-# captured as used (bench_bulk --engine, ce234f3), 32,000 streams p99 196 ms and 40,000 kept up at p99 309; graphs
-# to 4,096 and eager above (0097940): p99 518 at 32,000 (eager launches share the GIL with the threads pushing
-# audio). But capturing all 52 graphs to 16,384 at a server's warm-up ran out of the GPU's memory (12,288-stream pool,
-# ce234f3; captures outside inference mode kept autograd history, fixed since, not yet re-measured), so the
-# default stays 4,096 (warm-up captures every bucket: 32 graphs) and larger graphs are asked for (``graph_rows``).
+# Graph buckets go up to ``max_rows`` (default MAX_GRAPH_ROWS); a larger step replays them on pieces of its rows
+# (``BulkTranscriber._pieces``; before 2026-11-29 such steps ran eager, which at 32,000 streams gave p99 518 ms
+# against 196 with graphs to 16,384, H200: eager launches share the GIL with the threads pushing audio). Measured
+# since (bench_bulk --engine, graphs to 16,384, 6e604dd): 40,000 streams at p99 34 ms. All 52 graphs to 16,384 fit a
+# 12,288-stream server's warm-up (73 GB reserved with the pool, 87aede4; it ran out of memory while the captures kept
+# autograd history); the default stays 4,096 (32 graphs), larger buckets are asked for (``graph_rows``).
 MAX_GRAPH_ROWS = 4096
-
+# First steps (a stream's first chunk: another width, the state reset) use buckets up to this many rows, larger ones
+# replay them on pieces: a server opens streams a few hundred at a time, and first-step graphs hold the most memory
+# (a 12,288-stream server's first-step graphs to 16,384 rows reserved ~38 GB at warm-up, the steady ones ~1 GB more;
+# H200, 87aede4)
+MAX_FIRST_GRAPH_ROWS = 4096
 
 @dataclass
 class _Graph:
@@ -50,8 +54,8 @@ class _Graph:
 
 
 class BulkGraphs:
-    """``run(rows, audio, first)`` = ``device_step`` of ``bulk`` for those rows, by graph replay (up to
-    ``buckets[-1]`` rows)."""
+    """``run(rows, audio, first)`` = ``device_step`` of ``bulk`` for those rows, by graph replay (steps that
+    ``covers``: up to ``buckets[-1]`` rows, first steps up to ``first_buckets[-1]``)."""
 
     def __init__(self, bulk, scratch: int, max_rows: int = MAX_GRAPH_ROWS):
         """``bulk``: a ``BulkTranscriber`` on CUDA whose per-row state has a row ``scratch`` no stream uses; steps
@@ -59,23 +63,28 @@ class BulkGraphs:
         self.bulk, self.scratch = bulk, scratch
         top = min(bulk.max_batch, max_rows, BUCKETS[-1])
         self.buckets = sorted({b for b in BUCKETS if b < top} | {top})  # larger steps: eager
+        self.first_buckets = [b for b in self.buckets if b <= MAX_FIRST_GRAPH_ROWS] or self.buckets[:1]
         self._graphs: dict[tuple[bool, int], _Graph] = {}
         self._pool = torch.cuda.graph_pool_handle()
         self._side = torch.cuda.Stream()  # one warm-up stream for every capture
 
-    def bucket(self, n: int) -> int:
-        return next(b for b in self.buckets if b >= n)
+    def covers(self, n: int, first: bool) -> bool:
+        """Whether a step of ``n`` rows in that phase replays a graph (else it runs eager)."""
+        return n <= (self.first_buckets if first else self.buckets)[-1]
+
+    def bucket(self, n: int, first: bool = False) -> int:
+        return next(b for b in (self.first_buckets if first else self.buckets) if b >= n)
 
     def capture_all(self, phases=(True, False)) -> None:
         for first in phases:
-            for b in self.buckets:
+            for b in self.first_buckets if first else self.buckets:
                 self._get(first, b)
 
     def run(self, rows: np.ndarray, audio: torch.Tensor, first: bool) -> tuple:
         """Rows (n,) of the pool, their chunks (n, chunk) (host, page-locked, or device): the step's outputs
         sliced to n rows (views of the graph's static buffers: read them before the next ``run``)."""
         n = len(rows)
-        g = self._get(first, self.bucket(n))
+        g = self._get(first, self.bucket(n, first))
         g.rows[:n].copy_(pinned(rows), non_blocking=True)  # queued behind a pipelined caller's step in flight
         g.rows[n:].fill_(self.scratch)
         g.audio[:n].copy_(audio, non_blocking=True)
