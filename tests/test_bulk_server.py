@@ -261,3 +261,11 @@ def test_warm_up_leaves_nothing_open_and_the_stats_line_says_what_the_worker_did
     assert phases.startswith("per step take ") and phases.endswith(" ms")  # where the stepping thread's time went
     assert not cpu or cpu[0].startswith("cpu (of a core) ")  # Linux: each thread's CPU share
     assert engine.stats_line().split("; ")[1].startswith("idle")  # each line covers the time since the last
+
+
+def test_serve_graph_rows_default_is_the_bulk_paths():
+    """``legato serve --graph-rows`` defaults to the bulk path's own (the CLI does not import it: light --help)."""
+    from legato.asr.fastconformer.bulk_graphs import MAX_GRAPH_ROWS
+    from legato.clients import serve_cmd
+
+    assert serve_cmd.BULK_GRAPH_ROWS == MAX_GRAPH_ROWS
