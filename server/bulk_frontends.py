@@ -124,8 +124,10 @@ class FrontendLink:
             self._backlog_n -= len(dropped)
 
     def join(self) -> None:
+        """Stop the writer (after what it has queued) and drop the pipe's duplicate (the reader is done)."""
         self._out.put(None)
         self._writer.join(timeout=5)
+        self.sock.close()
 
     def _write(self) -> None:
         while (msg := self._out.get()) is not None:

@@ -208,6 +208,8 @@ def test_message_reader_gives_whole_messages_as_they_arrive_and_eof_after_them()
     assert reader.messages() == [("cancel", 4)]  # the last message before the close, then the end
     with pytest.raises(EOFError):
         reader.messages()
+    reader.sock.close()
+    parent.close()
 
 
 def test_one_reader_serves_every_link_and_a_closed_pipe_cancels_its_streams():
@@ -232,3 +234,38 @@ def test_one_reader_serves_every_link_and_a_closed_pipe_cancels_its_streams():
         child.close()
     reader.join(timeout=5)
     assert sorted(engine.cancelled) == [0, 1] and all(link.closed for link in links)
+
+
+def test_a_client_held_for_a_full_pipe_queue_resumes_once_the_writer_makes_room(monkeypatch):
+    """A front end's ``apush`` past ``MAX_AUDIO_IN_FLIGHT`` queued chunks waits (no polling) until the writer thread
+    has sent some; then it goes on."""
+    import asyncio
+
+    import torch
+
+    from legato.server import bulk_frontend
+    from legato.stream.frames import AudioChunk
+
+    monkeypatch.setattr(bulk_frontend, "MAX_AUDIO_IN_FLIGHT", 2)
+    gate = threading.Event()
+    real_send = bulk_frontend.send_audio
+    monkeypatch.setattr(bulk_frontend, "send_audio", lambda conn, s, c: (gate.wait(5), real_send(conn, s, c)))
+    ours, theirs = multiprocessing.Pipe()
+
+    async def go():
+        engine = bulk_frontend.RemoteEngine(theirs, "m", CHUNK).start()
+        handle = bulk_frontend.RemoteHandle(engine, 0, 16000, False, CHUNK)
+        chunk = AudioChunk(torch.zeros(CHUNK, 1), 16000)
+        for _ in range(2):
+            await handle.apush(chunk)
+        third = asyncio.create_task(handle.apush(chunk))
+        await asyncio.sleep(0.2)
+        held = not third.done()
+        gate.set()  # the writer sends: room again
+        await asyncio.wait_for(third, 5)
+        engine.stop()
+        ours.close()  # the engine's end goes away: the front end's reader sees it
+        await asyncio.wait_for(engine.closed.wait(), 5)
+        return held
+
+    assert asyncio.run(go())
