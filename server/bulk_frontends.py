@@ -152,7 +152,9 @@ class FrontendLink:
         its streams."""
         try:
             messages = self._messages.messages()
-        except (EOFError, OSError):
+        except Exception as exc:  # noqa: BLE001 - the pipe ended, or its bytes make no message: this link only
+            if not isinstance(exc, (EOFError, OSError)):
+                log.error("front end %d: unreadable pipe (%s): its streams are cancelled", self.index, exc)
             self.closed = True
             self.sock.close()
             for slot in list(self._streams):  # the front end is gone: free its streams' slots
@@ -313,7 +315,7 @@ class LinkReader:
     def _run(self) -> None:
         by_conn = {link.conn: link for link in self.links}
         while any(not link.closed for link in self.links):
-            behind = [link.service() for link in self.links if not link.closed]
+            behind = [self._service(link) for link in self.links if not link.closed]
             readable = [link for link in self.links if link.reading()]
             held = [link for link in self.links if not link.closed and not link.reading()]
             started = time.monotonic()
@@ -327,6 +329,14 @@ class LinkReader:
                 link._full_s += time.monotonic() - started
             for conn in ready:
                 by_conn[conn].read()
+
+    @staticmethod
+    def _service(link: FrontendLink) -> bool:
+        try:
+            return link.service()
+        except Exception:  # noqa: BLE001 - one link's backlog must not stop the reader of every link
+            log.exception("front end %d: backlog retry failed", link.index)
+            return False
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

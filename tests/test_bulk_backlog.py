@@ -269,3 +269,30 @@ def test_a_client_held_for_a_full_pipe_queue_resumes_once_the_writer_makes_room(
         return held
 
     assert asyncio.run(go())
+
+
+def test_a_garbled_pipe_closes_only_its_link():
+    """Bytes that make no message (an audio frame of the wrong size) close that link and cancel its streams; the
+    reader thread goes on serving the other link."""
+    from legato.server.bulk_frontends import LinkReader
+
+    engine = _Engine()
+    pairs = [multiprocessing.Pipe() for _ in range(2)]
+    links = [FrontendLink(engine, parent, i) for i, (parent, _) in enumerate(pairs)]
+    for link, s in zip(links, (0, 1)):
+        link._streams[s] = _RemoteStream(link, s)
+        link._accepts[s] = True
+    reader = LinkReader(links)
+    pairs[0][1].send(("audio_raw", 1, CHUNK))
+    pairs[0][1].send_bytes(b"12345")  # 5 bytes where 8 (one int64 slot) belong
+    deadline = time.monotonic() + 5
+    while not links[0].closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert links[0].closed and engine.cancelled == [0]
+    pairs[1][1].send(("audio", np.array([1]), _chunks(1, 0, 1)))
+    while engine.bulk.queues.waiting() < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _take_all(engine) == {1: [0]} and not links[1].closed
+    for _, child in pairs:
+        child.close()
+    reader.join(timeout=5)
