@@ -5,6 +5,8 @@ one 160 ms chunk per step; three steps first (the first compiles the kernels and
 the fourth is profiled. Prints the warm steps' wall times and the profiler's table by CUDA time.
 
     python3 -P bench/profile_bulk_step.py [--streams 16384] [--kv-cache same|fp8] [--top 22] [--shapes]
+    python3 -P bench/profile_bulk_step.py --streams 3000 --flush   # instead: the end of every stream at once
+                                                                     # (bulk_flush: masked eager steps)
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def main() -> None:
     ap.add_argument("--kv-cache", default="same", choices=["same", "fp8"])
     ap.add_argument("--top", type=int, default=22)
     ap.add_argument("--shapes", action="store_true", help="also the table grouped by input shapes (where copies come from)")
+    ap.add_argument("--flush", action="store_true", help="profile the streams' ends (each ended with a third of a chunk "
+                    "left) flushed in one call, as a server's wave of ends, instead of a steady step")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs CUDA")
@@ -44,11 +48,18 @@ def main() -> None:
         bulk.step()
         torch.cuda.synchronize()
         print(f"step {k}: {(time.perf_counter() - t) * 1e3:.1f} ms", flush=True)
-    bulk.push_many(slots, audio)
+    if args.flush:
+        for s in slots.tolist():
+            bulk.push(s, audio[0, : bulk.chunk // 3])
+            bulk.end(s)
+    else:
+        bulk.push_many(slots, audio)
+    t = time.perf_counter()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
                                 record_shapes=args.shapes) as prof:
-        bulk.step()
+        bulk.step()  # with --flush: no chunk is complete, so the idle call flushes every ended stream
         torch.cuda.synchronize()
+    print(f"profiled {'flush' if args.flush else 'step'}: {(time.perf_counter() - t) * 1e3:.1f} ms (profiler on)", flush=True)
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.top, max_name_column_width=45))
     if args.shapes:
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="cuda_time_total", row_limit=args.top,
