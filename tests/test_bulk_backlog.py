@@ -212,7 +212,9 @@ def test_message_reader_gives_whole_messages_as_they_arrive_and_eof_after_them()
     parent.close()
 
 
-def test_one_reader_serves_every_link_and_a_closed_pipe_cancels_its_streams():
+def _two_links_read():
+    """Two front ends' links, stream 0 on the first and 1 on the second, served by one ``LinkReader``: (engine,
+    [(engine end, front-end end)], links, reader)."""
     from legato.server.bulk_frontends import LinkReader
 
     engine = _Engine()
@@ -221,7 +223,11 @@ def test_one_reader_serves_every_link_and_a_closed_pipe_cancels_its_streams():
     for link, s in zip(links, (0, 1)):
         link._streams[s] = _RemoteStream(link, s)
         link._accepts[s] = True
-    reader = LinkReader(links)
+    return engine, pairs, links, LinkReader(links)
+
+
+def test_one_reader_serves_every_link_and_a_closed_pipe_cancels_its_streams():
+    engine, pairs, links, reader = _two_links_read()
     pairs[0][1].send(("audio", np.array([0]), _chunks(0, 0, 1)))
     pairs[1][1].send(("audio", np.array([1]), _chunks(1, 0, 1)))
     pairs[1][1].send(("ready",))
@@ -274,15 +280,7 @@ def test_a_client_held_for_a_full_pipe_queue_resumes_once_the_writer_makes_room(
 def test_a_garbled_pipe_closes_only_its_link():
     """Bytes that make no message (an audio frame of the wrong size) close that link and cancel its streams; the
     reader thread goes on serving the other link."""
-    from legato.server.bulk_frontends import LinkReader
-
-    engine = _Engine()
-    pairs = [multiprocessing.Pipe() for _ in range(2)]
-    links = [FrontendLink(engine, parent, i) for i, (parent, _) in enumerate(pairs)]
-    for link, s in zip(links, (0, 1)):
-        link._streams[s] = _RemoteStream(link, s)
-        link._accepts[s] = True
-    reader = LinkReader(links)
+    engine, pairs, links, reader = _two_links_read()
     pairs[0][1].send(("audio_raw", 1, CHUNK))
     pairs[0][1].send_bytes(b"12345")  # 5 bytes where 8 (one int64 slot) belong
     deadline = time.monotonic() + 5
