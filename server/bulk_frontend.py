@@ -166,8 +166,9 @@ class RemoteEngine:
                 batch.append(self._out.popleft())
             if self._out:
                 self._wake.set()
-            if batch and batch[0] is None:
-                return
+            stop = None in batch  # the writer stops once what was queued before the None is sent
+            if stop:
+                batch = batch[: batch.index(None)]
             merged: list = []
             run: list = []  # (slot, chunks) of the current run of audio messages
             for m in batch + [None]:
@@ -180,9 +181,6 @@ class RemoteEngine:
                     run = []
                 if m is not None:
                     merged.append(m)
-            if any(m is None for m in batch):  # stop once this batch is sent
-                self._out.appendleft(None)
-                self._wake.set()
             for m in merged:
                 try:
                     if m[0] == "audio":
@@ -197,6 +195,8 @@ class RemoteEngine:
                     if self._held and self.in_flight < MAX_AUDIO_IN_FLIGHT:
                         self._held = False
                         self._loop.call_soon_threadsafe(self._room.set)
+            if stop:
+                return
 
     def _read(self) -> None:
         try:

@@ -105,8 +105,8 @@ class ChunkQueues:
         return rows, audio, ready
 
     def counts(self, slots: np.ndarray) -> np.ndarray:
-        """Complete chunks waiting in each of ``slots``' queues (a copy)."""
-        return self._count[slots].copy()
+        """Complete chunks waiting in each of ``slots``' queues (a copy: an index array)."""
+        return self._count[slots]
 
     def queued(self, slot: int) -> int:
         """Complete chunks waiting in the slot's queue."""
