@@ -108,15 +108,16 @@ FP32_MAIN_TILE = 64  # fp32 tiles of 128 keys need 246 KB of shared memory at 2 
 # (fp8), commit 702f7e6
 PRECOMPUTED_POSITIONS = True
 # Distances per row of the position scores rounded up to a multiple of this (alignment for the product's tiles):
-# not yet measured (bench_relpos_kernel's "position scores" against "position scores, unpadded")
+# 0.170 vs 0.312 ms unpadded at 16,384 streams (bench_relpos_kernel "position scores", H200, 02786e2)
 POSITION_PAD = 8
 # Chunks of one or two frames (160 ms at 8x subsampling): one warp per (stream, head), CUDA-core products
 # (``relpos_warp_kernel``): 1.32 vs 2.29 ms per layer at 16,384 streams, position scores included (H200, bf16 ring,
 # 32-slot key tiles; 16: 2.39, 8: 2.70; two warps: 2.97). tl.dot pads the queries to 16 rows, and the tensor-core
 # kernel's padded tiles took 216 registers a thread: two programs an SM, a quarter of the memory bandwidth (ncu).
 # Also measured no faster, and deleted: that kernel reading the ring in storage order (2.41), and a CUDA-core kernel
-# holding a (stream, head)'s whole ring in registers (2.20; 168-255 registers). Since then (not yet measured) the
-# ring's rest is a smaller masked tile (70 slots: 32 + 32 + 8 rows of products, was 3 x 32 = 96).
+# holding a (stream, head)'s whole ring in registers (2.20; 168-255 registers). Since then the ring's rest is a
+# smaller masked tile (70 slots: 32 + 32 + 8 rows of products, was 3 x 32 = 96) and the position scores padded:
+# 1.105 ms a layer with both (02786e2; not measured apart).
 MAX_WARP_KERNEL_T = 2
 WARP_KEY_TILE = 32
 WARP_WARPS = 1
