@@ -1,5 +1,9 @@
 """HiFi-GAN generator (jik876/hifi-gan; the copy ming024/FastSpeech2 vendors): log-mel -> waveform.
 
+The same generator is VITS's decoder (``tts/vits/``): there its input is the flow's latent instead of a
+mel (``n_mels`` = the latent's channels), ``conv_post`` has no bias, and a multi-speaker voice adds
+``cond(g)`` (a speaker embedding) after ``conv_pre``.
+
 Checkpoints are ``torch.save({"generator": state_dict}, "g_NNNNNNNN")`` with weight-normed convs
 (``weight_g``, ``weight_v``); :func:`load_hifigan` folds them into plain weights,
 ``w = g * v / ||v||`` with the norm over every dim but 0, which is what
@@ -52,9 +56,11 @@ class HifiGanConfig:
     upsample_initial_channel: int = 512
     resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
     resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
-    n_mels: int = N_MELS  # num_mels
+    n_mels: int = N_MELS  # num_mels; for a VITS decoder, the latent's channels
     sample_rate: int = 22050  # sampling_rate, Hz
     hop_length: int = 256  # hop_size: samples per mel frame
+    post_bias: bool = True  # VITS's conv_post has none
+    gin_channels: int = 0  # speaker conditioning (VITS multi-speaker): cond(g) added after conv_pre
 
     def __post_init__(self) -> None:
         if self.resblock not in ("1", "2"):
@@ -84,11 +90,11 @@ class HifiGanConfig:
             )
         if any(k % 2 == 0 for k in self.resblock_kernel_sizes):
             raise HifiGanConfigError(f"resblock_kernel_sizes {list(self.resblock_kernel_sizes)} must be odd")
-        if self.n_mels != N_MELS:
-            raise HifiGanConfigError(f"num_mels must be {N_MELS} (the reference generator's first conv is built for it), got {self.n_mels}")
 
     @classmethod
     def from_dict(cls, h: Mapping[str, Any]) -> HifiGanConfig:
+        if int(h.get("num_mels", N_MELS)) != N_MELS:
+            raise HifiGanConfigError(f"num_mels must be {N_MELS} (the reference generator's first conv is built for it), got {h['num_mels']}")
         try:
             return cls(
                 resblock=str(h["resblock"]),
@@ -161,14 +167,16 @@ class ResBlock(nn.Module):
             self.convs = nn.ModuleList([conv(d) for d in dilations])
         self.kind = kind
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (B, 1, T) zeroes each conv's input past a row's end, so a padded row equals itself alone."""
+        m = (lambda t: t) if mask is None else (lambda t: t * mask)
         if self.kind == "1":
             for c1, c2 in zip(self.convs1, self.convs2):
-                x = c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE)) + x
+                x = c2(m(F.leaky_relu(c1(m(F.leaky_relu(x, LRELU_SLOPE))), LRELU_SLOPE))) + x
         else:
             for c in self.convs:
-                x = c(F.leaky_relu(x, LRELU_SLOPE)) + x
-        return x
+                x = c(m(F.leaky_relu(x, LRELU_SLOPE))) + x
+        return m(x)
 
 
 class HifiGan(nn.Module):
@@ -191,20 +199,41 @@ class HifiGan(nn.Module):
                 for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes)
             ]
         )
-        self.conv_post = nn.Conv1d(ch // 2 ** len(self.ups), 1, EDGE_KERNEL, padding=same_padding(EDGE_KERNEL))
+        self.conv_post = nn.Conv1d(ch // 2 ** len(self.ups), 1, EDGE_KERNEL, padding=same_padding(EDGE_KERNEL), bias=cfg.post_bias)
+        if cfg.gin_channels:
+            self.cond = nn.Conv1d(cfg.gin_channels, ch, 1)
 
     @torch.no_grad()
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel (B, n_mels, T) natural-log mel -> wav (B, T * hop_length) in [-1, 1]."""
+    def forward(self, mel: torch.Tensor, g: torch.Tensor | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """mel (B, n_mels, T) natural-log mel (or VITS latent) -> wav (B, T * hop_length) in [-1, 1].
+
+        ``g`` (B, gin_channels, 1): speaker conditioning. ``lengths`` (B,) frames: rows of a padded batch;
+        every conv's input is zeroed past a row's end (its zero padding alone), so each row's first
+        ``lengths * hop_length`` samples equal the row run alone.
+        """
         nk = len(self.cfg.resblock_kernel_sizes)
-        x = self.conv_pre(mel)
+        mask = None if lengths is None else _frame_mask(lengths, mel.shape[2], 1)
+        x = self.conv_pre(mel if mask is None else mel * mask)
+        if g is not None:
+            x = x + self.cond(g)
+        scale = 1
         for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, LRELU_SLOPE))
-            xs = self.resblocks[i * nk](x)
+            x = F.leaky_relu(x, LRELU_SLOPE)
+            x = up(x if mask is None else x * mask)
+            if lengths is not None:
+                scale *= self.cfg.upsample_rates[i]
+                mask = _frame_mask(lengths, mel.shape[2], scale)
+            xs = self.resblocks[i * nk](x, mask)
             for j in range(1, nk):
-                xs = xs + self.resblocks[i * nk + j](x)
+                xs = xs + self.resblocks[i * nk + j](x, mask)
             x = xs / nk
         return torch.tanh(self.conv_post(F.leaky_relu(x, FINAL_LRELU_SLOPE))).squeeze(1)
+
+
+def _frame_mask(lengths: torch.Tensor, frames: int, scale: int) -> torch.Tensor:
+    """(B, 1, frames * scale) float: 1 inside each row's ``lengths * scale`` positions."""
+    pos = torch.arange(frames * scale, device=lengths.device)
+    return (pos[None, :] < (lengths[:, None] * scale)).unsqueeze(1).float()
 
 
 # (g suffix, v suffix) of torch.nn.utils.weight_norm and of its parametrizations successor.

@@ -1,0 +1,122 @@
+"""Decoding one sentence in frame windows whose concatenated audio equals decoding it whole.
+
+After length regulation a sentence is a prior sample ``z_p`` of T frames. The reversed flow reads
+``flow_reach`` (F) frames each side of an output frame and the decoder ``mel_context`` (L, R) frames,
+all 'same'-padded with zeros at the sentence's edges. To emit frames [a, b):
+
+- the decoder runs on flow output [a - L, b + R) (clipped to [0, T)) and keeps the audio of [a, b);
+- flow output is exact for [s, e) when computed from flow input [s - F, e + F) (clipped); what the
+  previous window already produced exactly is cached, so each flow frame is computed once, with F
+  frames of overlap on each side of the new part.
+
+A window is exact, not approximately so: the only difference from the whole sentence is the
+convolutions' float summation order. :class:`SentenceStream` is the per-sentence state (one request
+owns it); :func:`decode_windows` runs the windows of many requests as one padded flow call and one
+padded decoder call, each row equal to the row alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .model import Vits
+
+FIRST_CHUNK_FRAMES = 16  # 186 ms of audio at 22.05 kHz / hop 256: the first audio leaves after this much decoding
+MAX_CHUNK_FRAMES = 128  # chunks double up to this: fewer, larger windows once audio is playing
+
+
+@dataclass(eq=False)
+class Window:
+    """One decode job's inputs. Frames are sentence positions."""
+
+    stream: "SentenceStream"
+    emit: tuple[int, int]  # frames [a, b) whose audio this window yields
+    flow_in: tuple[int, int]  # flow input frames (empty when the cache covers the decoder window)
+    flow_keep: tuple[int, int]  # flow output frames that are exact and new
+    dec_in: tuple[int, int]  # decoder input frames
+
+
+class SentenceStream:
+    """One sentence's decode progress: its prior, the exact flow output cached, frames emitted."""
+
+    def __init__(self, model: Vits, z_p: torch.Tensor, g: torch.Tensor | None, first: int = FIRST_CHUNK_FRAMES, largest: int = MAX_CHUNK_FRAMES):
+        self.z_p, self.g = z_p, g  # (C, T), (gin, 1) or None
+        self.frames = z_p.shape[1]
+        self.reach = model.cfg.flow_reach
+        self.left, self.right = model.cfg.decoder.mel_context
+        self.hop = model.cfg.hop_length
+        self.emitted = 0
+        self.chunk, self.largest = first, largest
+        self.cache = z_p[:, :0]  # exact flow output for frames [cache_start, cache_start + width)
+        self.cache_start = 0
+
+    @property
+    def done(self) -> bool:
+        return self.emitted >= self.frames
+
+    def next_window(self) -> Window:
+        a = self.emitted
+        b = min(self.frames, a + self.chunk)
+        self.chunk = min(self.largest, 2 * self.chunk)
+        ds, de = max(0, a - self.left), min(self.frames, b + self.right)
+        ns = max(ds, self.cache_start + self.cache.shape[1])
+        fs, fe = (max(0, ns - self.reach), min(self.frames, de + self.reach)) if ns < de else (ns, ns)
+        return Window(self, (a, b), (fs, fe), (ns, max(ns, de)), (ds, de))
+
+    def accept(self, window: Window, new_flow: torch.Tensor) -> torch.Tensor:
+        """Cache the window's exact flow output and return its decoder input (C, de - ds)."""
+        ds, de = window.dec_in
+        cached = self.cache[:, ds - self.cache_start :] if ds >= self.cache_start else None
+        if cached is None:
+            raise AssertionError("decoder window starts before the cached flow output")
+        dec_in = torch.cat([cached, new_flow], 1)
+        assert dec_in.shape[1] == de - ds
+        keep = max(ds, window.emit[1] - self.left)  # the next window's decoder starts no earlier
+        self.cache, self.cache_start = dec_in[:, keep - ds :], keep
+        return dec_in
+
+    def finish(self, window: Window) -> None:
+        self.emitted = window.emit[1]
+
+
+def _pad_batch(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(C, t_i)] -> (B, C, max t) zero-padded, lengths (B,)."""
+    lengths = torch.tensor([r.shape[1] for r in rows], device=rows[0].device)
+    out = rows[0].new_zeros(len(rows), rows[0].shape[0], int(lengths.max()))
+    for i, r in enumerate(rows):
+        out[i, :, : r.shape[1]] = r
+    return out, lengths
+
+
+def _speakers(windows: list[Window]) -> torch.Tensor | None:
+    return None if windows[0].stream.g is None else torch.stack([w.stream.g for w in windows])
+
+
+@torch.inference_mode()
+def decode_windows(model: Vits, windows: list[Window]) -> list[torch.Tensor]:
+    """Audio (samples,) for each window: one flow call over their new frames, one decoder call over their windows."""
+    flowing = [w for w in windows if w.flow_in[1] > w.flow_in[0]]
+    new_flow: dict[int, torch.Tensor] = {}
+    if flowing:
+        x, lengths = _pad_batch([w.stream.z_p[:, w.flow_in[0] : w.flow_in[1]] for w in flowing])
+        mask = (torch.arange(x.shape[2], device=x.device)[None, :] < lengths[:, None]).unsqueeze(1).to(x.dtype)
+        z = model.flow(x * mask, mask, _speakers(flowing))
+        for i, w in enumerate(flowing):
+            lo, hi = w.flow_keep[0] - w.flow_in[0], w.flow_keep[1] - w.flow_in[0]
+            new_flow[id(w)] = z[i, :, lo:hi]
+    dec_rows = []
+    for w in windows:
+        empty = w.stream.z_p[:, :0]
+        dec_rows.append(w.stream.accept(w, new_flow.get(id(w), empty)))
+    x, lengths = _pad_batch(dec_rows)
+    wav = model.dec(x, _speakers(windows), lengths if len(windows) > 1 else None)
+    out = []
+    hop = model.cfg.hop_length
+    for i, w in enumerate(windows):
+        a, b = w.emit
+        ds = w.dec_in[0]
+        out.append(wav[i, (a - ds) * hop : (b - ds) * hop])
+        w.stream.finish(w)
+    return out
