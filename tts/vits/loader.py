@@ -13,6 +13,7 @@ the ``Gather`` table indexed by ``sid``     ``emb_g.weight``                    
 ``onnx::Conv_N`` (weight-normed convs)      the consuming Conv's module path + ``.weight``  by graph
 ``dp.flows.0.m``                            ``dp.affine.m``                                 by name
 ``/dp/flows.0/Exp_output_0``                ``dp.affine.logs = -log(value)``                folded exp(-logs)
+the input of ``/dp/flows.0/Exp``            ``dp.affine.logs = -value``                     folded -logs
 ``dp.flows.{2i+3}.*``                       ``dp.conv_flows.{i}.*`` (ConvFlow_1 is unused)  by name
 other int64 tensors and float scalars       graph constants (shape arithmetic, eps, scales) skipped
 ==========================================  ==============================================  =================
@@ -180,6 +181,9 @@ def _onnx_target(name: str, arr, uses) -> tuple[str, Any] | None:
                 return "emb_g.weight", arr
     if name == FOLDED_LOGS:
         return "dp.affine.logs", None if arr is None else -np.log(arr)
+    for node, slot in uses:  # -logs folded, exp left in the graph (newer exporters)
+        if node.op_type == "Exp" and _module_of(node) == "dp.flows.0":
+            return "dp.affine.logs", None if arr is None else -arr
     if re.fullmatch(r"(enc_p|dec|flow|dp|emb_g)\..*\.(weight|bias|gamma|beta|emb_rel_k|emb_rel_v|m|logs)", name):
         return _our_name(name), arr
     for node, slot in uses:
