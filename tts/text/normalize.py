@@ -5,6 +5,10 @@ ASCII folding, lower case, numbers in words (`numbers.py`), abbreviations, white
 our fixture sentences (tests/fixtures/tts/text/). `normalize_english` is what a voice should say: the same pipeline,
 plus percentages and clock times, which the reference leaves as "fifty%" and "three:thirty", and numbers written
 without the hyphens and commas that ming024's `preprocess_english` would turn into pauses.
+
+`normalize_for_espeak` is for voices phonemised by espeak-ng (Piper's): espeak reads numbers, currency,
+abbreviations, capitals and typography itself, and Piper gives it the raw text, so this changes only what espeak
+would misread or reads identically either way: it folds nothing to ASCII and keeps case, digits and whitespace.
 """
 
 from __future__ import annotations
@@ -96,3 +100,17 @@ def normalize_english(text: str) -> str:
     text = normalize_numbers(text.lower(), plain=True)
     text = expand_abbreviations(text)
     return collapse_whitespace(text).strip()
+
+
+def normalize_for_espeak(text: str) -> str:
+    """Text for espeak-ng, phonemised as Piper does: NFC, so "cafe\u0301" -> "caf\u00e9"; everything else is left to
+    espeak, which reads case, digits, symbols, punctuation and whitespace itself.
+
+    espeak's dictionaries spell accented letters precomposed, and it reads a decomposed accent as a letter of its
+    own ("cafe\u0301" comes out "kˈeɪf", "café" "kæfˈeɪ"). For text already in NFC, nearly all text, this is the
+    identity, so ids stay Piper's. Plainer typography is not made because espeak reads every plain form we tried
+    differently somewhere: the curly apostrophe ("U.S.’s" ends a sentence, "U.S.'s" does not), other curly quotes
+    and guillemets (stress next to them), the ellipsis character, no-break spaces (a dot before one ends no
+    sentence), dashes (en and em dash end a clause like ";", the minus sign is said), and runs of spaces, tabs and
+    newlines (they mark the next word, and " - " or "a -2" need single spaces)."""
+    return unicodedata.normalize("NFC", text)
