@@ -12,14 +12,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "say",
         help="synthesise speech (from a legato server over gRPC, or in-process) and play or save it",
-        description="Speak TEXT. With --server the text goes to a legato TTS service (legato serve --voices FILE) and "
-        "audio streams back; without it, the voices file is loaded here. Audio plays as it arrives (--play) "
-        "and/or is written to a WAV file (-o). Time to first audio is printed on stderr.",
+        description="Speak TEXT. With --server the text goes to a legato TTS service (legato serve) and audio streams "
+        "back; without it, the voice runs in this process: the embedded voice 'joe' (Piper en_US-joe-medium), or "
+        "--voices FILE. Audio plays as it arrives (--play) and/or is written to a WAV file (-o). Time to first audio "
+        "is printed on stderr.",
     )
     p.add_argument("text", help="what to say (quote it)")
     src = p.add_argument_group("voice")
     src.add_argument("--server", metavar="HOST:PORT", help="a legato gRPC TTS service, e.g. 127.0.0.1:50051")
-    src.add_argument("--voices", metavar="FILE", help="without --server: voices YAML to load in-process (see docs/TTS.md)")
+    src.add_argument("--voices", metavar="FILE", help="without --server: voices YAML to load in-process (see docs/TTS.md; "
+                     "default: the embedded voice joe)")
     src.add_argument("--voice", default="", help="voice name (default: the server's or file's default)")
     src.add_argument("--list-voices", action="store_true", help="list the voices and exit")
     src.add_argument("--speed", type=float, default=1.0, help="speaking rate, 0.25..4 (default 1; > 1 is faster)")
@@ -78,9 +80,6 @@ class _Sink:
 def run(args: argparse.Namespace) -> int:
     if not (args.output or args.play or args.list_voices):
         print("legato say: say where the audio goes: -o FILE.wav and/or --play", file=sys.stderr)
-        return 2
-    if not args.server and not args.voices:
-        print("legato say: give --server HOST:PORT or --voices FILE (no voice is embedded)", file=sys.stderr)
         return 2
     reference = b""
     if args.reference_audio:
@@ -144,10 +143,10 @@ async def _remote(args, reference: bytes, on_chunk) -> int:
 def _local(args, reference: bytes, on_chunk) -> int:
     from legato.server.tts_requests import TtsRequestError, parse_request
     from legato.server.tts_service import TtsService
-    from legato.tts.voices import VoiceConfigError, load_voices
+    from legato.tts.voices import VoiceConfigError, default_voices, load_voices
 
     try:
-        voices, default = load_voices(args.voices)
+        voices, default = load_voices(args.voices) if args.voices else default_voices()
         if args.list_voices:
             for name, v in voices.items():
                 print(f"{'*' if name == default else ' '} {name:20s} {v.model:24s} {v.sample_rate} Hz")

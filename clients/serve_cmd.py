@@ -12,8 +12,9 @@ import signal
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="serve live transcription over WebSocket",
-        description="Start the live-transcription WebSocket server (protocol: docs/PROTOCOL.md). "
+        help="serve live transcription over WebSocket and text-to-speech over gRPC",
+        description="Start the live-transcription WebSocket server (protocol: docs/PROTOCOL.md) and the text-to-speech "
+        "gRPC service (docs/TTS.md; the embedded voice 'joe' unless --voices names others; --no-tts for none). "
         "One engine serves every model and voice (one worker per device schedules all their work, batched across streams); SIGTERM or Ctrl-C drains: in-flight streams get their finals.",
     )
     net = p.add_argument_group("network")
@@ -48,8 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "16384 carries the most streams (measured: 40,000 at p99 34 ms on an H200) but its graphs "
                        "need more GPU memory and warm-up time")
     tts = p.add_argument_group("text-to-speech (gRPC, docs/TTS.md)")
-    tts.add_argument("--voices", metavar="FILE", help="voices YAML: serve legato.tts.v1 over gRPC with these voices")
+    tts.add_argument("--voices", metavar="FILE", help="voices YAML (docs/TTS.md): serve these voices instead of the "
+                     "embedded one (joe: Piper en_US-joe-medium)")
     tts.add_argument("--grpc-port", type=int, default=50051, help="gRPC port for the TTS service (default 50051)")
+    tts.add_argument("--no-tts", action="store_true", help="serve only live transcription: no gRPC TTS service, no voice loaded")
     tts.add_argument("--no-asr", action="store_true", help="serve only TTS: no WebSocket transcription server, no ASR model")
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-connections", type=int, default=64, help="concurrent streams; more get HTTP 503 (default 64)")
@@ -85,8 +88,8 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.auth_token_file:
         with open(args.auth_token_file) as f:
             token = f.read().strip()
-    if args.no_asr and not args.voices:
-        print("legato serve: --no-asr needs --voices", flush=True)
+    if args.no_asr and args.no_tts:
+        print("legato serve: --no-asr and --no-tts leave nothing to serve", flush=True)
         return 2
     if args.bulk:
         return await _serve_bulk(args, token)
@@ -95,13 +98,13 @@ async def _serve(args: argparse.Namespace) -> int:
     routes: dict = {}
     models: list[str] = []
     voices: dict = {}
-    if args.voices:
-        from legato.tts.voices import VoiceConfigError, load_voices
+    if not args.no_tts:
+        from legato.tts.voices import VoiceConfigError, default_voices, load_voices
         from legato.server.tts_service import voice_routes
 
-        print(f"legato: loading voices from {args.voices} ...", flush=True)
+        print(f"legato: loading voices from {args.voices or 'the embedded voice (joe)'} ...", flush=True)
         try:
-            voices, default_voice = load_voices(args.voices)
+            voices, default_voice = load_voices(args.voices) if args.voices else default_voices()
         except (VoiceConfigError, ValueError, OSError) as exc:
             print(f"legato serve: {exc}", flush=True)
             return 2
@@ -157,7 +160,7 @@ async def _serve_bulk(args: argparse.Namespace, token: str | None) -> int:
 
     specs = args.models or []
     if args.voices or args.no_asr or len(specs) != 1 or not specs[0].startswith("fastconformer:"):
-        print("legato serve: --bulk serves exactly one --model fastconformer:FILE.nemo (no voices)", flush=True)
+        print("legato serve: --bulk serves exactly one --model fastconformer:FILE.nemo (no voices; it serves no TTS)", flush=True)
         return 2
     print(f"legato: loading {specs[0]} ...", flush=True)
     try:

