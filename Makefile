@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make run    live transcription server with the default model
+#   make run    live transcription (Whisper tiny.en) + text-to-speech (voice joe) with the embedded defaults
 #   make test   the test suite
 # Both create or reuse .venv and install what is needed (Debian packages too).
 
@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 .PHONY: test run venv deb clean help
 
 help:
-	@echo "make run   - start the live transcription server (Whisper tiny.en) on ws://\$$HOST:\$$PORT (default 127.0.0.1:8765)"
+	@echo "make run   - serve live transcription (Whisper tiny.en) on ws://\$$HOST:\$$PORT (default 127.0.0.1:8765) and text-to-speech (voice joe) over gRPC on \$$HOST:50051"
 	@echo "make test  - create/reuse .venv, install, run the test suite"
 
 deb:
