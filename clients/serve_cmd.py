@@ -70,6 +70,9 @@ BULK_GRAPH_ROWS = 4096  # bulk_graphs.MAX_GRAPH_ROWS (a test checks they agree; 
 
 
 def run(args: argparse.Namespace) -> int:
+    from legato.stream.intra_op import serial_main_thread
+
+    serial_main_thread()  # models load here but run on the engine's workers (stream/intra_op.py)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)  # its line per connection drowns ours at scale
     return asyncio.run(_serve(args))

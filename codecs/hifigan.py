@@ -168,15 +168,30 @@ class ResBlock(nn.Module):
         self.kind = kind
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``mask`` (B, 1, T) zeroes each conv's input past a row's end, so a padded row equals itself alone."""
+        """``mask`` zeroes each conv's input past a row's end, so a padded row equals itself alone."""
         m = (lambda t: t) if mask is None else (lambda t: t * mask)
         if self.kind == "1":
             for c1, c2 in zip(self.convs1, self.convs2):
-                x = c2(m(F.leaky_relu(c1(m(F.leaky_relu(x, LRELU_SLOPE))), LRELU_SLOPE))) + x
+                x = run_conv(c2, m(F.leaky_relu(run_conv(c1, m(F.leaky_relu(x, LRELU_SLOPE))), LRELU_SLOPE))).add_(x)
         else:
             for c in self.convs:
-                x = c(m(F.leaky_relu(x, LRELU_SLOPE))) + x
+                x = run_conv(c, m(F.leaky_relu(x, LRELU_SLOPE))).add_(x)
         return m(x)
+
+
+def run_conv(conv: nn.Conv1d | nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` on (B, C, T), or on (B, C, 1, T) in channels-last layout as its 2-D twin.
+
+    On the CPU, oneDNN runs these 1-D convs 2.5-6x faster as 2-D channels-last convs than as 1-D ones, which it
+    reorders to a blocked layout and back on every call (measured on the dev machine: 32 channels x 44,288
+    samples, kernel 7, dilation 12: 14.5 ms as conv1d, 3.6 ms as conv2d; docs/PERFORMANCE.md).
+    """
+    if x.dim() == 3:
+        return conv(x)
+    w = conv.weight.unsqueeze(2)
+    if isinstance(conv, nn.ConvTranspose1d):
+        return F.conv_transpose2d(x, w, conv.bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]))
+    return F.conv2d(x, w, conv.bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]), dilation=(1, conv.dilation[0]))
 
 
 class HifiGan(nn.Module):
@@ -209,31 +224,37 @@ class HifiGan(nn.Module):
 
         ``g`` (B, gin_channels, 1): speaker conditioning. ``lengths`` (B,) frames: rows of a padded batch;
         every conv's input is zeroed past a row's end (its zero padding alone), so each row's first
-        ``lengths * hop_length`` samples equal the row run alone.
+        ``lengths * hop_length`` samples equal the row run alone. On the CPU the layers run as 2-D
+        channels-last convs (:func:`run_conv`).
         """
         nk = len(self.cfg.resblock_kernel_sizes)
-        mask = None if lengths is None else _frame_mask(lengths, mel.shape[2], 1)
-        x = self.conv_pre(mel if mask is None else mel * mask)
+        planar = mel.device.type == "cpu"
+        x = mel.unsqueeze(2).contiguous(memory_format=torch.channels_last) if planar else mel
+        mask = None if lengths is None else _frame_mask(lengths, mel.shape[2], 1, planar)
+        x = run_conv(self.conv_pre, x if mask is None else x * mask)
         if g is not None:
-            x = x + self.cond(g)
+            cond = self.cond(g)
+            x = x + (cond.unsqueeze(-1) if planar else cond)
         scale = 1
         for i, up in enumerate(self.ups):
             x = F.leaky_relu(x, LRELU_SLOPE)
-            x = up(x if mask is None else x * mask)
+            x = run_conv(up, x if mask is None else x * mask)
             if lengths is not None:
                 scale *= self.cfg.upsample_rates[i]
-                mask = _frame_mask(lengths, mel.shape[2], scale)
+                mask = _frame_mask(lengths, mel.shape[2], scale, planar)
             xs = self.resblocks[i * nk](x, mask)
             for j in range(1, nk):
-                xs = xs + self.resblocks[i * nk + j](x, mask)
+                xs = xs.add_(self.resblocks[i * nk + j](x, mask))  # xs is a block's fresh output
             x = xs / nk
-        return torch.tanh(self.conv_post(F.leaky_relu(x, FINAL_LRELU_SLOPE))).squeeze(1)
+        wav = torch.tanh(run_conv(self.conv_post, F.leaky_relu(x, FINAL_LRELU_SLOPE)))
+        return wav.reshape(wav.shape[0], wav.shape[-1])
 
 
-def _frame_mask(lengths: torch.Tensor, frames: int, scale: int) -> torch.Tensor:
-    """(B, 1, frames * scale) float: 1 inside each row's ``lengths * scale`` positions."""
+def _frame_mask(lengths: torch.Tensor, frames: int, scale: int, planar: bool) -> torch.Tensor:
+    """(B, 1, frames * scale) float (with a unit axis before the last when ``planar``): 1 inside each row's ``lengths * scale``."""
     pos = torch.arange(frames * scale, device=lengths.device)
-    return (pos[None, :] < (lengths[:, None] * scale)).unsqueeze(1).float()
+    mask = (pos[None, :] < (lengths[:, None] * scale)).unsqueeze(1).float()
+    return mask.unsqueeze(2) if planar else mask
 
 
 # (g suffix, v suffix) of torch.nn.utils.weight_norm and of its parametrizations successor.

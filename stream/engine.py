@@ -47,6 +47,7 @@ from legato.stream import scheduler
 from legato.stream.errors import CapacityError, ClosedError, LegatoError
 from legato.stream.frames import EndOfStream, ErrorEvent, Frame, Tick
 from legato.stream.graph import Stage, StreamInfo
+from legato.stream.intra_op import parallel_worker
 from legato.stream.metrics import Histogram, StageMetrics
 
 DEFAULT_MAX_STREAMS = 256
@@ -323,6 +324,9 @@ class Engine:
     # -- workers ---------------------------------------------------------------
 
     def _worker(self, device: str) -> None:
+        # The CPU worker's OpenMP team does the CPU model work; a GPU worker's CPU ops are small and stay serial,
+        # so the process has one team (stream/intra_op.py).
+        parallel_worker(None if device == "cpu" else 1)
         stage_ids = [k for k, s in enumerate(self.stages) if s.device == device]
         while True:
             with self._cond:

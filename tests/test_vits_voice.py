@@ -54,13 +54,16 @@ def test_first_audio_leaves_before_the_sentence_is_decoded(joe):
     assert torch.cat(chunks).abs().max() <= 1.0
 
 
-def test_requests_batched_on_the_engine_equal_each_alone(joe):
-    """Several requests at once share encode and decode calls (the stage's jobs); each one's audio is its audio alone."""
+@pytest.mark.parametrize("pad_batches", [True, False])
+def test_requests_batched_on_the_engine_equal_each_alone(joe, pad_batches):
+    """Several requests at once share encode and decode calls (the GPU's padded batches, forced here on the CPU), or
+    run job by job (the CPU's way); either way each one's audio is its audio alone."""
     joe.seed = 3
     alone = [joe.synthesize(SynthesisRequest(t)) for t in TEXTS]
     batches = []
-    real = joe.step_jobs
-    joe.step_jobs = lambda jobs: (batches.append(len(jobs)), real(jobs))[1]
+    real = joe._decode
+    joe._decode = lambda jobs: (batches.append(len(jobs)), real(jobs))[1]
+    joe.pad_batches = pad_batches
     try:
         with Engine(voice_route(joe), max_streams=16) as engine:
             handles = [engine.open_stream(options={"sample_rate": joe.sample_rate}) for _ in TEXTS]
@@ -75,8 +78,9 @@ def test_requests_batched_on_the_engine_equal_each_alone(joe):
                     parts.append(frame.samples[:, 0])
                 got.append(torch.cat(parts))
     finally:
-        joe.step_jobs = real
-    assert max(batches) >= 2  # some step carried jobs of several requests
+        joe._decode = real
+        joe.pad_batches = False
+    assert max(batches) == (3 if pad_batches else 1)  # a padded call carried windows of all three requests
     for a, g in zip(alone, got):
         assert a.shape == g.shape and float((a - g).abs().max()) < 1e-4
 

@@ -9,9 +9,11 @@ of job, and the stage batches each kind across all running requests in one call 
   submitted windows as one padded batch.
 
 A request's first window is short (``FIRST_CHUNK_FRAMES``), so its first audio leaves after one
-encode and one small decode; later windows double in size. While a sentence decodes, the next
-sentence's encode is already submitted. Jobs carry ``due`` (when their audio must start playing),
-so under load the stage finishes the most urgent first.
+encode and one small decode; later windows are 256 frames. While a sentence decodes, the next
+sentence's encode is already submitted, due a little before the sentence's audio runs out. Jobs carry
+``due`` (when their audio must start playing): a step runs only the jobs due within ``URGENT_S``
+when there are any (first windows and new sentences before work that can wait), else everything
+submitted, so a new request's first audio never queues behind other requests' later windows.
 
 Noise (``noise_scale``, ``noise_w``) is drawn from the request's own generator, seeded by the voice's
 ``seed`` or at random: a seed reproduces the audio whatever batch it runs in. ``speed`` divides the
@@ -38,6 +40,8 @@ from .model import Vits
 from .streaming import FIRST_CHUNK_FRAMES, MAX_CHUNK_FRAMES, SentenceStream, Window, decode_windows
 
 MAX_JOBS = 64  # encode rows or decode windows per batched call
+URGENT_S = 0.05  # a job due this soon runs before any job due later; others wait while urgent ones exist
+CPU_FRAMES_PER_CALL = 512  # decoder frames a step on the CPU (6 s of audio): then the stage schedules again
 MAX_SENTENCE_IDS = 1200  # phoneme ids per encoder row: attention is quadratic in it
 MAX_SENTENCE_FRAMES = 4000  # 46 s of audio at 22.05 kHz / hop 256: a sentence's decode work is bounded
 
@@ -75,6 +79,7 @@ class PiperVoice(Voice):
         self.sample_rate = voice.config.sample_rate
         self.language = str((voice.voice_json.get("language") or {}).get("code") or voice.voice_json.get("espeak", {}).get("voice", "en"))
         self.device = str(next(self.net.parameters()).device)
+        self.pad_batches = self.device != "cpu"  # see step_jobs
         speakers = voice.voice_json.get("speaker_id_map") or {}
         if voice.config.n_speakers > 1:
             speaker = 0 if speaker is None else speaker
@@ -132,17 +137,18 @@ class PiperVoice(Voice):
         start = time.monotonic()
         played = 0.0  # seconds of audio yielded
 
-        def encode(ids: list[int]) -> EncodeJob:
-            return EncodeJob(ids, inf.length_scale / request.speed, inf.noise_scale, inf.noise_w, self.speaker, generator, due=start + played)
+        def encode(ids: list[int], due: float) -> EncodeJob:
+            return EncodeJob(ids, inf.length_scale / request.speed, inf.noise_scale, inf.noise_w, self.speaker, generator, due=due)
 
-        pending = encode(sentences[0]) if sentences else None
+        pending = encode(sentences[0], start) if sentences else None
         if pending is not None:
             yield Submit([pending])
         for k in range(len(sentences)):
             stream: SentenceStream = yield Wait(pending)
             pending = None
-            if k + 1 < len(sentences):  # the next sentence encodes while this one decodes
-                pending = encode(sentences[k + 1])
+            if k + 1 < len(sentences):  # the next sentence encodes while this one decodes, before its audio is due
+                sentence_s = stream.frames * stream.hop / self.sample_rate
+                pending = encode(sentences[k + 1], start + played + max(0.0, sentence_s - 0.5))
                 yield Submit([pending])
             while not stream.done:
                 if cancelled.is_set():
@@ -154,13 +160,31 @@ class PiperVoice(Voice):
                 yield audio.clamp(-1.0, 1.0)
 
     def step_jobs(self, jobs: list) -> None:
+        """The jobs to run now (the stage sorts them by due): on a GPU one padded encode and one padded decode call
+        for all; on the CPU each job alone, up to ``CPU_FRAMES_PER_CALL`` decoder frames a step. The CPU is busy
+        with one row already, so a batch saves it nothing and pays for the padding of its shorter rows."""
+        soon = time.monotonic() + URGENT_S
+        jobs = [j for j in jobs if j.due <= soon] or jobs
         encodes = [j for j in jobs if isinstance(j, EncodeJob)]
         decodes = [j for j in jobs if isinstance(j, DecodeJob)]
-        if encodes:
-            self._encode(encodes)
-        if decodes:
-            for job, audio in zip(decodes, decode_windows(self.net, [j.window for j in decodes])):
-                job.result, job.done = audio, True
+        if self.pad_batches:
+            if encodes:
+                self._encode(encodes)
+            if decodes:
+                self._decode(decodes)
+            return
+        for job in encodes:
+            self._encode([job])
+        frames = 0
+        for job in decodes:
+            if frames >= CPU_FRAMES_PER_CALL:
+                break
+            frames += job.window.dec_in[1] - job.window.dec_in[0]
+            self._decode([job])
+
+    def _decode(self, jobs: list[DecodeJob]) -> None:
+        for job, audio in zip(jobs, decode_windows(self.net, [j.window for j in jobs])):
+            job.result, job.done = audio, True
 
     def _encode(self, jobs: list[EncodeJob]) -> None:
         net: Vits = self.net
