@@ -50,7 +50,7 @@ def test_a_seed_reproduces_and_noise_draws_differ_without_one(joe):
 def test_first_audio_leaves_before_the_sentence_is_decoded(joe):
     joe.seed = 1
     chunks = list(joe.chunks(SynthesisRequest(TEXTS[0])))
-    assert len(chunks) >= 3 and chunks[0].shape[0] == 16 * 256  # the first window: 16 frames
+    assert len(chunks) >= 2 and chunks[0].shape[0] == 16 * 256  # the first window: 16 frames, then the rest
     assert torch.cat(chunks).abs().max() <= 1.0
 
 
