@@ -237,7 +237,7 @@ class HifiGan(nn.Module):
             x = x + (cond.unsqueeze(-1) if planar else cond)
         scale = 1
         for i, up in enumerate(self.ups):
-            x = F.leaky_relu(x, LRELU_SLOPE)
+            x = F.leaky_relu(x, LRELU_SLOPE, inplace=True)  # x is this forward's own tensor from here on
             x = run_conv(up, x if mask is None else x * mask)
             if lengths is not None:
                 scale *= self.cfg.upsample_rates[i]
@@ -245,8 +245,8 @@ class HifiGan(nn.Module):
             xs = self.resblocks[i * nk](x, mask)
             for j in range(1, nk):
                 xs = xs.add_(self.resblocks[i * nk + j](x, mask))  # xs is a block's fresh output
-            x = xs / nk
-        wav = torch.tanh(run_conv(self.conv_post, F.leaky_relu(x, FINAL_LRELU_SLOPE)))
+            x = xs.div_(nk)
+        wav = torch.tanh_(run_conv(self.conv_post, F.leaky_relu(x, FINAL_LRELU_SLOPE, inplace=True)))
         return wav.reshape(wav.shape[0], wav.shape[-1])
 
 

@@ -9,7 +9,8 @@ of job, and the stage batches each kind across all running requests in one call 
   submitted windows as one padded batch.
 
 A request's first window is short (``FIRST_CHUNK_FRAMES``), so its first audio leaves after one
-encode and one small decode; later windows are 256 frames. While a sentence decodes, the next
+encode and one small decode; later windows, and a later sentence's first, are ``MAX_CHUNK_FRAMES``
+(each window boundary re-decodes the decoder's context and, once a sentence, the flow's). While a sentence decodes, the next
 sentence's encode is already submitted, due a little before the sentence's audio runs out. Jobs carry
 ``due`` (when their audio must start playing): a step runs only the jobs due within ``URGENT_S``
 when there are any (first windows and new sentences before work that can wait), else everything
@@ -54,6 +55,7 @@ class EncodeJob:
     noise_w: float
     speaker: int | None
     generator: torch.Generator
+    first_window: int  # frames: short for a request's first sentence (first audio soon), long after (less overlap)
     due: float = 0.0
     done: bool = False
     result: SentenceStream | None = None
@@ -137,10 +139,10 @@ class PiperVoice(Voice):
         start = time.monotonic()
         played = 0.0  # seconds of audio yielded
 
-        def encode(ids: list[int], due: float) -> EncodeJob:
-            return EncodeJob(ids, inf.length_scale / request.speed, inf.noise_scale, inf.noise_w, self.speaker, generator, due=due)
+        def encode(ids: list[int], due: float, first_window: int) -> EncodeJob:
+            return EncodeJob(ids, inf.length_scale / request.speed, inf.noise_scale, inf.noise_w, self.speaker, generator, first_window, due)
 
-        pending = encode(sentences[0], start) if sentences else None
+        pending = encode(sentences[0], start, self.first_chunk) if sentences else None
         if pending is not None:
             yield Submit([pending])
         for k in range(len(sentences)):
@@ -148,7 +150,7 @@ class PiperVoice(Voice):
             pending = None
             if k + 1 < len(sentences):  # the next sentence encodes while this one decodes, before its audio is due
                 sentence_s = stream.frames * stream.hop / self.sample_rate
-                pending = encode(sentences[k + 1], start + played + max(0.0, sentence_s - 0.5))
+                pending = encode(sentences[k + 1], start + played + max(0.0, sentence_s - 0.5), self.max_chunk)
                 yield Submit([pending])
             while not stream.done:
                 if cancelled.is_set():
@@ -210,5 +212,5 @@ class PiperVoice(Voice):
         )
         for job, e in zip(jobs, encoded):
             z_p = e.z_p[:, :MAX_SENTENCE_FRAMES]
-            job.result = SentenceStream(net, z_p, e.g, self.first_chunk, self.max_chunk)
+            job.result = SentenceStream(net, z_p, e.g, job.first_window, self.max_chunk)
             job.done = True
