@@ -12,9 +12,9 @@ A request's first window is short (``FIRST_CHUNK_FRAMES``), so its first audio l
 encode and one small decode; later windows, and a later sentence's first, are ``MAX_CHUNK_FRAMES``
 (each window boundary re-decodes the decoder's context and, once a sentence, the flow's). While a sentence decodes, the next
 sentence's encode is already submitted, due a little before the sentence's audio runs out. Jobs carry
-``due`` (when their audio must start playing): a step runs only the jobs due within ``URGENT_S``
-when there are any (first windows and new sentences before work that can wait), else everything
-submitted, so a new request's first audio never queues behind other requests' later windows.
+``due`` (when their audio must start playing). A step runs the first of these classes that has jobs:
+the jobs of requests with no audio out yet, then jobs due within ``URGENT_S``, then everything
+submitted; so a new request's first audio never waits behind other requests' later windows.
 
 Noise (``noise_scale``, ``noise_w``) is drawn from the request's own generator, seeded by the voice's
 ``seed`` or at random: a seed reproduces the audio whatever batch it runs in. ``speed`` divides the
@@ -57,6 +57,7 @@ class EncodeJob:
     generator: torch.Generator
     first_window: int  # frames: short for a request's first sentence (first audio soon), long after (less overlap)
     due: float = 0.0
+    first_audio: bool = False  # the request has no audio out yet: runs before any other job
     done: bool = False
     result: SentenceStream | None = None
 
@@ -65,6 +66,7 @@ class EncodeJob:
 class DecodeJob:
     window: Window
     due: float = 0.0
+    first_audio: bool = False
     done: bool = False
     result: torch.Tensor | None = None  # (samples,)
 
@@ -139,10 +141,11 @@ class PiperVoice(Voice):
         start = time.monotonic()
         played = 0.0  # seconds of audio yielded
 
-        def encode(ids: list[int], due: float, first_window: int) -> EncodeJob:
-            return EncodeJob(ids, inf.length_scale / request.speed, inf.noise_scale, inf.noise_w, self.speaker, generator, first_window, due)
+        def encode(ids: list[int], due: float, first_window: int, first_audio: bool = False) -> EncodeJob:
+            return EncodeJob(ids, inf.length_scale / request.speed, inf.noise_scale, inf.noise_w, self.speaker, generator, first_window, due,
+                             first_audio=first_audio)
 
-        pending = encode(sentences[0], start, self.first_chunk) if sentences else None
+        pending = encode(sentences[0], start, self.first_chunk, first_audio=True) if sentences else None
         if pending is not None:
             yield Submit([pending])
         for k in range(len(sentences)):
@@ -155,7 +158,7 @@ class PiperVoice(Voice):
             while not stream.done:
                 if cancelled.is_set():
                     return
-                job = DecodeJob(stream.next_window(), due=start + played)
+                job = DecodeJob(stream.next_window(), due=start + played, first_audio=played == 0)
                 yield Submit([job])
                 audio: torch.Tensor = yield Wait(job)
                 played += audio.shape[0] / self.sample_rate
@@ -166,7 +169,7 @@ class PiperVoice(Voice):
         for all; on the CPU each job alone, up to ``CPU_FRAMES_PER_CALL`` decoder frames a step. The CPU is busy
         with one row already, so a batch saves it nothing and pays for the padding of its shorter rows."""
         soon = time.monotonic() + URGENT_S
-        jobs = [j for j in jobs if j.due <= soon] or jobs
+        jobs = [j for j in jobs if j.first_audio] or [j for j in jobs if j.due <= soon] or jobs
         encodes = [j for j in jobs if isinstance(j, EncodeJob)]
         decodes = [j for j in jobs if isinstance(j, DecodeJob)]
         if self.pad_batches:
