@@ -42,6 +42,7 @@ from bench_tts import ENGINE_STREAMS, engine_request, measure, table  # noqa: E4
 from common import git_commit  # noqa: E402
 
 from legato.stream.engine import Engine  # noqa: E402
+from legato.stream.intra_op import cores  # noqa: E402
 from legato.tts.stage import voice_route  # noqa: E402
 from legato.tts.vits.config import VitsConfig  # noqa: E402
 from legato.tts.vits.config import InferenceDefaults  # noqa: E402
@@ -129,7 +130,7 @@ def main() -> int:
     info = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "commit": args.commit or git_commit(),
         "torch": torch.__version__, "python": platform.python_version(), "text": TEXT,
-        "device": torch.cuda.get_device_name(args.device) if cuda else f"cpu x{torch.get_num_threads()} threads",
+        "device": torch.cuda.get_device_name(args.device) if cuda else f"cpu, {cores()} cores",
         "concurrency": concurrency, "min_requests": args.min_requests, "correctness": {}, "rows": [],
     }
     if cuda:  # our CUDA path vs our CPU path on the same weights, ids and noise 0
