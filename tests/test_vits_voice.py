@@ -145,3 +145,21 @@ def test_serve_serves_the_default_voice_with_health(tmp_path):
         proc.wait(30)
     off = subprocess.run([sys.executable, "-m", "legato.clients.cli", "serve", "--no-asr", "--no-tts"], capture_output=True, text=True, timeout=60)
     assert off.returncode == 2 and "nothing to serve" in off.stdout
+
+
+def test_voices_yaml_takes_any_piper_voice(tmp_path):
+    """`model: piper` with a multi-speaker voice: speaker by name, seed; a bad speaker is refused with the names."""
+    from legato.tts.voices import VoiceConfigError, load_voices
+
+    fix = REPO / "tests" / "fixtures" / "tts" / "vits" / "tiny_multi"
+    (tmp_path / "v.yaml").write_text(
+        f"voices:\n  c:\n    model: piper\n    checkpoint: {fix / 'voice.onnx'}\n    speaker: c\n    seed: 4\n"
+        f"  ck:\n    model: piper\n    checkpoint: {fix / 'voice.ckpt'}\n    config: {fix / 'voice.onnx.json'}\n    speaker: 2\n    seed: 4\n"
+    )
+    voices, default = load_voices(tmp_path / "v.yaml")
+    assert default == "c" and voices["c"].speaker == 2 and voices["c"].sample_rate == 16000
+    a, b = voices["c"].synthesize(SynthesisRequest("Hello there.")), voices["ck"].synthesize(SynthesisRequest("Hello there."))
+    assert a.shape == b.shape and float((a - b).abs().max()) < 1e-5  # the .onnx and the .ckpt are one voice
+    (tmp_path / "bad.yaml").write_text(f"voices:\n  x:\n    model: piper\n    checkpoint: {fix / 'voice.onnx'}\n    speaker: zed\n")
+    with pytest.raises((VoiceConfigError, SynthesisError), match="speaker 'zed' is not among"):
+        load_voices(tmp_path / "bad.yaml")
