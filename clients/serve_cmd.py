@@ -89,8 +89,13 @@ async def _serve(args: argparse.Namespace) -> int:
         os.environ["LEGATO_KV_CACHE"] = args.kv_cache
     token = None
     if args.auth_token_file:
-        with open(args.auth_token_file) as f:
-            token = f.read().strip()
+        from legato.server.auth import AuthConfigError, read_token_file
+
+        try:
+            token = read_token_file(args.auth_token_file)
+        except AuthConfigError as exc:
+            print(f"legato serve: {exc}", flush=True)
+            return 2
     if args.no_asr and args.no_tts:
         print("legato serve: --no-asr and --no-tts leave nothing to serve", flush=True)
         return 2

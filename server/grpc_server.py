@@ -10,7 +10,6 @@ synthesis (``TtsService``).
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import dataclass
 
@@ -18,6 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from legato.server.auth import check_token, token_matches
+from legato.server.log_text import loggable
 from legato.server.tts_proto import load
 from legato.server.tts_requests import TtsRequestError, encode_audio, parse_request
 from legato.server.tts_service import TtsService
@@ -42,7 +43,7 @@ class GrpcConfig:
 
 class _TokenAuth(grpc.aio.ServerInterceptor):
     def __init__(self, token: str):
-        self.token = token.encode()
+        self.token = token
 
         async def deny(request, context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required: metadata 'authorization: Bearer TOKEN'")
@@ -53,9 +54,40 @@ class _TokenAuth(grpc.aio.ServerInterceptor):
         if details.method.startswith(f"/{HEALTH_SERVICE}/"):
             return await continuation(details)
         sent = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(sent.removeprefix("Bearer ").encode(), self.token):
+        if token_matches(sent.removeprefix("Bearer "), self.token):
             return await continuation(details)
         return self._deny
+
+
+MALFORMED = object()  # what a request's bytes decode to when they are no message of its type
+
+
+def _lenient(parse):
+    """A request deserializer that returns MALFORMED instead of raising: gRPC would answer UNKNOWN, we INVALID_ARGUMENT."""
+
+    def deserialize(raw: bytes):
+        try:
+            return parse(raw)
+        except Exception:  # protobuf's DecodeError, and whatever a truncated message raises
+            return MALFORMED
+
+    return deserialize
+
+
+async def _refuse_malformed(request, context) -> None:
+    if request is MALFORMED:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid protobuf message of its type")
+
+
+def _register(servicer, server, pb2) -> None:
+    """The Synthesizer's methods, as the generated ``add_SynthesizerServicer_to_server`` would add them, with lenient parsing."""
+    unary, stream = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
+    handlers = {
+        "Synthesize": unary(servicer.Synthesize, _lenient(pb2.SynthesizeRequest.FromString), pb2.SynthesizeResponse.SerializeToString),
+        "SynthesizeStream": stream(servicer.SynthesizeStream, _lenient(pb2.SynthesizeRequest.FromString), pb2.AudioChunk.SerializeToString),
+        "ListVoices": unary(servicer.ListVoices, _lenient(pb2.ListVoicesRequest.FromString), pb2.ListVoicesResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 def _servicer(service: TtsService):
@@ -63,6 +95,7 @@ def _servicer(service: TtsService):
     STATUS = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT, "NOT_FOUND": grpc.StatusCode.NOT_FOUND}
 
     async def parse(request, context, streaming: bool):
+        await _refuse_malformed(request, context)
         try:
             return parse_request(
                 text=request.text, voice=request.voice, sample_rate_hz=request.sample_rate_hz, encoding=request.encoding,
@@ -77,7 +110,7 @@ def _servicer(service: TtsService):
             code = grpc.StatusCode.RESOURCE_EXHAUSTED
         else:
             code = grpc.StatusCode.INVALID_ARGUMENT if isinstance(exc, ValueError) else grpc.StatusCode.INTERNAL
-        log.warning("request %s (voice %s) failed: %s", parsed.request_id, parsed.voice.name, exc)
+        log.warning("request %s (voice %s) failed: %s", loggable(parsed.request_id), parsed.voice.name, loggable(exc))
         await context.abort(code, f"synthesis failed: {exc}")
 
     class Synthesizer(pb2_grpc.SynthesizerServicer):
@@ -108,6 +141,7 @@ def _servicer(service: TtsService):
             yield pb2.AudioChunk(sample_offset=offset, sample_rate_hz=parsed.sample_rate, encoding=parsed.encoding, last=True, request_id=parsed.request_id)
 
         async def ListVoices(self, request, context):
+            await _refuse_malformed(request, context)
             voices = [
                 pb2.Voice(name=v.name, model=v.model, native_sample_rate_hz=v.sample_rate, supports_reference_audio=v.supports_reference, language=v.language)
                 for v in service.voices.values()
@@ -119,6 +153,7 @@ def _servicer(service: TtsService):
 
 class TtsGrpcServer:
     def __init__(self, service: TtsService, config: GrpcConfig = GrpcConfig()):
+        check_token(config.auth_token)
         self.service, self.config = service, config
         self.server: grpc.aio.Server | None = None
         self.port = config.port
@@ -132,11 +167,11 @@ class TtsGrpcServer:
         c = self.config
         pb2, pb2_grpc, servicer = _servicer(self.service)
         self.server = grpc.aio.server(
-            interceptors=[_TokenAuth(c.auth_token)] if c.auth_token else None,
+            interceptors=[_TokenAuth(c.auth_token)] if c.auth_token is not None else None,
             maximum_concurrent_rpcs=c.max_concurrent_rpcs,
             options=[("grpc.max_receive_message_length", c.max_receive_bytes), ("grpc.max_send_message_length", c.max_send_bytes)],
         )
-        pb2_grpc.add_SynthesizerServicer_to_server(servicer, self.server)
+        _register(servicer, self.server, pb2)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (pb2.DESCRIPTOR.services_by_name["Synthesizer"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)

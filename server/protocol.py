@@ -137,7 +137,7 @@ def parse_json(text: str) -> dict:
         raise _bad(f"text message over {MAX_JSON_BYTES} bytes", "message_too_big", CloseCode.MESSAGE_TOO_BIG)
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, and ValueError for an int over Python's digit limit
         raise _bad(f"text messages must be JSON objects: {exc}", "bad_json") from None
     if not isinstance(obj, dict):
         raise _bad("text messages must be JSON objects", "bad_json")

@@ -22,6 +22,7 @@ from legato.tts.voice import SynthesisRequest, Voice
 MAX_TEXT_CHARS = 2000  # one request; longer documents go as several requests
 MAX_REFERENCE_BYTES = 8 << 20  # zero-shot reference audio file
 MAX_REFERENCE_SECONDS = 30.0
+MIN_REFERENCE_SECONDS = 0.5  # a voice prompt shorter than this carries no voice
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 MIN_RATE, MAX_RATE = 8000, 192000
 MAX_REQUEST_ID_CHARS = 128
@@ -65,6 +66,10 @@ def decode_reference(data: bytes) -> tuple[torch.Tensor, int]:
     audio = torch.from_numpy(samples).mean(dim=1)
     if audio.numel() == 0:
         raise _bad("reference_audio holds no samples")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise _bad(f"reference_audio's sample rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz")
+    if audio.numel() / rate < MIN_REFERENCE_SECONDS:
+        raise _bad(f"reference_audio is {audio.numel() / rate:.3f} s long; it needs at least {MIN_REFERENCE_SECONDS} s")
     if audio.numel() / rate > MAX_REFERENCE_SECONDS:
         raise _bad(f"reference_audio is {audio.numel() / rate:.1f} s long; the limit is {MAX_REFERENCE_SECONDS:.0f} s")
     try:

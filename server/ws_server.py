@@ -17,7 +17,6 @@ sent, then closes with 1001.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import ssl
@@ -33,6 +32,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from legato.server.auth import check_token, token_matches
+from legato.server.log_text import loggable
 from legato.server.protocol import (
     Audio,
     CloseCode,
@@ -76,10 +77,14 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
 
 
 def _static(connection: ServerConnection, path: str) -> Response:
-    """The browser page and its scripts (server/static), or 404."""
+    """The browser page and its scripts (server/static), or 404 for anything else, however odd the path."""
     name = "index.html" if path in ("/", "") else path.lstrip("/")
-    file = (STATIC / name).resolve()
-    if file.parent != STATIC or file.suffix not in STATIC_TYPES or not file.is_file():
+    try:  # a NUL (ValueError) or a name longer than the file system takes (OSError) is just not there
+        file = (STATIC / name).resolve()
+        found = file.parent == STATIC and file.suffix in STATIC_TYPES and file.is_file()
+    except (OSError, ValueError):
+        found = False
+    if not found:
         return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
     body = file.read_bytes()
     headers = Headers([("Content-Type", STATIC_TYPES[file.suffix]), ("Content-Length", str(len(body))), ("Cache-Control", "no-cache")])
@@ -94,6 +99,7 @@ class TranscriptionServer:
         unknown = [m for m in self.models if m not in engine.routes]
         if unknown or not self.models:
             raise ValueError(f"models {unknown} are not routes of the engine ({', '.join(engine.routes)})")
+        check_token(config.auth_token)
         self.engine, self.default_model, self.config, self.own_engine = engine, self.models[0], config, own_engine
         self._sessions: set[_Connection] = set()
         self._server: Server | None = None
@@ -128,7 +134,7 @@ class TranscriptionServer:
     def token_ok(self, token: str | None) -> bool:
         """Constant-time check of a client's token against --auth-token-file (never logged)."""
         expected = self.config.auth_token
-        return expected is None or (token is not None and hmac.compare_digest(token.encode(), expected.encode()))
+        return expected is None or token_matches(token, expected)
 
     async def start(self) -> "TranscriptionServer":
         self.engine.start()
@@ -192,7 +198,7 @@ class _Connection:
         await self.ws.send(json.dumps(message))
 
     async def reject(self, code: str, message: str, close: CloseCode) -> None:
-        log.info("stream %s rejected: %s (%s)", self.handle.stream_id if self.handle else "-", code, message)
+        log.info("stream %s rejected: %s (%s)", self.handle.stream_id if self.handle else "-", code, loggable(message))
         try:
             await self.send(error_message(code, message))
             await self.ws.close(int(close), code)

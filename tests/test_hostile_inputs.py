@@ -1,0 +1,180 @@
+"""Issue 20's odd and hostile inputs that crashed or went unnoticed: each now gets its documented answer.
+
+Covered here: auth silently off (5), crashes on odd input (6), log injection (7). The other items of the
+issue (overload, fairness, slot squatting, unbounded work, drain order, fuzzing, soak) are not done yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+import soundfile
+
+from legato.server.auth import AuthConfigError, read_token_file, token_matches
+from legato.server.log_text import loggable
+from legato.server.protocol import ProtocolError, parse_json
+from legato.server.tts_requests import TtsRequestError, decode_reference
+
+
+# -- 5. auth silently off
+
+
+def test_an_empty_or_unreadable_token_file_is_refused(tmp_path):
+    empty = tmp_path / "token"
+    empty.write_text("  \n")
+    with pytest.raises(AuthConfigError, match="empty"):
+        read_token_file(empty)
+    with pytest.raises(AuthConfigError, match="cannot read"):
+        read_token_file(tmp_path / "missing")
+    (tmp_path / "ok").write_text("s3cret\n")
+    assert read_token_file(tmp_path / "ok") == "s3cret"
+    proc = subprocess.run([sys.executable, "-m", "legato.clients.cli", "serve", "--auth-token-file", str(empty), "--port", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "token is empty" in proc.stdout
+
+
+def test_servers_refuse_an_empty_token():
+    from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
+    from legato.server.tts_service import TtsService
+    from legato.server.ws_server import ServerConfig, TranscriptionServer
+    from tts_toys import ToneVoice
+
+    from legato.stream.engine import Engine
+    from legato.tts.stage import voice_route
+
+    with pytest.raises(AuthConfigError):
+        TtsGrpcServer(TtsService({"tone": ToneVoice()}), GrpcConfig(auth_token=""))
+    with pytest.raises(AuthConfigError):
+        TranscriptionServer(Engine({"tts:tone": voice_route(ToneVoice())}), config=ServerConfig(auth_token=""))
+
+
+# -- 6. crashes on odd input
+
+
+def test_a_lone_surrogate_token_is_just_wrong():
+    assert token_matches("\ud800", "s3cret") is False and token_matches(None, "s3cret") is False
+    assert token_matches("s3cret", "s3cret") is True
+
+
+def test_a_json_integer_past_pythons_digit_limit_is_bad_json():
+    with pytest.raises(ProtocolError) as err:
+        parse_json('{"type": "start", "sample_rate": ' + "7" * 5000 + "}")
+    assert err.value.code == "bad_json"
+
+
+class _Respond:
+    def respond(self, status, body):
+        return status
+
+
+@pytest.mark.parametrize("path", ["/" + "a" * 300 + ".js", "/a\x00b.js", "/../etc/passwd", "/%00"])
+def test_odd_static_paths_are_not_found(path):
+    from http import HTTPStatus
+
+    from legato.server.ws_server import _static
+
+    assert _static(_Respond(), path) == HTTPStatus.NOT_FOUND
+
+
+def _wav(samples: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    soundfile.write(buf, samples, rate, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("samples,rate,match", [
+    (np.zeros(48000, np.float32), 1_000_000_000, "outside"),
+    (np.zeros(4, np.float32), 16000, "at least"),
+])
+def test_odd_reference_audio_is_invalid_argument(samples, rate, match):
+    with pytest.raises(TtsRequestError, match=match) as err:
+        decode_reference(_wav(samples, rate))
+    assert err.value.status == "INVALID_ARGUMENT"
+
+
+def test_a_malformed_protobuf_is_invalid_argument():
+    from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
+    from legato.server.tts_service import TtsService
+    from tts_toys import ToneVoice
+
+    async def main():
+        server = await TtsGrpcServer(TtsService({"tone": ToneVoice()}), GrpcConfig(port=0)).start()
+        try:
+            async with grpc.aio.insecure_channel(server.target) as ch:
+                codes = []
+                for method in ("Synthesize", "ListVoices"):
+                    call = ch.unary_unary(f"/legato.tts.v1.Synthesizer/{method}", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await call(b"\xff\xff\xff\xff")
+                    codes.append(err.value.code())
+                return codes
+        finally:
+            await server.stop(0)
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+
+
+# -- 7. log injection
+
+
+def test_client_text_is_one_escaped_line():
+    assert loggable("id\nFORGED line") == "id\\nFORGED line"
+    assert "\n" not in loggable("\r\n\x1b[2J\u2028") and loggable("x" * 500).endswith("...")
+
+
+def test_an_unknown_start_field_cannot_forge_a_log_line(recognizer, caplog):
+    from conftest import transcription_server
+    from websockets.asyncio.client import connect
+
+    async def main():
+        server = await transcription_server(recognizer).start()
+        try:
+            async with connect(server.url) as ws:
+                await ws.send(json.dumps({"type": "start", "sample_rate": 16000, "evil\nlegato FORGED": 1}))
+                return json.loads(await ws.recv())
+        finally:
+            await server.drain()
+
+    with caplog.at_level(logging.INFO, logger="legato.server"):
+        reply = asyncio.run(asyncio.wait_for(main(), 60))
+    assert reply["type"] == "error"
+    lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert lines and all("\n" not in line for line in lines) and "evil\\nlegato FORGED" in lines[0]
+
+
+def test_a_request_id_cannot_forge_a_log_line(caplog):
+    from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
+    from legato.server.tts_proto import load
+    from legato.server.tts_service import TtsService
+    from tts_toys import ToneVoice
+
+    class Failing(ToneVoice):
+        def stream(self, request, cancelled):
+            raise RuntimeError("boom\nlegato FORGED too")
+            yield  # a generator
+
+    pb2, pb2_grpc = load()
+
+    async def main():
+        server = await TtsGrpcServer(TtsService({"bad": Failing(name="bad")}), GrpcConfig(port=0)).start()
+        try:
+            async with grpc.aio.insecure_channel(server.target) as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await pb2_grpc.SynthesizerStub(ch).Synthesize(pb2.SynthesizeRequest(text="hi", request_id="id\nlegato FORGED"))
+                return err.value.code()
+        finally:
+            await server.stop(0)
+
+    with caplog.at_level(logging.WARNING, logger="legato"):
+        code = asyncio.run(asyncio.wait_for(main(), 60))
+    assert code == grpc.StatusCode.INTERNAL
+    lines = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert lines and all("\n" not in line for line in lines) and "id\\nlegato FORGED" in lines[0]
