@@ -46,7 +46,11 @@ ENCODINGS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 
 
 def decode_pcm(data: bytes | bytearray | memoryview, fmt: PcmFormat) -> torch.Tensor:
-    """Raw PCM bytes -> (num_samples, channels) float32 in [-1, 1] (s16) or as sent (f32)."""
+    """Raw PCM bytes -> (num_samples, channels) float32 in [-1, 1].
+
+    f32 samples beyond full scale are clipped to [-1, 1], as a converter would: a model fed 3e38 spends its
+    time on garbage (Whisper wrote 170 characters of it in 13 s), and clipping keeps the stream alive where
+    a refusal would end a stream whose only fault is one loud chunk. NaN and infinities are refused."""
     size = len(data)
     if size % fmt.bytes_per_frame:
         width = ENCODINGS[fmt.encoding].itemsize
@@ -62,6 +66,7 @@ def decode_pcm(data: bytes | bytearray | memoryview, fmt: PcmFormat) -> torch.Te
         if not np.isfinite(audio).all():
             bad = int((~np.isfinite(audio)).sum())
             raise NonFiniteAudioError(f"{bad} sample(s) are NaN or infinite")
+        np.clip(audio, -1.0, 1.0, out=audio)
     return torch.from_numpy(audio.reshape(-1, fmt.channels))
 
 

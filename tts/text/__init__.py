@@ -10,4 +10,5 @@
   clause with Piper's clause terminators.
 - `piper_phonemes.py`: Piper's phonemes per sentence and phoneme ids (piper-tts 1.8.0 parity), `PiperText` from
   a voice's ``.onnx.json``.
+- `limits.py`: bounds on normalised text (per request, per sentence) that every voice applies.
 """

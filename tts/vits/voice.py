@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from legato.tts.text.limits import check_total
 from legato.tts.text.piper_phonemes import PiperText
 from legato.tts.voice import Submit, SynthesisError, SynthesisRequest, Voice, Wait
 
@@ -120,9 +121,12 @@ class PiperVoice(Voice):
         return cls(name, loaded, speaker=None if speaker is None else int(speaker), seed=None if seed is None else int(seed))
 
     def sentences(self, text: str) -> list[list[int]]:
-        """Phoneme ids per sentence, long sentences cut to ``MAX_SENTENCE_IDS`` at a word boundary."""
+        """Phoneme ids per sentence, long sentences cut to ``MAX_SENTENCE_IDS`` at a word boundary; a request whose
+        phonemes exceed the normalised-text bound (``tts/text/limits.py``) is refused."""
         out = []
-        for ids in self.text.sentences(text):
+        sentences = self.text.sentences(text)
+        check_total(sum((len(ids) - 1) // 2 for ids in sentences), "phonemes")  # ids: BOS, then a pad after each
+        for ids in sentences:
             while len(ids) > MAX_SENTENCE_IDS:
                 cut = max((i for i in range(MAX_SENTENCE_IDS // 2, MAX_SENTENCE_IDS) if ids[i] == self.space_id), default=MAX_SENTENCE_IDS)
                 out.append(ids[:cut] + ids[-1:])  # keep EOS
