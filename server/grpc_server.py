@@ -1,7 +1,10 @@
 """gRPC front end of the TTS service (``legato.tts.v1.Synthesizer``), with health checking and reflection.
 
-Limits: ``max_concurrent_rpcs`` (past it gRPC answers RESOURCE_EXHAUSTED),
-message sizes, the text and reference-audio limits of ``tts_requests``.
+Limits: ``max_concurrent_rpcs`` synthesis calls at once (past it RESOURCE_EXHAUSTED), counted by the
+servicer itself so that health checks and reflection never take synthesis capacity (gRPC's own
+``maximum_concurrent_rpcs`` counts every call: eight unauthenticated ``Health/Watch`` streams would have
+shut synthesis out); HTTP/2 streams per connection (twice that), message sizes, the text and
+reference-audio limits of ``tts_requests``.
 Optional bearer-token auth (metadata ``authorization: Bearer TOKEN``; the
 health service stays open for load balancers) and TLS from PEM files.
 Deadlines and cancellations end the request's handler, which stops its
@@ -90,8 +93,24 @@ def _register(servicer, server, pb2) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
-def _servicer(service: TtsService):
+class _SynthesisQuota:
+    """Synthesis calls in flight (all on the event loop: no lock); past ``limit`` a call is refused, not queued."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    async def enter(self, context) -> None:
+        if self.used >= self.limit:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {self.limit} synthesis calls at once; try again later")
+        self.used += 1
+
+    def leave(self) -> None:
+        self.used -= 1
+
+
+def _servicer(service: TtsService, max_synthesis: int):
     pb2, pb2_grpc = load()
+    quota = _SynthesisQuota(max_synthesis)
     STATUS = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT, "NOT_FOUND": grpc.StatusCode.NOT_FOUND}
 
     async def parse(request, context, streaming: bool):
@@ -116,10 +135,13 @@ def _servicer(service: TtsService):
     class Synthesizer(pb2_grpc.SynthesizerServicer):
         async def Synthesize(self, request, context):
             parsed = await parse(request, context, streaming=False)
+            await quota.enter(context)
             try:
                 audio = await service.synthesize(parsed)
             except Exception as exc:
                 await failed(context, parsed, exc)
+            finally:
+                quota.leave()
             return pb2.SynthesizeResponse(
                 audio=encode_audio(audio, parsed.encoding, parsed.sample_rate), sample_rate_hz=parsed.sample_rate,
                 encoding=parsed.encoding, num_samples=audio.shape[0], request_id=parsed.request_id,
@@ -127,6 +149,7 @@ def _servicer(service: TtsService):
 
         async def SynthesizeStream(self, request, context):
             parsed = await parse(request, context, streaming=True)
+            await quota.enter(context)
             offset = 0
             try:
                 async for offset, chunk in service.stream(parsed):
@@ -138,6 +161,8 @@ def _servicer(service: TtsService):
                     offset += chunk.shape[0]
             except Exception as exc:
                 await failed(context, parsed, exc)
+            finally:  # also when the client cancels or its deadline passes
+                quota.leave()
             yield pb2.AudioChunk(sample_offset=offset, sample_rate_hz=parsed.sample_rate, encoding=parsed.encoding, last=True, request_id=parsed.request_id)
 
         async def ListVoices(self, request, context):
@@ -165,11 +190,13 @@ class TtsGrpcServer:
 
     async def start(self) -> "TtsGrpcServer":
         c = self.config
-        pb2, pb2_grpc, servicer = _servicer(self.service)
+        pb2, pb2_grpc, servicer = _servicer(self.service, c.max_concurrent_rpcs)
         self.server = grpc.aio.server(
             interceptors=[_TokenAuth(c.auth_token)] if c.auth_token is not None else None,
-            maximum_concurrent_rpcs=c.max_concurrent_rpcs,
-            options=[("grpc.max_receive_message_length", c.max_receive_bytes), ("grpc.max_send_message_length", c.max_send_bytes)],
+            options=[
+                ("grpc.max_receive_message_length", c.max_receive_bytes), ("grpc.max_send_message_length", c.max_send_bytes),
+                ("grpc.max_concurrent_streams", 2 * c.max_concurrent_rpcs),  # per connection: bounds a flood of Health/Watch
+            ],
         )
         _register(servicer, self.server, pb2)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -215,3 +215,46 @@ def test_float_audio_beyond_full_scale_is_clipped():
 
     loud = np.array([3e38, -3e38, 0.5, -2.0], "<f4").tobytes()
     assert decode_pcm(loud, PcmFormat("f32le", 1))[:, 0].tolist() == [1.0, -1.0, 0.5, -1.0]
+
+
+# -- 3. slot squatting (gRPC)
+
+
+def test_health_watches_do_not_take_synthesis_capacity():
+    """Eight open Health/Watch streams with a synthesis quota of 8: synthesis and Health/Check still answer; a ninth
+    concurrent synthesis call is RESOURCE_EXHAUSTED."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
+    from legato.server.tts_proto import load
+    from legato.server.tts_service import TtsService
+    from tts_toys import ToneVoice
+
+    pb2, pb2_grpc = load()
+
+    async def main():
+        server = await TtsGrpcServer(TtsService({"slow": ToneVoice(name="slow", delay_s=0.05)}), GrpcConfig(port=0, max_concurrent_rpcs=8)).start()
+        try:
+            own = [("grpc.use_local_subchannel_pool", 1)]  # two TCP connections: channels to one target share one by default
+            async with grpc.aio.insecure_channel(server.target, options=own) as watch_ch, grpc.aio.insecure_channel(server.target, options=own) as ch:
+                health = health_pb2_grpc.HealthStub(watch_ch)
+                watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(8)]
+                for w in watches:
+                    await w.read()  # each watch is open and has answered SERVING
+                check = await health.Check(health_pb2.HealthCheckRequest(service=""))
+                stub = pb2_grpc.SynthesizerStub(ch)
+                calls = [stub.Synthesize(pb2.SynthesizeRequest(text="hello there")) for _ in range(9)]
+                results = await asyncio.gather(*calls, return_exceptions=True)
+                for w in watches:
+                    w.cancel()
+                return check.status, results
+        finally:
+            await server.stop(0)
+
+    status, results = asyncio.run(asyncio.wait_for(main(), 60))
+    from grpc_health.v1 import health_pb2
+
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(refused) == 1 and refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert sum(1 for r in results if not isinstance(r, BaseException)) == 8
