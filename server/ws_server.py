@@ -67,6 +67,11 @@ class ServerConfig:
     ping_timeout_s: float = 20.0
     latency_budget_s: float = 1.0
     auth_token: str | None = None  # bearer token; never logged
+    # With auth on, a connection upgraded without an Authorization header has not shown its token yet: it must send
+    # a start message with the token within start_deadline_s, and at most unverified_quota such connections are
+    # held at once, outside max_connections (so tokenless squatters cannot take authorised clients' slots).
+    start_deadline_s: float = 5.0
+    unverified_quota: int = 8
     certfile: str | None = None
     keyfile: str | None = None
     reuse_port: bool = False  # several processes serve the port (SO_REUSEPORT: the kernel spreads connections)
@@ -102,6 +107,7 @@ class TranscriptionServer:
         check_token(config.auth_token)
         self.engine, self.default_model, self.config, self.own_engine = engine, self.models[0], config, own_engine
         self._sessions: set[_Connection] = set()
+        self._unverified = 0  # sessions upgraded without a token that have not sent a valid start yet
         self._server: Server | None = None
         self.draining = False
 
@@ -124,11 +130,14 @@ class TranscriptionServer:
             return connection.respond(status, "draining\n" if self.draining else "ok\n")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return _static(connection, path)  # the page and its scripts: not counted as streams
-        if self.draining or len(self._sessions) >= self.config.max_connections:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server at capacity, try again later\n")
         given = request.headers.get("Authorization")
-        if self.config.auth_token is not None and given is not None and not self.token_ok(given.removeprefix("Bearer ")):
-            return connection.respond(HTTPStatus.UNAUTHORIZED, "wrong bearer token\n")
+        if self.draining or len(self._sessions) - self._unverified >= self.config.max_connections:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server at capacity, try again later\n")
+        if self.config.auth_token is not None:
+            if given is not None and not self.token_ok(given.removeprefix("Bearer ")):
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "wrong bearer token\n")
+            if given is None and self._unverified >= self.config.unverified_quota:
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections without a token: send the Authorization header\n")
         return None
 
     def token_ok(self, token: str | None) -> bool:
@@ -174,11 +183,14 @@ class TranscriptionServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         conn = _Connection(self, ws)
+        conn.verified = self.config.auth_token is None or (ws.request is not None and "Authorization" in ws.request.headers)
+        self._unverified += not conn.verified
         self._sessions.add(conn)
         try:
             await conn.run()
         finally:
             self._sessions.discard(conn)
+            self._unverified -= not conn.verified
 
 
 class _Connection:
@@ -191,6 +203,8 @@ class _Connection:
         self.rate = 16000
         self.ended = False
         self.last_message = 0.0  # loop time of the client's last message (the idle timeout's watch)
+        self.verified = True  # False while an upgrade without a token has not sent a start with one
+        self.opened = 0.0  # loop time the connection was handed to us
         self._idle: asyncio.TimerHandle | None = None
         self._idle_reject: asyncio.Future | None = None
 
@@ -210,9 +224,17 @@ class _Connection:
         receive was among a busy front end's top costs: thousands of messages a second); due: reject the stream
         (its pending receive then ends with the connection)."""
         loop, idle = asyncio.get_running_loop(), self.server.config.idle_timeout_s
-        left = self.last_message + idle - loop.time()
         if self.ended or self.ws.state is not State.OPEN:
             return
+        if not self.verified:  # the start deadline of an upgrade without a token
+            deadline = self.server.config.start_deadline_s
+            if loop.time() - self.opened < deadline:
+                self._idle = loop.call_later(self.opened + deadline - loop.time(), self._watch_idle)
+                return
+            self._idle_reject = asyncio.ensure_future(self.reject(
+                "unauthorized", f"no start message with a token within {deadline:g} s", CloseCode.POLICY_VIOLATION))
+            return
+        left = self.last_message + idle - loop.time()
         if left > 0:
             self._idle = loop.call_later(left, self._watch_idle)
             return
@@ -221,8 +243,9 @@ class _Connection:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self.last_message = loop.time()
-        self._idle = loop.call_later(self.server.config.idle_timeout_s, self._watch_idle)
+        self.last_message = self.opened = loop.time()
+        first = self.server.config.idle_timeout_s if self.verified else min(self.server.config.idle_timeout_s, self.server.config.start_deadline_s)
+        self._idle = loop.call_later(first, self._watch_idle)
         try:
             while not self.ended:
                 message = await self.ws.recv()
@@ -253,6 +276,9 @@ class _Connection:
             if not self.server.token_ok(header.removeprefix("Bearer ") if header else req.token):
                 await self.reject("unauthorized", "a bearer token is required: Authorization header or the start message's token", CloseCode.POLICY_VIOLATION)
                 return False
+            if not self.verified:  # it showed its token: out of the unverified quota, into max_connections
+                self.verified = True
+                self.server._unverified -= 1
             name = req.model or self.server.default_model
             if name not in self.server.models:
                 await self.reject("unknown_model", f"unknown model {name!r}; loaded: {', '.join(self.server.models)}", CloseCode.INVALID_PAYLOAD)

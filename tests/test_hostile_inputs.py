@@ -258,3 +258,33 @@ def test_health_watches_do_not_take_synthesis_capacity():
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(refused) == 1 and refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert sum(1 for r in results if not isinstance(r, BaseException)) == 8
+
+
+# -- 3. slot squatting (WebSocket)
+
+
+def test_tokenless_upgrades_get_their_own_quota_and_a_start_deadline(recognizer):
+    """Auth on, max_connections 1: two connections without a token (the quota) do not take the authorised client's
+    slot, a third is refused at the handshake, and each tokenless one is closed when its start deadline passes."""
+    from conftest import transcription_server
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    async def main():
+        server = await transcription_server(recognizer, auth_token="s3cret", max_connections=1, unverified_quota=2,
+                                            start_deadline_s=1.0).start()
+        try:
+            squatters = [await connect(server.url) for _ in range(2)]
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(server.url)
+            async with connect(server.url, additional_headers={"Authorization": "Bearer s3cret"}) as ws:
+                await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+                ready = json.loads(await ws.recv())
+            closes = [json.loads(await asyncio.wait_for(s.recv(), 5)) for s in squatters]
+            return refused.value.response.status_code, ready, closes
+        finally:
+            await server.drain()
+
+    status, ready, closes = asyncio.run(asyncio.wait_for(main(), 60))
+    assert status == 503 and ready["type"] == "ready"
+    assert all(c["type"] == "error" and c["code"] == "unauthorized" and "within 1 s" in c["message"] for c in closes)
