@@ -13,6 +13,7 @@ synthesis (``TtsService``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from legato.stream.errors import CapacityError
 
 log = logging.getLogger("legato.grpc")
 SERVICE_NAME = "legato.tts.v1.Synthesizer"
+DRAIN_DEADLINE_S = 30.0  # SIGTERM: how long synthesis calls in flight may take to finish
 HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
@@ -94,23 +96,30 @@ def _register(servicer, server, pb2) -> None:
 
 
 class _SynthesisQuota:
-    """Synthesis calls in flight (all on the event loop: no lock); past ``limit`` a call is refused, not queued."""
+    """Synthesis calls in flight (all on the event loop: no lock); past ``limit`` a call is refused, not queued;
+    once ``closing`` (draining) every new call is refused UNAVAILABLE while the ones in flight finish."""
 
     def __init__(self, limit: int):
-        self.limit, self.used = limit, 0
+        self.limit, self.used, self.closing = limit, 0, False
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     async def enter(self, context) -> None:
+        if self.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is draining; try another replica")
         if self.used >= self.limit:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {self.limit} synthesis calls at once; try again later")
         self.used += 1
+        self.idle.clear()
 
     def leave(self) -> None:
         self.used -= 1
+        if not self.used:
+            self.idle.set()
 
 
-def _servicer(service: TtsService, max_synthesis: int):
+def _servicer(service: TtsService, quota: _SynthesisQuota):
     pb2, pb2_grpc = load()
-    quota = _SynthesisQuota(max_synthesis)
     STATUS = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT, "NOT_FOUND": grpc.StatusCode.NOT_FOUND}
 
     async def parse(request, context, streaming: bool):
@@ -190,7 +199,8 @@ class TtsGrpcServer:
 
     async def start(self) -> "TtsGrpcServer":
         c = self.config
-        pb2, pb2_grpc, servicer = _servicer(self.service, c.max_concurrent_rpcs)
+        self.quota = _SynthesisQuota(c.max_concurrent_rpcs)
+        pb2, pb2_grpc, servicer = _servicer(self.service, self.quota)
         self.server = grpc.aio.server(
             interceptors=[_TokenAuth(c.auth_token)] if c.auth_token is not None else None,
             options=[
@@ -218,6 +228,23 @@ class TtsGrpcServer:
         result = self.health.set(name, status)
         if hasattr(result, "__await__"):
             await result
+
+    async def begin_drain(self) -> None:
+        """Report NOT_SERVING and refuse new synthesis calls (UNAVAILABLE); the ones in flight go on."""
+        self.quota.closing = True
+        for name in ("", SERVICE_NAME):
+            await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def drain(self, deadline_s: float = DRAIN_DEADLINE_S) -> None:
+        """``begin_drain``, wait up to ``deadline_s`` for the synthesis calls in flight to finish, then stop."""
+        if self.server is None:
+            return
+        await self.begin_drain()
+        try:
+            await asyncio.wait_for(self.quota.idle.wait(), deadline_s)
+        except asyncio.TimeoutError:
+            log.warning("drain: %d synthesis call(s) still running after %g s are cancelled", self.quota.used, deadline_s)
+        await self.stop(0)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Report NOT_SERVING, let running requests finish for ``grace_s``, then stop."""

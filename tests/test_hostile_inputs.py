@@ -288,3 +288,61 @@ def test_tokenless_upgrades_get_their_own_quota_and_a_start_deadline(recognizer)
     status, ready, closes = asyncio.run(asyncio.wait_for(main(), 60))
     assert status == 503 and ready["type"] == "ready"
     assert all(c["type"] == "error" and c["code"] == "unauthorized" and "within 1 s" in c["message"] for c in closes)
+
+
+# -- 8. drain order
+
+
+def test_grpc_drain_refuses_new_calls_and_finishes_streams_in_flight():
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
+    from legato.server.tts_proto import load
+    from legato.server.tts_service import TtsService
+    from tts_toys import ToneVoice
+
+    pb2, pb2_grpc = load()
+
+    async def main():
+        server = await TtsGrpcServer(TtsService({"slow": ToneVoice(name="slow", delay_s=0.1)}), GrpcConfig(port=0)).start()
+        async with grpc.aio.insecure_channel(server.target) as ch:
+            stub = pb2_grpc.SynthesizerStub(ch)
+            stream = stub.SynthesizeStream(pb2.SynthesizeRequest(text="a sentence long enough for several chunks"))
+            first = await stream.read()
+            await server.begin_drain()
+            health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Synthesize(pb2.SynthesizeRequest(text="new"))
+            drained = asyncio.ensure_future(server.drain(30))
+            chunks = [first]
+            while (chunk := await stream.read()) is not grpc.aio.EOF:
+                await asyncio.sleep(0.05)  # a slow reader
+                chunks.append(chunk)
+            await drained
+            return health.status, refused.value.code(), chunks
+
+    status, code, chunks = asyncio.run(asyncio.wait_for(main(), 60))
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING and code == grpc.StatusCode.UNAVAILABLE
+    assert chunks[-1].last and len(chunks) > 2
+
+
+def test_websocket_drain_answers_503_while_streams_finish(recognizer):
+    import urllib.error
+    import urllib.request
+
+    from conftest import transcription_server
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    async def main():
+        server = await transcription_server(recognizer).start()
+        server.begin_drain()
+        health_url = server.url.replace("ws", "http", 1) + "/healthz"
+        with pytest.raises(urllib.error.HTTPError) as health:
+            await asyncio.to_thread(urllib.request.urlopen, health_url, timeout=10)
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(server.url)
+        await server.drain()
+        return health.value.code, refused.value.response.status_code
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == (503, 503)
