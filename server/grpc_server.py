@@ -240,11 +240,15 @@ class TtsGrpcServer:
         if self.server is None:
             return
         await self.begin_drain()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
         try:
             await asyncio.wait_for(self.quota.idle.wait(), deadline_s)
         except asyncio.TimeoutError:
             log.warning("drain: %d synthesis call(s) still running after %g s are cancelled", self.quota.used, deadline_s)
-        await self.stop(0)
+        # A handler that has returned may still have replies in flight to a slow reader: gRPC's grace lets them
+        # go out (it returns as soon as they have) within what is left of the deadline.
+        await self.stop(max(1.0, end - loop.time()))
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Report NOT_SERVING, let running requests finish for ``grace_s``, then stop."""

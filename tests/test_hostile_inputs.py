@@ -214,7 +214,7 @@ def test_float_audio_beyond_full_scale_is_clipped():
     from legato.stream.audio_io import PcmFormat, decode_pcm
 
     loud = np.array([3e38, -3e38, 0.5, -2.0], "<f4").tobytes()
-    assert decode_pcm(loud, PcmFormat("f32le", 1))[:, 0].tolist() == [1.0, -1.0, 0.5, -1.0]
+    assert decode_pcm(loud, PcmFormat("f32le", 16000))[:, 0].tolist() == [1.0, -1.0, 0.5, -1.0]
 
 
 # -- 3. slot squatting (gRPC)

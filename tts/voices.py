@@ -109,6 +109,8 @@ def load_voices(file: str | Path) -> tuple[dict[str, Voice], str]:
     base = file.parent
 
     def path(p: str) -> Path:
+        if not isinstance(p, str) or not p or "\x00" in p:
+            raise VoiceConfigError(f"{file}: {p!r} is not a file path")
         q = Path(p).expanduser()
         q = q if q.is_absolute() else base / q
         if not q.exists():
@@ -117,9 +119,12 @@ def load_voices(file: str | Path) -> tuple[dict[str, Voice], str]:
 
     voices: dict[str, Voice] = {}
     for name, spec in doc["voices"].items():
-        if not isinstance(spec, dict) or spec.get("model") not in BUILDERS:
+        if not isinstance(spec, dict) or not isinstance(spec.get("model"), str) or spec["model"] not in BUILDERS:
             raise VoiceConfigError(f"{file}: voice {name!r} needs 'model' set to one of {sorted(BUILDERS)}")
-        voices[str(name)] = BUILDERS[spec["model"]](str(name), spec, path)
+        try:
+            voices[str(name)] = BUILDERS[spec["model"]](str(name), spec, path)
+        except (KeyError, TypeError, AttributeError) as exc:  # a field missing or of the wrong YAML type
+            raise VoiceConfigError(f"{file}: voice {name!r}: a field is missing or of the wrong type: {type(exc).__name__}: {exc}") from None
     default = str(doc.get("default") or next(iter(voices)))
     if default not in voices:
         raise VoiceConfigError(f"{file}: default voice {default!r} is not among {sorted(voices)}")
