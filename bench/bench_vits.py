@@ -31,7 +31,6 @@ import datetime
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,7 +43,6 @@ from common import git_commit  # noqa: E402
 from legato.stream.engine import Engine  # noqa: E402
 from legato.stream.intra_op import cores  # noqa: E402
 from legato.tts.stage import voice_route  # noqa: E402
-from legato.tts.vits.config import VitsConfig  # noqa: E402
 from legato.tts.vits.config import InferenceDefaults  # noqa: E402
 from legato.tts.vits.loader import PiperVoiceFile  # noqa: E402
 from legato.tts.vits.model import Vits  # noqa: E402
@@ -83,7 +81,6 @@ def export(voice: PiperVoice, where: Path) -> None:
 def import_piper(site: str | None):
     if site:
         sys.path.append(site)
-    import piper  # noqa: F401 - the reference package
     from piper import PiperVoice as RefVoice
     from piper.config import SynthesisConfig
 

@@ -252,8 +252,6 @@ def test_health_watches_do_not_take_synthesis_capacity():
             await server.stop(0)
 
     status, results = asyncio.run(asyncio.wait_for(main(), 60))
-    from grpc_health.v1 import health_pb2
-
     assert status == health_pb2.HealthCheckResponse.SERVING
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(refused) == 1 and refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +320,3 @@ def _fill(model: Vits, state: dict[str, torch.Tensor], where: Path) -> None:
         if tuple(value.shape) != tuple(ours[key].shape):
             raise VitsLoadError(f"{where}: {key} has shape {list(value.shape)}, the architecture needs {list(ours[key].shape)}")
     model.load_state_dict(state)
-
-
-__all__ = ["PiperVoiceFile", "VitsLoadError", "load_piper_voice", "read_voice_json", "inference_defaults", "replace"]
