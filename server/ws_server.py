@@ -160,8 +160,10 @@ class TranscriptionServer:
             # first; only past this does the transport cut the connection (1009) unannounced.
             max_size=2 * self.config.max_message_bytes,
             compression=None,  # binary audio does not compress; deflate costs CPU and memory per connection
-            ping_interval=self.config.ping_interval_s,
-            ping_timeout=self.config.ping_timeout_s,
+            # keepalive is ours (_Connection._keepalive): the library's would kill a connection whose pong waits
+            # behind audio we are not reading because the stream is back-pressured
+            ping_interval=None,
+            ping_timeout=None,
             ssl=ssl_ctx,
             # connections arriving together (a load balancer's failover, thousands of clients at once) must queue in
             # the kernel, not be dropped and retried seconds later: asyncio's default accept backlog is 100
@@ -209,6 +211,7 @@ class _Connection:
         self.last_message = 0.0  # loop time of the client's last message (the idle timeout's watch)
         self.verified = True  # False while an upgrade without a token has not sent a start with one
         self.opened = 0.0  # loop time the connection was handed to us
+        self.pushing = False  # waiting in apush: back-pressure, so we are not reading the socket
         self._idle: asyncio.TimerHandle | None = None
         self._idle_reject: asyncio.Future | None = None
 
@@ -239,17 +242,39 @@ class _Connection:
                 "unauthorized", f"no start message with a token within {deadline:g} s", CloseCode.POLICY_VIOLATION))
             return
         left = self.last_message + idle - loop.time()
-        if left > 0:
-            self._idle = loop.call_later(left, self._watch_idle)
+        if left > 0 or self.pushing:  # while we hold its audio back, the client's silence is ours
+            self._idle = loop.call_later(left if left > 0 else idle, self._watch_idle)
             return
         self._idle_reject = asyncio.ensure_future(
             self.reject("idle_timeout", f"no message for {idle:g} s", CloseCode.POLICY_VIOLATION))
+
+    async def _keepalive(self) -> None:
+        """Ping every ``ping_interval_s``; close 1011 if no pong comes within ``ping_timeout_s`` and the client has sent
+        nothing since the ping. Skipped while the stream is back-pressured: then we are not reading the socket, and
+        the pong waits behind the client's audio (back-pressure slows a client down, never kills it)."""
+        loop, cfg = asyncio.get_running_loop(), self.server.config
+        while True:
+            await asyncio.sleep(cfg.ping_interval_s)
+            if self.pushing:
+                continue
+            sent = loop.time()
+            try:
+                pong = await self.ws.ping()
+                await asyncio.wait_for(pong, cfg.ping_timeout_s)
+            except asyncio.TimeoutError:
+                if self.pushing or self.last_message > sent:
+                    continue  # we stopped reading meanwhile, or the client spoke: it is alive
+                await self.ws.close(int(CloseCode.INTERNAL_ERROR), "keepalive ping timeout")
+                return
+            except ConnectionClosed:
+                return
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.last_message = self.opened = loop.time()
         first = self.server.config.idle_timeout_s if self.verified else min(self.server.config.idle_timeout_s, self.server.config.start_deadline_s)
         self._idle = loop.call_later(first, self._watch_idle)
+        keepalive = asyncio.create_task(self._keepalive())
         try:
             while not self.ended:
                 message = await self.ws.recv()
@@ -265,6 +290,7 @@ class _Connection:
                 await self._idle_reject  # the idle rejection's error message and close are sent
         finally:
             self._idle.cancel()
+            keepalive.cancel()
             if self.pump is not None and not self.pump.done():
                 self.pump.cancel()
             if self.handle is not None and not self.handle.finished:
@@ -313,7 +339,12 @@ class _Connection:
         if self.ended:
             return True  # the server ended this stream (draining): later input is not transcribed
         if isinstance(action, Audio):
-            await self.handle.apush(AudioChunk(action.samples, self.rate, self.samples))
+            self.pushing = True
+            try:  # back-pressure: a full queue holds us here, and the client's next messages wait in its socket
+                await self.handle.apush(AudioChunk(action.samples, self.rate, self.samples))
+            finally:
+                self.pushing = False
+                self.last_message = asyncio.get_running_loop().time()
             self.samples += action.samples.shape[0]
             return True
         if isinstance(action, End):

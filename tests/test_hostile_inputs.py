@@ -344,3 +344,68 @@ def test_websocket_drain_answers_503_while_streams_finish(recognizer):
         return health.value.code, refused.value.response.status_code
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) == (503, 503)
+
+
+# -- 1. overload costs connections
+
+
+def _slow_server(**config):
+    from streaming_toys import SlowStage
+
+    from legato.server.ws_server import ServerConfig, TranscriptionServer
+    from legato.stream.engine import Engine
+    from legato.stream.graph import Pipeline
+
+    engine = Engine({"slow": Pipeline([SlowStage(delay_s=0.15)], name="slow")}, max_streams=4, queue_frames=2)
+    return TranscriptionServer(engine, ["slow"], ServerConfig(port=0, ping_interval_s=0.3, ping_timeout_s=0.3, **config))
+
+
+def test_back_pressure_slows_a_client_down_and_never_kills_it():
+    """An unpaced client on a slow engine: the handler waits in apush far longer than the ping timeout and the idle
+    timeout; the stream still ends normally (the library's keepalive closed it 1011 here)."""
+    from websockets.asyncio.client import connect
+
+    async def main():
+        server = await _slow_server(idle_timeout_s=1.0).start()
+        try:
+            async with connect(server.url, ping_interval=None) as ws:
+                await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+                await ws.recv()
+                for _ in range(30):  # 3 s of audio at once; the engine takes ~4.5 s for it
+                    await ws.send(np.zeros(1600, np.int16).tobytes())
+                await ws.send(json.dumps({"type": "end"}))
+                msgs = [json.loads(m) async for m in ws]
+                return msgs[-1], ws.close_code
+        finally:
+            await server.drain()
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == ({"type": "end"}, 1000)
+
+
+def test_a_client_that_answers_no_ping_is_still_closed():
+    import base64
+    import os
+    import socket
+
+    async def main():
+        server = await _slow_server(idle_timeout_s=30.0).start()
+        try:
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            key = base64.b64encode(os.urandom(16)).decode()
+            sock.sendall((f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+            await asyncio.sleep(2.0)  # pings arrive; this client never answers
+            sock.settimeout(5)
+            data = b""
+            while b"keepalive ping timeout" not in data:
+                chunk = await asyncio.to_thread(sock.recv, 4096)
+                if not chunk:
+                    break
+                data += chunk
+            sock.close()
+            return data
+        finally:
+            await server.drain()
+
+    data = asyncio.run(asyncio.wait_for(main(), 60))
+    assert b"101 Switching Protocols" in data and b"keepalive ping timeout" in data
