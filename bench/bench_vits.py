@@ -27,6 +27,7 @@ provider cannot be carried (its wheel exceeds the transfer limit), so the GPU ta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -72,7 +73,7 @@ def export(voice: PiperVoice, where: Path) -> None:
     where.mkdir(parents=True, exist_ok=True)
     inf = voice.file.inference
     torch.save({"config": voice.file.config, "state": {k: v.half() for k, v in voice.net.state_dict().items()},
-                "voice_json": voice.file.voice_json, "inference": vars(inf) if hasattr(inf, "__dict__") else inf.__getstate__()},
+                "voice_json": voice.file.voice_json, "inference": dataclasses.asdict(inf)},
                where / "voice.pt")
     (where / "ids.json").write_text(json.dumps({TEXT: voice.sentences(TEXT)}))
     print(f"wrote {where}/voice.pt and ids.json")

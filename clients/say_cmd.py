@@ -142,11 +142,11 @@ async def _remote(args, reference: bytes, on_chunk) -> int:
 
 def _local(args, reference: bytes, on_chunk) -> int:
     from legato.server.tts_requests import TtsRequestError, parse_request
+    from legato.server.tts_service import TtsService
     from legato.stream.intra_op import serial_main_thread
+    from legato.tts.voices import VoiceConfigError, default_voices, load_voices
 
     serial_main_thread()  # the voice loads here but runs on the engine's worker (stream/intra_op.py)
-    from legato.server.tts_service import TtsService
-    from legato.tts.voices import VoiceConfigError, default_voices, load_voices
 
     try:
         voices, default = load_voices(args.voices) if args.voices else default_voices()

@@ -154,9 +154,7 @@ async def _serve(args: argparse.Namespace) -> int:
     await stop.wait()
     print("legato: draining: no new streams; finishing the open ones", flush=True)
     for srv in servers:  # first every health check and new call says "draining", then both kinds of work finish
-        result = srv.begin_drain()
-        if result is not None:
-            await result
+        await srv.begin_drain()
     await asyncio.gather(*(srv.drain() for srv in servers))
     engine.stop()
     print("legato: stopped", flush=True)

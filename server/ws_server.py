@@ -172,14 +172,14 @@ class TranscriptionServer:
         )
         return self
 
-    def begin_drain(self) -> None:
+    async def begin_drain(self) -> None:
         """/healthz answers 503 and new upgrades get 503 ("draining"); open streams go on."""
         self.draining = True
 
     async def drain(self) -> None:
         """``begin_drain``; end every stream (its finals are still sent, close 1001); then stop listening. The listener
         stays open meanwhile, so new clients get the documented 503, not a refused connection."""
-        self.begin_drain()
+        await self.begin_drain()
         await asyncio.gather(*(s.drain() for s in list(self._sessions)), return_exceptions=True)
         if self._server is not None:
             self._server.close(close_connections=False)

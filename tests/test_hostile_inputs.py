@@ -334,7 +334,7 @@ def test_websocket_drain_answers_503_while_streams_finish(recognizer):
 
     async def main():
         server = await transcription_server(recognizer).start()
-        server.begin_drain()
+        await server.begin_drain()
         health_url = server.url.replace("ws", "http", 1) + "/healthz"
         with pytest.raises(urllib.error.HTTPError) as health:
             await asyncio.to_thread(urllib.request.urlopen, health_url, timeout=10)

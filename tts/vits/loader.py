@@ -213,7 +213,7 @@ def _our_name(ref: str) -> str:
 
 # --------------------------------------------------------------------------- .ckpt
 
-TRAINING_ONLY = re.compile(r"(enc_q\.|dp\.post_|dp\.flows\.[12]\.|model_d\.|dp\.unused)")
+TRAINING_ONLY = re.compile(r"(enc_q\.|dp\.post_|dp\.flows\.[12]\.|model_d\.)")
 
 
 def _ckpt_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -226,7 +226,6 @@ def _ckpt_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise VitsLoadError(f"{path}: no 'model_g.' weights: not a Piper training checkpoint")
     folded = fold_weight_norm({k[len("model_g."):]: v for k, v in raw.items() if k.startswith("model_g.")})
     state = {_our_name(k): v for k, v in folded.items() if not TRAINING_ONLY.match(k)}
-    state = {k: v for k, v in state.items() if not TRAINING_ONLY.match(k)}
     hp = dict(ckpt.get("hyper_parameters") or {})
     attrs: dict[str, Any] = {"strides": {}, "dilations": {}}
     rates = hp.get("upsample_rates")
