@@ -35,7 +35,7 @@ from legato.stream.state import byte_view
 
 NAME = "relpos_stream_attention"
 # tl.dot tile side: a chunk of T frames pads to it. Register multiply-adds for small chunks instead measured slower
-# twice (a row-at-a-time kernel: 1.67 vs 0.96 ms per layer at 4096 streams, H200, commit 883a9b5)
+# twice (a row-at-a-time kernel: 1.67 vs 0.96 ms per layer at 4096 streams, H200)
 MIN_DOT = 16
 
 
@@ -93,37 +93,36 @@ def _compile_warp():
     return k.relpos_warp_kernel
 
 
-# Launch configuration measured on an H200 (bench/bench_relpos_kernel.py, FastConformer-L shape, 4096 streams,
-# commit 8d309a7): all 8 heads in one program, 2 pipeline stages, 4 warps: 0.657 ms per layer for 2-frame chunks
+# Launch configuration measured on an H200 (bench/bench_relpos_kernel.py, FastConformer-L shape, 4096 streams;
+# docs/PERFORMANCE.md): all 8 heads in one program, 2 pipeline stages, 4 warps: 0.657 ms per layer for 2-frame chunks
 # (one program per head: 0.798; Triton's autotuner picked 0.890, its timing drowned by restoring the 0.6 GB ring).
 MAX_HEADS_PER_PROGRAM = 8
 PIPELINE_STAGES = 2
 NUM_WARPS = 4
 # Ring frames per key tile (the rest of the ring and the chunk share one last tile): 128, one tile for FastConformer's
-# 70 + 2 keys, measured faster than a 64 + 16 split (0.691 vs 0.752 ms at 4096 streams, commit 15b3c7b): the
+# 70 + 2 keys, measured faster than a 64 + 16 split (0.691 vs 0.752 ms at 4096 streams, H200): the
 # padding costs less than the second tile's online-softmax pass.
 MAIN_TILE = 128
 FP32_MAIN_TILE = 64  # fp32 tiles of 128 keys need 246 KB of shared memory at 2 stages (the H200 has 227)
 # Position scores by one product before the kernel: 0.639 vs 0.663 ms at 4096 streams (bf16 ring), 0.879 vs 0.933
-# (fp8), commit 702f7e6
+# (fp8), H200
 PRECOMPUTED_POSITIONS = True
 # Distances per row of the position scores rounded up to a multiple of this (alignment for the product's tiles):
-# 0.170 vs 0.312 ms unpadded at 16,384 streams (bench_relpos_kernel "position scores", H200, 02786e2)
+# 0.170 vs 0.312 ms unpadded at 16,384 streams (bench_relpos_kernel "position scores", H200)
 POSITION_PAD = 8
 # Chunks of one or two frames (160 ms at 8x subsampling): one warp per (stream, head), CUDA-core products
 # (``relpos_warp_kernel``): 1.32 vs 2.29 ms per layer at 16,384 streams, position scores included (H200, bf16 ring,
 # 32-slot key tiles; 16: 2.39, 8: 2.70; two warps: 2.97). tl.dot pads the queries to 16 rows, and the tensor-core
 # kernel's padded tiles took 216 registers a thread: two programs an SM, a quarter of the memory bandwidth (ncu).
-# Also measured no faster, and deleted: that kernel reading the ring in storage order (2.41), and a CUDA-core kernel
-# holding a (stream, head)'s whole ring in registers (2.20; 168-255 registers). Since then the ring's rest is a
-# smaller masked tile (70 slots: 32 + 32 + 8 rows of products, was 3 x 32 = 96) and the position scores padded:
-# 1.105 ms a layer with both (02786e2; not measured apart).
+# Measured no faster (docs/PERFORMANCE.md): that kernel reading the ring in storage order (2.41), and a CUDA-core
+# kernel holding a (stream, head)'s whole ring in registers (2.20; 168-255 registers). The ring's rest is a smaller
+# masked tile (70 slots: 32 + 32 + 8 rows of products rather than 3 x 32 = 96) and the position scores are padded:
+# 1.105 ms a layer with both (not measured apart).
 MAX_WARP_KERNEL_T = 2
 WARP_KEY_TILE = 32
 WARP_WARPS = 1
-# Every head of a stream in one block-diagonal tile (tried in session 6, measured in 7, deleted): 1.08 vs 0.71 ms
-# at 4,096 streams, 3.81 vs 2.26 at 16,384 (bf16 ring, H200, 565217e): the 8x less softmax padding did not pay for
-# the larger tiles' products.
+# Not every head of a stream in one block-diagonal tile: measured 1.08 vs 0.71 ms at 4,096 streams, 3.81 vs 2.26 at
+# 16,384 (bf16 ring, H200; docs/PERFORMANCE.md): the 8x less softmax padding did not pay for the larger tiles' products.
 
 
 def heads_per_program(n_heads: int) -> int:

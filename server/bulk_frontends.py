@@ -304,7 +304,7 @@ class LinkReader:
     """One thread reading every front end's pipe (``multiprocessing.connection.wait``; each gives what has arrived,
     ``pipe_messages``) and retrying their backlogs after each step. A thread per link made ten GIL-hungry readers
     (each message read in 64 KB pieces, a GIL release and retake each; with a backlog, a wake-up every 2 ms per
-    link): the stepping thread got the GIL 4 % of the time at 8,192 streams (py-spy, H200 host, 02786e2) and its
+    link): the stepping thread got the GIL 4 % of the time at 8,192 streams (py-spy, H200 host) and its
     steps took 10x their time."""
 
     def __init__(self, links: list[FrontendLink]):

@@ -60,7 +60,7 @@ FLUSH_BATCH = 256  # ended streams flushed together at once ...
 FLUSH_WAIT_S = 0.1  # ... or once the oldest has waited this long (their final text waits as much)
 # ... and at most about this share of the stepping thread's time goes to flushes while other streams step (a flush
 # costs about the same for 1 or 1,000 streams: in a loaded server, 800 ends a second flushed every 0.1 s took the
-# worker's whole time, 78-190 ms a step, H200, 02786e2): after a flush of f seconds the next waits f (1/share - 1),
+# worker's whole time, 78-190 ms a step on an H200; docs/PERFORMANCE.md): after a flush of f seconds the next waits f (1/share - 1),
 # but never more than FLUSH_MAX_GAP_S: a flush's cost also grows with its rows, and in a wave of ends a gap growing
 # with it would let the ends pile up (the final text of each waits for the gap)
 FLUSH_SHARE = 0.25
@@ -374,7 +374,7 @@ class BulkTranscriber:
 
     # inference mode whoever calls (a server's warm-up captures graphs outside ``step``): without it the first step's
     # PyTorch ops recorded autograd history into the pool's rows, keeping each capture's activations alive (~1.2 MB a
-    # row per first-step graph: 113 GB by the 10,240-row one at a 12,288-stream server's warm-up, H200, 02786e2)
+    # row per first-step graph: 113 GB by the 10,240-row one at a 12,288-stream server's warm-up on an H200)
     @torch.inference_mode()
     def device_step(self, rows: torch.Tensor, audio: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's device work for pool ``rows`` (B,) and their chunks (B, chunk) on the device, no host sync

@@ -33,16 +33,15 @@ log = logging.getLogger("legato.bulk")
 BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1280, 1536, 2048, 2560, 3072, 3584, 4096,
            5120, 6144, 7168, 8192, 9216, 10240, 11264, 12288, 14336, 16384)
 # Graph buckets go up to ``max_rows`` (default MAX_GRAPH_ROWS); a larger step replays them on pieces of its rows
-# (``BulkTranscriber._pieces``; before 2026-11-29 such steps ran eager, which at 32,000 streams gave p99 518 ms
-# against 196 with graphs to 16,384, H200: eager launches share the GIL with the threads pushing audio). Measured
-# since (bench_bulk --engine, graphs to 16,384, 6e604dd): 40,000 streams at p99 34 ms. All 52 graphs to 16,384 fit a
-# 12,288-stream server's warm-up (73 GB reserved with the pool, 87aede4; it ran out of memory while the captures kept
-# autograd history); the default stays 4,096 (32 graphs), larger buckets are asked for (``graph_rows``).
+# (``BulkTranscriber._pieces``), not eager: eager launches share the GIL with the threads pushing audio (at 32,000
+# streams on an H200, p99 518 ms eager against 196 with graphs to 16,384; with graphs to 16,384, 40,000 streams run
+# at p99 34 ms: docs/PERFORMANCE.md). All 52 graphs to 16,384 fit a 12,288-stream server's warm-up (73 GB reserved
+# with the pool); the default stays 4,096 (32 graphs), larger buckets are asked for (``graph_rows``).
 MAX_GRAPH_ROWS = 4096
 # First steps (a stream's first chunk: another width, the state reset) use buckets up to this many rows, larger ones
 # replay them on pieces: a server opens streams a few hundred at a time, and first-step graphs hold the most memory
-# (a 12,288-stream server's first-step graphs to 16,384 rows reserved ~38 GB at warm-up, the steady ones ~1 GB more;
-# H200, 87aede4)
+# (a 12,288-stream server's first-step graphs to 16,384 rows reserved ~38 GB at warm-up on an H200, the steady ones
+# ~1 GB more)
 MAX_FIRST_GRAPH_ROWS = 4096
 
 @dataclass
