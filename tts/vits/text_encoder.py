@@ -35,6 +35,21 @@ class ChannelNorm(nn.Module):
         return F.layer_norm(x.transpose(1, 2), self.gamma.shape, self.gamma, self.beta, self.eps).transpose(1, 2)
 
 
+class RelativeIndex:
+    """The gathers of relative attention for T positions and a window w, the same for every layer: made once a call.
+
+    ``scores`` (T, T): key j of query i reads relative column j - i + w, or 2w + 1 (a zero column) beyond the window;
+    ``cols`` (T, 2w + 1): the key at relative position r of query i, i + r - w, clamped; ``valid``: whether it exists.
+    """
+
+    def __init__(self, t: int, w: int, device: torch.device):
+        offset = torch.arange(t, device=device)[None, :] - torch.arange(t, device=device)[:, None]  # j - i
+        self.scores = torch.where(offset.abs() <= w, offset + w, 2 * w + 1)
+        cols = torch.arange(t, device=device)[:, None] + torch.arange(-w, w + 1, device=device)[None, :]
+        self.valid = (cols >= 0) & (cols < t)
+        self.cols = cols.clamp(0, t - 1)
+
+
 class RelativeSelfAttention(nn.Module):
     def __init__(self, channels: int, n_heads: int, window: int):
         super().__init__()
@@ -47,16 +62,14 @@ class RelativeSelfAttention(nn.Module):
         self.emb_rel_k = nn.Parameter(torch.zeros(1, 2 * window + 1, self.d_head))
         self.emb_rel_v = nn.Parameter(torch.zeros(1, 2 * window + 1, self.d_head))
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, C, T), key_mask (B, 1, 1, T) bool -> (B, C, T)."""
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, rel: "RelativeIndex") -> torch.Tensor:
+        """x (B, C, T), key_mask (B, 1, 1, T) bool, the window's gather indices for T -> (B, C, T)."""
         b, c, t = x.shape
         heads = lambda y: y.view(b, self.n_heads, self.d_head, t).transpose(2, 3)  # (B, H, T, D)
         q = heads(self.conv_q(x)) / math.sqrt(self.d_head)
         k, v = heads(self.conv_k(x)), heads(self.conv_v(x))
         w = self.window
-        offset = torch.arange(t, device=x.device)[None, :] - torch.arange(t, device=x.device)[:, None]  # j - i
-        inside = offset.abs() <= w
-        rel_index = torch.where(inside, offset + w, 2 * w + 1)  # (T, T); 2w + 1 -> the zero column
+        rel_index, cols, valid = rel.scores, rel.cols, rel.valid
 
         rel_logits = q @ self.emb_rel_k[0].transpose(0, 1)  # (B, H, T, 2w + 1)
         rel_logits = F.pad(rel_logits, (0, 1))
@@ -65,9 +78,7 @@ class RelativeSelfAttention(nn.Module):
         p = F.softmax(scores, dim=-1)
         out = p @ v
         # p's weight at each relative position r = j - i + w (0 where j falls outside the sequence)
-        cols = torch.arange(t, device=x.device)[:, None] + torch.arange(-w, w + 1, device=x.device)[None, :]  # (T, 2w + 1)
-        valid = (cols >= 0) & (cols < t)
-        rel_p = p.gather(3, cols.clamp(0, t - 1).expand(b, self.n_heads, t, 2 * w + 1)) * valid
+        rel_p = p.gather(3, cols.expand(b, self.n_heads, t, 2 * w + 1)) * valid
         out = out + rel_p @ self.emb_rel_v[0]
         return self.conv_o(out.transpose(2, 3).reshape(b, c, t))
 
@@ -95,9 +106,10 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         key_mask = mask.bool().unsqueeze(1)  # (B, 1, 1, T)
+        rel = RelativeIndex(x.shape[2], self.attn_layers[0].window, x.device)
         x = x * mask
         for attn, norm1, ffn, norm2 in zip(self.attn_layers, self.norm_layers_1, self.ffn_layers, self.norm_layers_2):
-            x = norm1(x + attn(x, key_mask))
+            x = norm1(x + attn(x, key_mask, rel))
             x = norm2(x + ffn(x, mask))
         return x * mask
 
