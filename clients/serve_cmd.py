@@ -59,6 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-message-bytes", type=int, default=1 << 20, help="largest audio message (default 1 MiB)")
     limits.add_argument("--idle-timeout", type=float, default=30.0, help="seconds without a client message before the stream is closed (default 30)")
     limits.add_argument("--latency-budget", type=float, default=1.0, help="per-stream latency budget for batching, seconds (default 1.0)")
+    limits.add_argument("--max-audio-rate", type=float, default=16.0, metavar="X", help="a stream may send audio at most X "
+                        "times real time once its burst is spent; faster senders are read more slowly, never closed "
+                        "(default 16; 0: no limit)")
+    limits.add_argument("--max-audio-burst", type=float, default=60.0, metavar="SECONDS", help="seconds of audio a stream "
+                        "may send at once before --max-audio-rate applies (default 60)")
+    limits.add_argument("--max-connections-per-client", type=int, default=0, metavar="N", help="streams one client IP "
+                        "address may hold; more get HTTP 429 (default 0: no limit, as behind a proxy every client "
+                        "has the proxy's address)")
     limits.add_argument("--max-batch", type=int, help=f"streams per model step (default {GENERAL_MAX_BATCH}; "
                         f"{BULK_MAX_BATCH} with --bulk)")
     p.set_defaults(func=run)
@@ -67,6 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 GENERAL_MAX_BATCH = 8
 BULK_MAX_BATCH = 16384
 BULK_GRAPH_ROWS = 4096  # bulk_graphs.MAX_GRAPH_ROWS (a test checks they agree; not imported: --help stays light)
+
+
+def client_limits(args: argparse.Namespace) -> dict:
+    """The per-client limits of ServerConfig (server/rate_limit.py)."""
+    return {"max_audio_rate": args.max_audio_rate, "max_audio_burst_s": args.max_audio_burst,
+            "max_connections_per_client": args.max_connections_per_client}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,7 +156,7 @@ async def _serve(args: argparse.Namespace) -> int:
         config = ServerConfig(
             host=args.host, port=args.port, max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
             idle_timeout_s=args.idle_timeout, latency_budget_s=args.latency_budget, auth_token=token,
-            certfile=args.certfile, keyfile=args.keyfile,
+            certfile=args.certfile, keyfile=args.keyfile, **client_limits(args),
         )
         server = await TranscriptionServer(engine, models, config, own_engine=False).start()
         servers.append(server)
@@ -183,7 +197,7 @@ async def _serve_bulk(args: argparse.Namespace, token: str | None) -> int:
     config = ServerConfig(
         host=args.host, port=args.port, max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
         idle_timeout_s=args.idle_timeout, latency_budget_s=args.latency_budget, auth_token=token,
-        certfile=args.certfile, keyfile=args.keyfile,
+        certfile=args.certfile, keyfile=args.keyfile, **client_limits(args),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

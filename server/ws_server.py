@@ -34,6 +34,7 @@ from websockets.protocol import State
 
 from legato.server.auth import check_token, token_matches
 from legato.server.log_text import loggable
+from legato.server.rate_limit import AudioRate, ClientCounts
 from legato.server.protocol import (
     Audio,
     CloseCode,
@@ -66,6 +67,12 @@ class ServerConfig:
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
     latency_budget_s: float = 1.0
+    # Per-client limits (server/rate_limit.py): a stream may send max_audio_burst_s of audio at once, then
+    # max_audio_rate times real time (0: no limit); past it the server reads the client more slowly. Streams per client
+    # address: max_connections_per_client (0: no limit; behind a proxy every client has the proxy's address).
+    max_audio_rate: float = 16.0
+    max_audio_burst_s: float = 60.0
+    max_connections_per_client: int = 0
     auth_token: str | None = None  # bearer token; never logged
     # With auth on, a connection upgraded without an Authorization header has not shown its token yet: it must send
     # a start message with the token within start_deadline_s, and at most unverified_quota such connections are
@@ -108,6 +115,7 @@ class TranscriptionServer:
         self.engine, self.default_model, self.config, self.own_engine = engine, self.models[0], config, own_engine
         self._sessions: set[_Connection] = set()
         self._unverified = 0  # sessions upgraded without a token that have not sent a valid start yet
+        self._clients = ClientCounts(config.max_connections_per_client)
         self._server: Server | None = None
         self.draining = False
 
@@ -133,6 +141,8 @@ class TranscriptionServer:
         given = request.headers.get("Authorization")
         if self.draining or len(self._sessions) - self._unverified >= self.config.max_connections:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server at capacity, try again later\n")
+        if self._clients.full(_address(connection)):
+            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, f"at most {self.config.max_connections_per_client} streams per client\n")
         if self.config.auth_token is not None:
             if given is not None and not self.token_ok(given.removeprefix("Bearer ")):
                 return connection.respond(HTTPStatus.UNAUTHORIZED, "wrong bearer token\n")
@@ -192,11 +202,20 @@ class TranscriptionServer:
         conn.verified = self.config.auth_token is None or (ws.request is not None and "Authorization" in ws.request.headers)
         self._unverified += not conn.verified
         self._sessions.add(conn)
+        address = _address(ws)
+        self._clients.add(address)
         try:
             await conn.run()
         finally:
             self._sessions.discard(conn)
             self._unverified -= not conn.verified
+            self._clients.remove(address)
+
+
+def _address(connection: ServerConnection) -> str:
+    """The client's IP address (a Unix socket or a closed transport has none: one shared key)."""
+    peer = connection.remote_address
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
 
 
 class _Connection:
@@ -214,6 +233,9 @@ class _Connection:
         self.pushing = False  # waiting in apush: back-pressure, so we are not reading the socket
         self._idle: asyncio.TimerHandle | None = None
         self._idle_reject: asyncio.Future | None = None
+        cfg = server.config
+        self.allowance = AudioRate(cfg.max_audio_rate, cfg.max_audio_burst_s, asyncio.get_running_loop().time())
+        self.throttled = False  # logged once a stream
 
     async def send(self, message: dict) -> None:
         await self.ws.send(json.dumps(message))
@@ -340,7 +362,13 @@ class _Connection:
             return True  # the server ended this stream (draining): later input is not transcribed
         if isinstance(action, Audio):
             self.pushing = True
-            try:  # back-pressure: a full queue holds us here, and the client's next messages wait in its socket
+            try:  # back-pressure: a full queue or the rate limit holds us here, and the client's next messages wait in its socket
+                wait = self.allowance.take(action.samples.shape[0] / self.rate, asyncio.get_running_loop().time())
+                if wait > 0:
+                    if not self.throttled:
+                        self.throttled = True
+                        log.info("stream %s sends faster than %g x real time: read more slowly", self.handle.stream_id, self.server.config.max_audio_rate)
+                    await asyncio.sleep(wait)
                 await self.handle.apush(AudioChunk(action.samples, self.rate, self.samples))
             finally:
                 self.pushing = False

@@ -43,9 +43,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import torch
+
 from legato.stream import scheduler
 from legato.stream.errors import CapacityError, ClosedError, LegatoError
-from legato.stream.frames import EndOfStream, ErrorEvent, Frame, Tick
+from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame, Tick
 from legato.stream.graph import Stage, StreamInfo
 from legato.stream.intra_op import parallel_worker
 from legato.stream.metrics import Histogram, StageMetrics
@@ -54,6 +56,10 @@ DEFAULT_MAX_STREAMS = 256
 DEFAULT_QUEUE_FRAMES = 16  # per stream per stage
 DEFAULT_OUTPUT_FRAMES = 256  # per stream, frames waiting for the client
 DEFAULT_BUDGET_S = 1.0
+# Longest audio frame a stage is given: a longer pushed AudioChunk enters as pieces of this length. One frame is one
+# stream's share of one batched step, so its size bounds what one stream can make the others in its batch wait for
+# (a client that sends 32 s of audio in one message otherwise held a paced stream's batch for a whole 30 s decode).
+MAX_FRAME_S = 0.5
 
 
 class UnknownRouteError(LegatoError, KeyError):
@@ -343,7 +349,7 @@ class Engine:
                     finally:
                         self._waiting -= 1
                 k, members = choice
-                items = [e.queues[i].popleft() if e.queues[i] else _Item(Tick(), e.tick_due[i], now, now) for e, i in members]
+                items = [_take(e.queues[i], join=i == 0) if e.queues[i] else _Item(Tick(), e.tick_due[i], now, now) for e, i in members]
                 for e, i in members:
                     if not e.queues[i]:
                         self._queued[k].pop(e.info.stream_id, None)
@@ -429,6 +435,41 @@ def _error_event(exc: BaseException, stage: str) -> ErrorEvent:
     return ErrorEvent(code=code, message=f"{type(exc).__name__}: {exc}", stage=stage)
 
 
+def _take(queue: deque, join: bool) -> _Item:
+    """The queue's next input for a step; in a route's first queue (what clients pushed), consecutive AudioChunks are
+    joined up to ``MAX_FRAME_S``.
+
+    Fair share is counted in audio time, not frames: a step gives every stream in its batch up to ``MAX_FRAME_S``
+    of its queued audio. One frame a step would let a client that sends big messages move ahead by seconds per step
+    while a paced stream sending 100 ms messages moved 100 ms, its backlog growing with every step the other's work
+    made slow (a paced 2.9 s stream took 37 s beside one unpaced client). The joined item keeps the first
+    frame's deadline and arrival (the latency of its oldest audio)."""
+    item = queue.popleft()
+    if not join or not isinstance(item.frame, AudioChunk):
+        return item
+    first = item.frame
+    limit = max(1, int(MAX_FRAME_S * first.sample_rate))
+    parts, n = [first.samples], first.num_samples
+    while queue and isinstance(nxt := queue[0].frame, AudioChunk) and nxt.sample_rate == first.sample_rate \
+            and nxt.channels == first.channels and n + nxt.num_samples <= limit:
+        queue.popleft()
+        parts.append(nxt.samples)
+        n += nxt.num_samples
+    if len(parts) == 1:
+        return item
+    return _Item(AudioChunk(torch.cat(parts), first.sample_rate, first.start_sample), item.deadline, item.arrival, item.enqueued)
+
+
+def _pieces(frame: Frame) -> list[Frame]:
+    """``frame``, or an AudioChunk longer than ``MAX_FRAME_S`` cut into consecutive pieces no longer than that."""
+    if not isinstance(frame, AudioChunk):
+        return [frame]
+    step = max(1, int(MAX_FRAME_S * frame.sample_rate))
+    if frame.num_samples <= step:
+        return [frame]
+    return [AudioChunk(frame.samples[i:i + step], frame.sample_rate, frame.start_sample + i) for i in range(0, frame.num_samples, step)]
+
+
 class StreamHandle:
     """One stream's door into the engine: push input, get output (sync or async)."""
 
@@ -459,17 +500,19 @@ class StreamHandle:
         return True
 
     def push(self, frame: Frame, timeout: float | None = None) -> None:
-        """Queue a frame; blocks while the stream's input queue is full (back-pressure).
+        """Queue a frame (audio longer than ``MAX_FRAME_S`` as several); blocks while the stream's input queue is
+        full (back-pressure).
 
         Raises TimeoutError if no room within ``timeout`` and ClosedError after the end.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.engine._cond:
-            while not self._try_push(frame):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"stream {self.stream_id}: input queue full for {timeout} s")
-                self.engine._cond.wait(left)
+            for piece in _pieces(frame):
+                while not self._try_push(piece):
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"stream {self.stream_id}: input queue full for {timeout} s")
+                    self.engine._cond.wait(left)
 
     def end(self, timeout: float | None = None) -> None:
         self.push(EndOfStream(), timeout)
@@ -519,10 +562,12 @@ class StreamHandle:
             self.engine._cond.acquire()
 
     async def apush(self, frame: Frame) -> None:
-        """Async push: awaits (without blocking the loop) while the input queue is full."""
+        """Async push (audio longer than ``MAX_FRAME_S`` as several frames): awaits (without blocking the loop)
+        while the input queue is full."""
         with self.engine._cond:
-            while not self._try_push(frame):
-                await self._wait()
+            for piece in _pieces(frame):
+                while not self._try_push(piece):
+                    await self._wait()
 
     async def aend(self) -> None:
         await self.apush(EndOfStream())

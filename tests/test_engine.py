@@ -275,3 +275,60 @@ def test_per_stream_failure_does_not_replay_other_streams():
     for name in ("a", "b"):
         torch.testing.assert_close(concat_features(out[name]), good)
     assert set(stage.handled.values()) == {1}  # no frame of any stream was handled twice
+
+
+class _Record(PerStreamStage):
+    """Passes frames on; records each stream's audio frames as (start_sample, samples)."""
+
+    accepts = (AudioChunk,)
+    name, max_batch = "record", 8
+
+    def __init__(self, gate: threading.Event | None = None):
+        self.seen: dict[str, list[tuple[int, int]]] = {}
+        self.gate = gate
+
+    def open(self, stream):
+        return self.seen.setdefault(stream.stream_id, [])
+
+    def process(self, batch):
+        if self.gate is not None:
+            self.gate.wait(10)
+        return super().process(batch)
+
+    def handle(self, ctx, frame):
+        ctx.append((frame.start_sample, frame.num_samples))
+        return [frame]
+
+
+def _audio(seconds: float, start: int = 0) -> AudioChunk:
+    n = round(seconds * 16000)
+    return AudioChunk(torch.arange(start, start + n, dtype=torch.float32)[:, None], 16000, start)
+
+
+def test_a_long_audio_frame_enters_as_pieces_of_max_frame_s():
+    """One frame is one stream's share of a step: 1.2 s pushed at once is three steps' worth, not one."""
+    from legato.stream.engine import MAX_FRAME_S
+
+    stage = _Record()
+    out = run_streams(stage, {"s": [_audio(1.2, 320)]})["s"]
+    piece = round(MAX_FRAME_S * 16000)
+    assert stage.seen["s"] == [(320, piece), (320 + piece, piece), (320 + 2 * piece, 19200 - 2 * piece)]
+    assert torch.equal(torch.cat([f.samples for f in out if isinstance(f, AudioChunk)])[:, 0], torch.arange(320, 320 + 19200, dtype=torch.float32))
+
+
+def test_queued_small_frames_are_joined_up_to_max_frame_s():
+    """A stream whose 100 ms frames queued up while a step ran gets up to MAX_FRAME_S of them in its next step, as a
+    stream that sent big messages does: fair share counts audio, not frames."""
+    gate = threading.Event()
+    stage = _Record(gate)
+    with Engine(stage, queue_frames=16) as engine:
+        h = engine.open_stream(stream_id="s")
+        h.push(_audio(0.1))
+        time.sleep(0.2)  # the worker is in its first step, held at the gate
+        for k in range(1, 9):
+            h.push(_audio(0.1, 1600 * k))
+        h.end()
+        gate.set()
+        out = h.results(10)
+    assert stage.seen["s"] == [(0, 1600), (1600, 8000), (9600, 4800)]
+    assert torch.equal(torch.cat([f.samples for f in out if isinstance(f, AudioChunk)])[:, 0], torch.arange(0, 14400, dtype=torch.float32))

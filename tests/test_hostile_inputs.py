@@ -409,3 +409,102 @@ def test_a_client_that_answers_no_ping_is_still_closed():
 
     data = asyncio.run(asyncio.wait_for(main(), 60))
     assert b"101 Switching Protocols" in data and b"keepalive ping timeout" in data
+
+
+# -- 2. fairness and per-client limits
+
+
+def _s16(seconds: float) -> bytes:
+    return (np.sin(np.arange(int(seconds * 16000)) / 7) * 3000).astype("<i2").tobytes()
+
+
+def _fast_server(delay_s: float = 0.0, **config):
+    from streaming_toys import SlowStage
+
+    from legato.server.ws_server import ServerConfig, TranscriptionServer
+    from legato.stream.engine import Engine
+    from legato.stream.graph import Pipeline
+
+    engine = Engine({"slow": Pipeline([SlowStage(delay_s=delay_s, max_batch=4)], name="slow")}, max_streams=8)
+    return TranscriptionServer(engine, ["slow"], ServerConfig(port=0, **config))
+
+
+async def _stream(url: str, pcm: bytes, piece_s: float | None, paced: bool = True) -> float:
+    """Send ``pcm`` as ``piece_s`` pieces (all at once with None), in real time if ``paced``, end, wait for the end:
+    seconds."""
+    from websockets.asyncio.client import connect
+
+    async with connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": 16000}))
+        await ws.recv()
+        t0 = asyncio.get_running_loop().time()
+        step = len(pcm) if piece_s is None else int(piece_s * 16000) * 2
+        for k, i in enumerate(range(0, len(pcm), step)):
+            if piece_s is not None and paced:
+                await asyncio.sleep(max(0.0, t0 + k * piece_s - asyncio.get_running_loop().time()))
+            await ws.send(pcm[i:i + step])
+        await ws.send(json.dumps({"type": "end"}))
+        async for raw in ws:
+            if json.loads(raw)["type"] == "end":
+                return asyncio.get_running_loop().time() - t0
+    raise AssertionError("no end message")
+
+
+def test_an_unpaced_client_does_not_starve_a_paced_one():
+    """Each step of the model costs 0.2 s whatever it holds. A client sends 20 s of audio at once; a paced client
+    sends 2 s in 100 ms messages. The paced stream gets up to MAX_FRAME_S of its queued audio per step, as the
+    unpaced one does, so it keeps up: it ends within a second of its audio (one 100 ms frame a step took over 4 s)."""
+
+    async def main():
+        server = await _fast_server(delay_s=0.2, max_audio_rate=0).start()
+        try:
+            pusher = asyncio.create_task(_stream(server.url, _s16(20.0), None))
+            await asyncio.sleep(0.3)
+            paced = await _stream(server.url, _s16(2.0), 0.1)
+            pusher.cancel()
+            return paced
+        finally:
+            await server.drain()
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) < 3.0
+
+
+def test_the_audio_rate_limit_reads_a_fast_client_more_slowly():
+    from legato.server.rate_limit import AudioRate
+
+    rate = AudioRate(4.0, 1.0, now=0.0)
+    assert rate.take(1.0, 0.0) == 0.0  # the burst
+    assert rate.take(2.0, 0.0) == pytest.approx(0.5)  # 2 s of audio past it at 4x: half a second
+    assert rate.take(0.5, 10.0) == 0.0  # refilled, up to the burst only
+    assert rate.take(1.0, 10.0) == pytest.approx(0.125)
+    assert AudioRate(0.0, 1.0, 0.0).take(1e6, 0.0) == 0.0  # 0: no limit
+
+    async def main():
+        server = await _fast_server(max_audio_rate=4.0, max_audio_burst_s=1.0).start()
+        try:
+            return await _stream(server.url, _s16(5.0), 0.1, paced=False)  # 5 s of audio as fast as it goes
+        finally:
+            await server.drain()
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) >= (5.0 - 1.0) / 4.0 - 0.05  # slowed, and it ended normally
+
+
+def test_streams_per_client_address_are_limited():
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    async def main():
+        server = await _fast_server(max_connections_per_client=1).start()
+        try:
+            async with connect(server.url):
+                with pytest.raises(InvalidStatus) as second:
+                    await connect(server.url)
+            await asyncio.sleep(0.2)  # the first one's handler has finished
+            async with connect(server.url) as again:
+                await again.send(json.dumps({"type": "start", "sample_rate": 16000}))
+                ready = json.loads(await again.recv())
+            return second.value.response.status_code, ready["type"]
+        finally:
+            await server.drain()
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == (429, "ready")

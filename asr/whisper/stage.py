@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from legato.asr.frontends import WhisperMel, WhisperMelConfig
-from legato.asr.silero_vad import Endpointer, SileroVad, VadState
+from legato.asr.silero_vad import FRAME_SAMPLES, Endpointer, SileroVad, VadState
 from legato.asr.whisper.ct2 import load_ct2_whisper
 from legato.asr.whisper.decoding import DecodingOptions
 from legato.asr.whisper.model import Whisper
@@ -58,7 +58,7 @@ class WhisperRecognizer:
     def transcribe_many(self, requests: list[tuple[torch.Tensor, list[int]]]) -> list[list[Segment]]:
         """Several streams' buffers at once: one encoder pass and one decoder step per token for all
         that fit a window; longer ones one by one. Same segments as ``transcribe`` on each."""
-        short = [i for i, (audio, _) in enumerate(requests) if audio.shape[0] <= N_SAMPLES - HOP_SAMPLES]
+        short = [i for i, (audio, _) in enumerate(requests) if HOP_SAMPLES <= audio.shape[0] <= N_SAMPLES - HOP_SAMPLES]  # shorter: none
         out: list[list[Segment]] = [[] for _ in requests]
         if short:
             batch = transcribe_short(self.model, self.tokenizer, [requests[i][0] for i in short], [requests[i][1] for i in short], self.options, self.mel)
@@ -82,6 +82,7 @@ class _StreamContext:
     streamer: LocalAgreement
     vad_state: VadState | None
     endpointer: Endpointer | None
+    vad_frames: int = 0  # VAD frames completed: the stream's samples up to the last one's end, / FRAME_SAMPLES
 
 
 class WhisperStage(Stage):
@@ -110,31 +111,46 @@ class WhisperStage(Stage):
 
     @torch.inference_mode()
     def process(self, batch: Sequence[BatchItem]) -> list[list[Frame] | Exception]:
-        """Buffer every stream's audio, then run all due updates as one batched recognition."""
+        """Buffer every stream's audio, then run all due updates as batched recognitions.
+
+        An endpoint is placed at the VAD frame that found it, not at the end of the chunk holding it: the chunk is
+        cut there, the utterance ends with its first part and the rest starts the next one. With updates at fixed
+        points of the stream (``LocalAgreement.feed``), no decode input depends on how the audio was chunked."""
         out: list[list[Frame] | Exception] = [[] for _ in batch]
-        due, endpoints = [], set()
+        parts: dict[int, list[torch.Tensor]] = {}  # stream -> its chunk cut at endpoints (each part but the last ends one)
         for i, (ctx, frame) in enumerate(batch):
             try:
                 if isinstance(frame, AudioChunk):
                     if frame.sample_rate != SAMPLE_RATE:
                         raise SampleRateError(f"{self.name} needs {SAMPLE_RATE} Hz audio, got {frame.sample_rate} Hz")
                     audio = frame.samples.mean(dim=1)
-                    if ctx.streamer.feed(audio):
-                        due.append(i)
-                    if ctx.endpointer is not None and "end" in ctx.endpointer.update(self.vad.step(audio[None], ctx.vad_state)[0].tolist()):
-                        endpoints.add(i)
+                    cuts = self._endpoints(ctx, audio) if ctx.endpointer is not None else []
+                    parts[i] = [audio[a:b] for a, b in zip([0] + cuts, cuts + [audio.shape[0]])]
                 elif isinstance(frame, EndOfStream):
                     out[i] = list(ctx.streamer.flush()) + [frame]
                 else:
                     out[i] = [frame]
             except Exception as exc:  # this stream fails alone; the others' work stands
                 out[i] = exc
-        due = [i for i in due if not isinstance(out[i], Exception) and i not in endpoints]  # an endpoint decodes anyway
-        if due:
-            segments = self.recognizer.transcribe_many([batch[i][0].streamer.request() for i in due])
-            for i, segs in zip(due, segments):
-                out[i] = batch[i][0].streamer.update(segs)
-        for i in endpoints:
-            if not isinstance(out[i], Exception):
-                out[i] = list(out[i]) + batch[i][0].streamer.endpoint()
+        for r in range(max((len(p) for p in parts.values()), default=0)):  # one round per utterance a chunk holds
+            now = {i: p[r] for i, p in parts.items() if r < len(p)}
+            due = [i for i, audio in now.items() if batch[i][0].streamer.feed(audio)]
+            while due:  # more than once only for chunks longer than the update interval
+                segments = self.recognizer.transcribe_many([batch[i][0].streamer.request() for i in due])
+                for i, segs in zip(due, segments):
+                    out[i] += batch[i][0].streamer.update(segs)
+                due = [i for i in due if batch[i][0].streamer.advance()]
+            for i in now:
+                if r < len(parts[i]) - 1:
+                    out[i] += batch[i][0].streamer.endpoint()
         return out
+
+    def _endpoints(self, ctx: _StreamContext, audio: torch.Tensor) -> list[int]:
+        """Run the VAD over the chunk: the samples of the chunk where utterances ended."""
+        probs = self.vad.step(audio[None], ctx.vad_state)[0].tolist()
+        first, cuts = ctx.vad_frames - ctx.streamer.samples_seen / FRAME_SAMPLES, []
+        ctx.vad_frames += len(probs)
+        for j, p in enumerate(probs):
+            if "end" in ctx.endpointer.update([p]):  # VAD frame j of this call ends this many samples into the chunk
+                cuts.append(min(audio.shape[0], max(0, round((first + j + 1) * FRAME_SAMPLES))))
+        return cuts

@@ -88,6 +88,7 @@ class LocalAgreement:
         self.committed: list[WordTiming] = []
         self.pending: list[WordTiming] = []
         self._buffer = torch.zeros(0)
+        self._incoming = torch.zeros(0)  # audio taken but not yet in the buffer: it is past the next update point
         self.buffer_start_s = 0.0
         self.in_buffer = 0  # committed words that the buffer's audio still holds
         self.context_start = 0  # committed words before this index belong to an ended utterance
@@ -100,17 +101,36 @@ class LocalAgreement:
 
     def push(self, audio: torch.Tensor) -> list[TextEvent]:
         """(n,) float32 16 kHz -> events (finals for newly committed words, then a partial)."""
-        if not self.feed(audio):
-            return []
-        return self.update(self.recognise(*self.request()), final=False)
+        events, due = [], self.feed(audio)
+        while due:
+            events += self.update(self.recognise(*self.request()), final=False)
+            due = self.advance()
+        return events
 
     def feed(self, audio: torch.Tensor) -> bool:
-        """Buffer audio; True when an update is due (the caller may batch updates of many streams:
-        ``request()`` gives the recogniser's input, ``update(segments)`` applies its output)."""
-        self._buffer = torch.cat([self._buffer, audio])
-        self._since_update += audio.shape[0]
+        """Take audio; True when an update is due (the caller may batch updates of many streams:
+        ``request()`` gives the recogniser's input, ``update(segments)`` applies its output, and ``advance()`` says
+        whether audio held back makes another one due).
+
+        Updates happen at fixed points of the stream, every ``update_interval_s`` of audio, however the audio is cut
+        into chunks: the buffer takes audio up to the next point and holds the rest back. So what is decoded, and
+        therefore the transcript, does not depend on the client's message sizes or on how the engine joined them."""
+        self.hold(audio)
+        return self.advance()
+
+    def hold(self, audio: torch.Tensor) -> None:
+        """Take audio without checking for an update (it counts at the next ``feed`` or ``advance``)."""
+        self._incoming = torch.cat([self._incoming, audio])
         self.samples_seen += audio.shape[0]
-        if self._since_update < self.config.update_interval_s * SAMPLE_RATE:
+
+    def advance(self) -> bool:
+        """Move held audio into the buffer up to the next update point; True when the buffer reaches it."""
+        interval = round(self.config.update_interval_s * SAMPLE_RATE)
+        take = self._incoming[: interval - self._since_update]
+        self._buffer = torch.cat([self._buffer, take])
+        self._incoming = self._incoming[take.shape[0] :]
+        self._since_update += take.shape[0]
+        if self._since_update < interval:
             return False
         self._since_update = 0
         return True
@@ -121,6 +141,7 @@ class LocalAgreement:
 
     def flush(self) -> list[TextEvent]:
         """End of stream: commit everything heard."""
+        self._buffer, self._incoming = torch.cat([self._buffer, self._incoming]), torch.zeros(0)
         events = self.update(self.recognise(*self.request()), final=True) if self._buffer.numel() else []
         self.buffer_start_s += self.buffer_s
         self._buffer = torch.zeros(0)

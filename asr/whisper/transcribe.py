@@ -99,6 +99,8 @@ def transcribe(
     ``prompt_tokens``: text tokens said before this audio (streaming passes its
     committed text), given to the first window as previous text.
     """
+    if audio.shape[0] < HOP_SAMPLES:  # not one mel frame (and too short for the STFT's reflect padding): no speech
+        return []
     mel = mel or WhisperMel()
     feats = window_features(mel, audio)
     content = feats.shape[1]
