@@ -60,6 +60,9 @@ def load_ours(args) -> PiperVoice:
         net = Vits(saved["config"])
         net.load_state_dict({k: v.float() for k, v in saved["state"].items()})
         voice_file = PiperVoiceFile(net.to(args.device).eval(), saved["config"], saved["voice_json"], InferenceDefaults(**saved["inference"]))
+        from legato.tts.text.piper_phonemes import PiperText
+
+        PiperText.from_config = classmethod(lambda cls, config: None)  # no espeak-ng there: the ids come phonemised
         voice = PiperVoice("joe", voice_file)
         ids = json.loads((Path(args.import_dir) / "ids.json").read_text())
         voice.sentences = lambda text: [list(s) for s in ids[text]]  # phonemised where espeak-ng is installed
