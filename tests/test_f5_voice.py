@@ -70,6 +70,26 @@ def test_split_text_short_first_chunk():
     assert all(len(c.encode()) <= 60 for c in chunks)
 
 
+def test_a_clause_longer_than_the_budget_is_cut_at_spaces():
+    """F5-TTS keeps a long clause whole: 2,000 characters without a comma were one job of minutes of audio."""
+    text = "word " * 399 + "end"
+    chunks = split_text(text, max_bytes=100, first_bytes=20)
+    assert " ".join(chunks) == text.strip()
+    assert len(chunks[0].encode()) <= 20 and all(len(c.encode()) <= 100 for c in chunks)
+    assert all(len(c.encode()) <= 100 for c in split_text("ü" * 500, max_bytes=100))  # no space: cut mid-word, by bytes
+
+
+def test_a_reference_whose_transcript_is_far_too_short_is_refused_before_any_work(voice):
+    """F5-TTS times speech by the reference's characters per second: a 5 s reference 'transcribed' as one letter asks
+    for minutes of audio per chunk. Refused (bounded work per request) before a job runs."""
+    from legato.tts.f5.voice import MAX_JOB_S
+    from legato.tts.voice import SynthesisError
+
+    ref = torch.sin(torch.arange(5 * 16000) / 16000 * 2 * torch.pi * 200) * 0.1
+    with pytest.raises(SynthesisError, match=f"limit is {MAX_JOB_S:g} s"):
+        list(voice.chunks(SynthesisRequest("say this much longer sentence, please.", reference_audio=ref, reference_rate=16000, reference_text="a")))
+
+
 def test_voice_streams_chunks_with_reference_from_the_request(voice):
     text = "hello there, we are talking. and this goes on for a while, in pieces."
     chunks = list(voice.chunks(SynthesisRequest(text)))

@@ -43,6 +43,7 @@ NFE_STEPS = 32
 CFG_STRENGTH = 2.0
 SWAY = -1.0
 MAX_BATCH = 16  # jobs per DiT call
+MAX_JOB_S = 40.0  # reference + chunk of one job: F5-TTS aims at 22 s; past this a reference's transcript is far too short for its audio
 _CLAUSE_END = re.compile(r"(?<=[.!?;:,。！？；：，])\s*")
 
 
@@ -119,8 +120,10 @@ class FlowSolver:
 
 
 def split_text(text: str, max_bytes: int, first_bytes: int = FIRST_CHUNK_BYTES) -> list[str]:
-    """Clauses grouped into chunks of at most ``max_bytes`` UTF-8 bytes; the first chunk at most ``first_bytes``
-    (a clause longer than its chunk's budget stays whole)."""
+    """Clauses grouped into chunks of at most ``max_bytes`` UTF-8 bytes; the first chunk at most ``first_bytes``.
+
+    A clause longer than its chunk's budget is cut at spaces (F5-TTS keeps it whole: 2,000 characters without a
+    comma then made one job of minutes of audio, its attention quadratic in that)."""
     chunks: list[str] = []
     for clause in (c.strip() for c in _CLAUSE_END.split(text)):
         if not clause:
@@ -129,8 +132,22 @@ def split_text(text: str, max_bytes: int, first_bytes: int = FIRST_CHUNK_BYTES) 
         if chunks and utf8_len(chunks[-1] + " " + clause) <= limit:
             chunks[-1] += " " + clause
         else:
-            chunks.append(clause)
+            chunks += _cut(clause, max_bytes if chunks else min(first_bytes, max_bytes), max_bytes)
     return chunks
+
+
+def _cut(clause: str, first: int, limit: int) -> list[str]:
+    """A clause in pieces of at most ``first`` then ``limit`` UTF-8 bytes, each cut at the last space that fits
+    (mid-word for a word longer than that)."""
+    pieces = []
+    while utf8_len(clause) > (limit if pieces else first):
+        limit_now = limit if pieces else first
+        n = len(clause.encode("utf-8")[:limit_now].decode("utf-8", "ignore"))  # characters that fit
+        cut = clause.rfind(" ", 0, n + 1)
+        cut = cut if cut > 0 else max(1, n)
+        pieces.append(clause[:cut].strip())
+        clause = clause[cut:].strip()
+    return pieces + ([clause] if clause else [])
 
 
 class F5Voice(Voice):
@@ -188,21 +205,26 @@ class F5Voice(Voice):
         hop = self.vocoder.cfg.mel_hop
         ref_frames = reference_frames(ref.shape[0], hop)
 
-        def job(chunk: str) -> FlowJob:
-            ids = text_to_ids(prompt_text(ref_text) + chunk, self.vocab.index)
-            frames = total_frames(ref.shape[0], ref_text, chunk, request.speed, hop)
-            return self.flow.job(cond, ids, frames, self.steps, schedule=self.schedule)
+        frames = [total_frames(ref.shape[0], ref_text, chunk, request.speed, hop) for chunk in chunks]
+        if max(frames) * hop / self.sample_rate > MAX_JOB_S:  # bounded work per request, checked before any
+            raise SynthesisError(f"a chunk of this request would be {max(frames) * hop / self.sample_rate:.0f} s of audio with its "
+                                 f"reference (the limit is {MAX_JOB_S:g} s): F5-TTS times speech by the reference's "
+                                 f"characters per second, and this reference's transcript is much shorter than its audio")
+
+        def job(k: int) -> FlowJob:
+            ids = text_to_ids(prompt_text(ref_text) + chunks[k], self.vocab.index)
+            return self.flow.job(cond, ids, frames[k], self.steps, schedule=self.schedule)
 
         fade = int(CROSS_FADE_S * self.sample_rate)
-        jobs = [job(chunks[0])]
+        jobs = [job(0)]
         jobs[0].due = time.monotonic()  # the first chunk runs alone: first audio as early as possible
         yield Submit(jobs)
         first = yield Wait(jobs[0])
         # The rest generate while it plays; each is due when the audio before it has played out.
         due = time.monotonic()
-        for c in chunks[1:]:
+        for k in range(1, len(chunks)):
             due += (jobs[-1].x.shape[0] - jobs[-1].ref_frames) * hop / self.sample_rate
-            jobs.append(job(c))
+            jobs.append(job(k))
             jobs[-1].due = due
         yield Submit(jobs[1:])
         held = torch.zeros(0)
