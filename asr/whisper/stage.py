@@ -111,23 +111,26 @@ class WhisperStage(Stage):
 
     @torch.inference_mode()
     def process(self, batch: Sequence[BatchItem]) -> list[list[Frame] | Exception]:
-        """Buffer every stream's audio, then run all due updates as batched recognitions.
+        """Buffer every stream's audio, then run all due updates, and all utterance-final passes, as batched
+        recognitions.
 
-        An endpoint is placed at the VAD frame that found it, not at the end of the chunk holding it: the chunk is
-        cut there, the utterance ends with its first part and the rest starts the next one. With updates at fixed
-        points of the stream (``LocalAgreement.feed``), no decode input depends on how the audio was chunked."""
+        An utterance ends at the VAD frame that found its end (or where it reaches ``max_utterance_s``), not at the
+        end of the chunk holding it: the chunk is cut there, the utterance ends with its first part and the rest
+        starts the next one. With updates at fixed points of the stream (``LocalAgreement.feed``), no decode input
+        depends on how the audio was chunked."""
         out: list[list[Frame] | Exception] = [[] for _ in batch]
-        parts: dict[int, list[torch.Tensor]] = {}  # stream -> its chunk cut at endpoints (each part but the last ends one)
+        parts: dict[int, list[torch.Tensor]] = {}  # stream -> its chunk cut at utterance ends (each part but the last ends one)
+        ending: list[int] = []  # streams whose input ended: their last utterance's final
         for i, (ctx, frame) in enumerate(batch):
             try:
                 if isinstance(frame, AudioChunk):
                     if frame.sample_rate != SAMPLE_RATE:
                         raise SampleRateError(f"{self.name} needs {SAMPLE_RATE} Hz audio, got {frame.sample_rate} Hz")
                     audio = frame.samples.mean(dim=1)
-                    cuts = self._endpoints(ctx, audio) if ctx.endpointer is not None else []
+                    cuts = self._cuts(ctx, audio)
                     parts[i] = [audio[a:b] for a, b in zip([0] + cuts, cuts + [audio.shape[0]])]
                 elif isinstance(frame, EndOfStream):
-                    out[i] = list(ctx.streamer.flush()) + [frame]
+                    ending.append(i)
                 else:
                     out[i] = [frame]
             except Exception as exc:  # this stream fails alone; the others' work stands
@@ -140,10 +143,38 @@ class WhisperStage(Stage):
                 for i, segs in zip(due, segments):
                     out[i] += batch[i][0].streamer.update(segs)
                 due = [i for i in due if batch[i][0].streamer.advance()]
-            for i in now:
-                if r < len(parts[i]) - 1:
-                    out[i] += batch[i][0].streamer.endpoint()
+            self._finals(batch, out, [i for i in now if r < len(parts[i]) - 1], endpoint=True)
+        self._finals(batch, out, [i for i in ending if not isinstance(out[i], Exception)], endpoint=False)
+        for i in ending:
+            if not isinstance(out[i], Exception):
+                out[i] = list(out[i]) + [batch[i][1]]
         return out
+
+    def _finals(self, batch: Sequence[BatchItem], out: list, streams: list[int], endpoint: bool) -> None:
+        """End these streams' utterances: their final passes as one batched recognition."""
+        requests = {i: batch[i][0].streamer.final_request() for i in streams}
+        todo = [i for i, req in requests.items() if req is not None]
+        results = dict(zip(todo, self.recognizer.transcribe_many([requests[i] for i in todo]))) if todo else {}
+        for i in streams:
+            streamer = batch[i][0].streamer
+            out[i] += streamer.finish(results.get(i, []))
+            if endpoint:  # the next utterance is not prompted with this one
+                streamer.context_start = len(streamer.committed)
+
+    def _cuts(self, ctx: _StreamContext, audio: torch.Tensor) -> list[int]:
+        """The samples of the chunk where utterances end: VAD endpoints, and where an utterance reaches
+        ``max_utterance_s``."""
+        vad = self._endpoints(ctx, audio) if ctx.endpointer is not None else []
+        longest = round(ctx.streamer.config.max_utterance_s * SAMPLE_RATE)
+        cuts, at, length = [], 0, ctx.streamer.utterance_samples
+        for end in vad + [audio.shape[0]]:
+            while length + end - at > longest:  # the utterance reaches its longest before this end
+                at, length = at + longest - length, 0
+                cuts.append(at)
+            if end < audio.shape[0]:
+                cuts.append(end)
+                at, length = end, 0
+        return sorted(set(cuts))
 
     def _endpoints(self, ctx: _StreamContext, audio: torch.Tensor) -> list[int]:
         """Run the VAD over the chunk: the samples of the chunk where utterances ended."""

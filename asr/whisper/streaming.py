@@ -13,8 +13,12 @@ Real-Time Transcription System", 2023):
 * once the buffer is longer than ``max_buffer_s``, it is cut at the end of the
   last fully committed segment, so memory and compute stay bounded however
   long the stream runs;
-* ``flush`` (end of stream) and ``endpoint`` (VAD silence) commit the last
-  hypothesis whole and start afresh.
+* ``flush`` (end of stream) and ``endpoint`` (VAD silence) end the utterance:
+  its final comes from one pass over the utterance's whole audio (what offline
+  transcription of it gives), and everything starts afresh. While the
+  utterance runs, the agreed words and the rest are reported as one partial.
+  (``utterance_finals=False``: agreed words are committed as finals at once,
+  and the end commits the last hypothesis of the buffer.)
 
 Word times are the segment's time span shared out in proportion to word
 length (Whisper's segment timestamps are exact; word boundaries inside a
@@ -43,6 +47,13 @@ class StreamingConfig:
     max_buffer_s: float = 15.0  # trim at a committed segment end once the buffer is longer
     prompt_chars: int = 200  # committed text (before the buffer) used as the decoder prompt
     interim_results: bool = True
+    # Finals from one pass over the whole utterance when it ends (VAD endpoint, end of stream): the offline
+    # transcript of that audio. Local agreement then only drives the partials. False: local agreement commits
+    # finals as two passes agree (sooner, but from less context: an utterance's first words can differ).
+    utterance_finals: bool = True
+    # An utterance longer than this is ended where it reaches it (the stage cuts there), so its final pass is one
+    # Whisper window and batches with other streams'; continuous speech without a 0.5 s pause rarely lasts so long.
+    max_utterance_s: float = 29.0
 
 
 def normalise(word: str) -> str:
@@ -94,6 +105,14 @@ class LocalAgreement:
         self.context_start = 0  # committed words before this index belong to an ended utterance
         self._since_update = 0
         self.samples_seen = 0
+        self._utterance: list[torch.Tensor] = []  # the utterance's audio that reached the buffer, for its final pass
+        self.utterance_from = 0  # index in committed of the utterance's first word (its words are provisional)
+        self.utterance_start_s = 0.0
+
+    @property
+    def utterance_samples(self) -> int:
+        """Samples of the running utterance taken so far (held ones included)."""
+        return round((self.samples_seen / SAMPLE_RATE - self.utterance_start_s) * SAMPLE_RATE)
 
     @property
     def buffer_s(self) -> float:
@@ -128,6 +147,7 @@ class LocalAgreement:
         interval = round(self.config.update_interval_s * SAMPLE_RATE)
         take = self._incoming[: interval - self._since_update]
         self._buffer = torch.cat([self._buffer, take])
+        self._utterance.append(take)
         self._incoming = self._incoming[take.shape[0] :]
         self._since_update += take.shape[0]
         if self._since_update < interval:
@@ -139,17 +159,47 @@ class LocalAgreement:
         """(buffer audio, prompt tokens) to recognise for the next update."""
         return self._buffer, self._prompt()
 
-    def flush(self) -> list[TextEvent]:
-        """End of stream: commit everything heard."""
-        self._buffer, self._incoming = torch.cat([self._buffer, self._incoming]), torch.zeros(0)
-        events = self.update(self.recognise(*self.request()), final=True) if self._buffer.numel() else []
+    def final_request(self) -> tuple[torch.Tensor, list[int]] | None:
+        """The utterance's end: the input of its final pass (its whole audio and the prompt before it; with
+        ``utterance_finals`` off, the buffer's), or None when there is no audio. ``finish`` applies the result."""
+        self._buffer = torch.cat([self._buffer, self._incoming])
+        self._utterance.append(self._incoming)
+        self._incoming = torch.zeros(0)
+        if not self.config.utterance_finals:
+            return self.request() if self._buffer.numel() else None
+        audio = torch.cat(self._utterance)
+        if not audio.numel():
+            return None
+        before = [w.word for w in self.committed[self.context_start : self.utterance_from]]
+        text = " ".join(before)[-self.config.prompt_chars :].strip()
+        return audio, self.encode_prompt(" " + text) if text else []
+
+    def finish(self, segments: list[Segment]) -> list[TextEvent]:
+        """Apply the final pass of ``final_request`` (``[]`` when it was None): the utterance's final, then a fresh
+        start."""
+        if not self.config.utterance_finals:
+            events = self.update(segments, final=True) if segments else []
+        else:
+            words: list[WordTiming] = []
+            for seg in segments:
+                words += segment_words(seg, self.utterance_start_s)
+            del self.committed[self.utterance_from :]  # the agreed words were provisional: the pass decides
+            words = self._monotonic(words)
+            self.committed += words
+            events = [_event(TextKind.FINAL, words)] if words else []
         self.buffer_start_s += self.buffer_s
-        self._buffer = torch.zeros(0)
+        self._buffer, self._utterance = torch.zeros(0), []
         self.pending, self.in_buffer, self._since_update = [], 0, 0
+        self.utterance_from, self.utterance_start_s = len(self.committed), self.samples_seen / SAMPLE_RATE
         return events
 
+    def flush(self) -> list[TextEvent]:
+        """End of stream: the utterance's final."""
+        req = self.final_request()
+        return self.finish(self.recognise(*req) if req is not None else [])
+
     def endpoint(self) -> list[TextEvent]:
-        """End of an utterance (VAD): commit it and forget its context."""
+        """End of an utterance (VAD): its final; the next utterance is not prompted with it."""
         events = self.flush()
         self.context_start = len(self.committed)
         return events
@@ -196,10 +246,13 @@ class LocalAgreement:
         self.committed += agreed
         self.in_buffer = skip + len(agreed)
         events: list[TextEvent] = []
-        if agreed:
-            events.append(_event(TextKind.FINAL, agreed))
-        if self.config.interim_results and self.pending and not final:
-            events.append(_event(TextKind.PARTIAL, self.pending))
+        if not self.config.utterance_finals or final:
+            if agreed:
+                events.append(_event(TextKind.FINAL, agreed))
+            if self.config.interim_results and self.pending and not final:
+                events.append(_event(TextKind.PARTIAL, self.pending))
+        elif self.config.interim_results and (agreed or self.pending):  # the utterance so far: agreed words and the rest
+            events.append(_event(TextKind.PARTIAL, self.committed[self.utterance_from :] + self.pending))
         if not final:
             self._trim(hyp)
         return events
