@@ -155,3 +155,30 @@ def test_audio_shorter_than_a_mel_frame_is_no_speech():
     rec = WhisperRecognizer.default()
     tiny = torch.zeros(36)
     assert rec.transcribe(tiny) == [] and rec.transcribe_many([(tiny, []), (torch.zeros(170), [])]) == [[], []]
+
+
+def test_an_utterance_is_ended_at_its_longest_wherever_the_chunks_fall(speech_dir):
+    """Without an endpoint an utterance ends when it reaches ``max_utterance_s`` (its final pass stays one batched
+    window); the cut is at that sample of the stream, so chunking changes nothing."""
+    from dataclasses import replace
+
+    from legato.asr.whisper.stage import WhisperRecognizer, WhisperStage
+    from legato.stream.frames import AudioChunk, TextEvent
+    from legato.stream.graph import StreamInfo
+    from legato.stream.testing import StageHarness
+
+    audio = read_audio(str(speech_dir / "en_mr_quilter.wav"), sample_rate=16000)[0][:, 0]
+    stage = WhisperStage(WhisperRecognizer.default(), replace(StreamingConfig(), max_utterance_s=2.0))
+
+    def finals(chunk):
+        h = StageHarness(stage, StreamInfo("s", options={"endpointing": {"enabled": False}}))
+        out = []
+        for i in range(0, audio.shape[0], chunk):
+            out += h.push(AudioChunk(audio[i : i + chunk, None].contiguous(), 16000, i))
+        out += h.end()
+        return [(e.text, e.start_s) for e in out if isinstance(e, TextEvent) and e.kind == TextKind.FINAL]
+
+    want = finals(1600)
+    assert len(want) >= audio.shape[0] // 32000  # one final per 2 s of audio, at least
+    assert all(start < (k + 1) * 2.0 for k, (_, start) in enumerate(want))
+    assert finals(8000) == want and finals(27200) == want
