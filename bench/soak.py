@@ -129,7 +129,7 @@ def rss_mib(pid: int) -> float:
 
 async def soak(args, port: int, pid: int) -> dict:
     url = f"ws://127.0.0.1:{port}/"
-    clips = [load_clip(SPEECH / name) for name in CLIPS]
+    clips = [load_clip(args.speech_dir / name) for name in CLIPS]
     want = []
     for pcm in clips:  # each clip alone, paced, before the load: the finals every loaded stream must reproduce
         rec = await one_stream(url, pcm, args.chunk_ms)
@@ -187,6 +187,7 @@ def main() -> int:
     ap.add_argument("--retry-s", type=float, default=1.0, help="a refused client waits this long before retrying")
     ap.add_argument("--rss-every", type=float, default=10.0, help="seconds between the server's memory samples")
     ap.add_argument("--max-rss-growth", type=float, default=0.05, help="bound on memory growth after the warm-up (5 %%)")
+    ap.add_argument("--speech-dir", type=Path, default=SPEECH, help=f"the test clips (default {SPEECH})")
     ap.add_argument("--server-log", default="soak_server.log")
     ap.add_argument("--commit", default=None)
     ap.add_argument("--out", default="soak.json")

@@ -17,9 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_a_minute_beyond_capacity_loses_nothing(tmp_path):
+def test_a_minute_beyond_capacity_loses_nothing(tmp_path, speech_dir):
     out = tmp_path / "soak.json"
     run = subprocess.run([sys.executable, "-P", str(REPO / "bench" / "soak.py"), "--seconds", "60", "--rss-every", "5",
+                          "--speech-dir", str(speech_dir),
                           "--out", str(out), "--server-log", str(tmp_path / "server.log")],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.exists(), run.stdout[-2000:] + run.stderr[-2000:]
