@@ -210,7 +210,7 @@ def main() -> int:
         and result["ok"] > 0 and not result["refused_other"]
     info = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": args.commit or git_commit(), "cpus": os.cpu_count(),
             "args": vars(args), "passed": passed, **result}
-    Path(args.out).write_text(json.dumps(info, indent=1))
+    Path(args.out).write_text(json.dumps(info, indent=1, default=str))
     r = result["rss_mib"]
     print(f"{args.seconds:.0f} s, {args.clients} clients on {args.max_connections} connections: {result['admitted']} streams admitted, "
           f"{result['ok']} ok, {result['lost']} lost, {result['mismatched']} mismatched, {result['refused']} refused at the handshake; "
