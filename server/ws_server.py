@@ -34,7 +34,6 @@ from websockets.protocol import State
 
 from legato.server.auth import check_token, token_matches
 from legato.server.log_text import loggable
-from legato.server.rate_limit import AudioRate, ClientCounts
 from legato.server.protocol import (
     Audio,
     CloseCode,
@@ -47,6 +46,7 @@ from legato.server.protocol import (
     ready_message,
     text_message,
 )
+from legato.server.rate_limit import AudioRate, ClientCounts
 from legato.stream.engine import Engine, StreamHandle
 from legato.stream.errors import CapacityError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, TextEvent

@@ -435,6 +435,11 @@ def _error_event(exc: BaseException, stage: str) -> ErrorEvent:
     return ErrorEvent(code=code, message=f"{type(exc).__name__}: {exc}", stage=stage)
 
 
+def _frame_samples(sample_rate: int) -> int:
+    """``MAX_FRAME_S`` in samples at this rate."""
+    return max(1, int(MAX_FRAME_S * sample_rate))
+
+
 def _take(queue: deque, join: bool) -> _Item:
     """The queue's next input for a step; in a route's first queue (what clients pushed), consecutive AudioChunks are
     joined up to ``MAX_FRAME_S``.
@@ -448,7 +453,7 @@ def _take(queue: deque, join: bool) -> _Item:
     if not join or not isinstance(item.frame, AudioChunk):
         return item
     first = item.frame
-    limit = max(1, int(MAX_FRAME_S * first.sample_rate))
+    limit = _frame_samples(first.sample_rate)
     parts, n = [first.samples], first.num_samples
     while queue and isinstance(nxt := queue[0].frame, AudioChunk) and nxt.sample_rate == first.sample_rate \
             and nxt.channels == first.channels and n + nxt.num_samples <= limit:
@@ -464,7 +469,7 @@ def _pieces(frame: Frame) -> list[Frame]:
     """``frame``, or an AudioChunk longer than ``MAX_FRAME_S`` cut into consecutive pieces no longer than that."""
     if not isinstance(frame, AudioChunk):
         return [frame]
-    step = max(1, int(MAX_FRAME_S * frame.sample_rate))
+    step = _frame_samples(frame.sample_rate)
     if frame.num_samples <= step:
         return [frame]
     return [AudioChunk(frame.samples[i:i + step], frame.sample_rate, frame.start_sample + i) for i in range(0, frame.num_samples, step)]

@@ -147,7 +147,7 @@ class WhisperStage(Stage):
         self._finals(batch, out, [i for i in ending if not isinstance(out[i], Exception)], endpoint=False)
         for i in ending:
             if not isinstance(out[i], Exception):
-                out[i] = list(out[i]) + [batch[i][1]]
+                out[i].append(batch[i][1])
         return out
 
     def _finals(self, batch: Sequence[BatchItem], out: list, streams: list[int], endpoint: bool) -> None:
@@ -156,10 +156,7 @@ class WhisperStage(Stage):
         todo = [i for i, req in requests.items() if req is not None]
         results = dict(zip(todo, self.recognizer.transcribe_many([requests[i] for i in todo]))) if todo else {}
         for i in streams:
-            streamer = batch[i][0].streamer
-            out[i] += streamer.finish(results.get(i, []))
-            if endpoint:  # the next utterance is not prompted with this one
-                streamer.context_start = len(streamer.committed)
+            out[i] += batch[i][0].streamer.finish(results.get(i, []), endpoint)
 
     def _cuts(self, ctx: _StreamContext, audio: torch.Tensor) -> list[int]:
         """The samples of the chunk where utterances end: VAD endpoints, and where an utterance reaches

@@ -107,12 +107,12 @@ class LocalAgreement:
         self.samples_seen = 0
         self._utterance: list[torch.Tensor] = []  # the utterance's audio that reached the buffer, for its final pass
         self.utterance_from = 0  # index in committed of the utterance's first word (its words are provisional)
-        self.utterance_start_s = 0.0
+        self.utterance_start = 0  # the stream sample where the running utterance began
 
     @property
     def utterance_samples(self) -> int:
         """Samples of the running utterance taken so far (held ones included)."""
-        return round((self.samples_seen / SAMPLE_RATE - self.utterance_start_s) * SAMPLE_RATE)
+        return self.samples_seen - self.utterance_start
 
     @property
     def buffer_s(self) -> float:
@@ -170,19 +170,17 @@ class LocalAgreement:
         audio = torch.cat(self._utterance)
         if not audio.numel():
             return None
-        before = [w.word for w in self.committed[self.context_start : self.utterance_from]]
-        text = " ".join(before)[-self.config.prompt_chars :].strip()
-        return audio, self.encode_prompt(" " + text) if text else []
+        return audio, self._context_prompt(self.committed[self.context_start : self.utterance_from])
 
-    def finish(self, segments: list[Segment]) -> list[TextEvent]:
+    def finish(self, segments: list[Segment], endpoint: bool = False) -> list[TextEvent]:
         """Apply the final pass of ``final_request`` (``[]`` when it was None): the utterance's final, then a fresh
-        start."""
+        start; after an ``endpoint`` the next utterance is not prompted with this one."""
         if not self.config.utterance_finals:
             events = self.update(segments, final=True) if segments else []
         else:
             words: list[WordTiming] = []
             for seg in segments:
-                words += segment_words(seg, self.utterance_start_s)
+                words += segment_words(seg, self.utterance_start / SAMPLE_RATE)
             del self.committed[self.utterance_from :]  # the agreed words were provisional: the pass decides
             words = self._monotonic(words)
             self.committed += words
@@ -190,23 +188,29 @@ class LocalAgreement:
         self.buffer_start_s += self.buffer_s
         self._buffer, self._utterance = torch.zeros(0), []
         self.pending, self.in_buffer, self._since_update = [], 0, 0
-        self.utterance_from, self.utterance_start_s = len(self.committed), self.samples_seen / SAMPLE_RATE
+        self.utterance_from, self.utterance_start = len(self.committed), self.samples_seen
+        if endpoint:
+            self.context_start = len(self.committed)
         return events
 
     def flush(self) -> list[TextEvent]:
         """End of stream: the utterance's final."""
-        req = self.final_request()
-        return self.finish(self.recognise(*req) if req is not None else [])
+        return self._end_utterance(endpoint=False)
 
     def endpoint(self) -> list[TextEvent]:
         """End of an utterance (VAD): its final; the next utterance is not prompted with it."""
-        events = self.flush()
-        self.context_start = len(self.committed)
-        return events
+        return self._end_utterance(endpoint=True)
+
+    def _end_utterance(self, endpoint: bool) -> list[TextEvent]:
+        req = self.final_request()
+        return self.finish(self.recognise(*req) if req is not None else [], endpoint)
 
     def _prompt(self) -> list[int]:
-        before = [w.word for w in self.committed[self.context_start : len(self.committed) - self.in_buffer]]
-        text = " ".join(before)[-self.config.prompt_chars :].strip()
+        return self._context_prompt(self.committed[self.context_start : len(self.committed) - self.in_buffer])
+
+    def _context_prompt(self, before: list[WordTiming]) -> list[int]:
+        """Prompt tokens of the words said before the audio to decode (their last ``prompt_chars``)."""
+        text = " ".join(w.word for w in before)[-self.config.prompt_chars :].strip()
         return self.encode_prompt(" " + text) if text else []
 
     def _hypothesis(self, segments: list[Segment]) -> _Hypothesis:

@@ -140,9 +140,8 @@ def _cut(clause: str, first: int, limit: int) -> list[str]:
     """A clause in pieces of at most ``first`` then ``limit`` UTF-8 bytes, each cut at the last space that fits
     (mid-word for a word longer than that)."""
     pieces = []
-    while utf8_len(clause) > (limit if pieces else first):
-        limit_now = limit if pieces else first
-        n = len(clause.encode("utf-8")[:limit_now].decode("utf-8", "ignore"))  # characters that fit
+    while utf8_len(clause) > (cap := limit if pieces else first):
+        n = len(clause.encode("utf-8")[:cap].decode("utf-8", "ignore"))  # characters that fit
         cut = clause.rfind(" ", 0, n + 1)
         cut = cut if cut > 0 else max(1, n)
         pieces.append(clause[:cut].strip())
