@@ -66,7 +66,9 @@ with Engine(voice_route(v), max_streams=512) as eng:
         ttfa = sorted(r["ttfa_s"] * 1e3 for r in recs)
         steps = sorted(log, key=lambda r: -r[1])
         print(f"[{mode}] N={n} ttfa p50 {statistics.median(ttfa):.0f} p99 {ttfa[-2]:.0f} ms wall {wall:.2f}s; {len(log)} steps, "
-              f"sum {sum(r[1] for r in log):.2f}s, peak {max(r[7] for r in log):.1f} GiB", flush=True)
+              f"sum {sum(r[1] for r in log):.2f}s, peak {max(r[7] for r in log):.1f} GiB, allocator retries "
+              f"{torch.cuda.memory_stats().get('num_alloc_retries', 0)}, cudnn.benchmark {torch.backends.cudnn.benchmark}",
+              flush=True)
         for r in steps[:6]:
             print("   slowest: t=%.3f dur=%.3f offered=%d enc=%d dec=%d maxdec=%d maxflow=%d peak=%.1fGiB" % r)
         for r in log[:8]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from legato.tts.vits.loader import load_piper_voice
-from legato.tts.vits.streaming import SentenceStream, decode_windows
+from legato.tts.vits.streaming import Buckets, SentenceStream, decode_windows
 
 FIX = Path(__file__).parent / "fixtures" / "tts" / "vits"
 VOICES = ("tiny_multi", "tiny_sdp")
@@ -66,8 +66,8 @@ def test_matches_piper(ref, meta, name, fmt):
 
 
 @pytest.mark.parametrize("name", VOICES)
-@pytest.mark.parametrize("first,largest", [(1, 1), (2, 5), (16, 128)])
-def test_streaming_equals_whole(ref, name, first, largest):
+@pytest.mark.parametrize("first,largest,buckets", [(1, 1, None), (2, 5, None), (16, 128, None), (2, 5, Buckets(frames=8))])
+def test_streaming_equals_whole(ref, name, first, largest, buckets):
     voice = _load(name, "onnx")
     ids = ref[f"{name}__q2__ids"].tolist()
     g = torch.Generator().manual_seed(3)
@@ -83,7 +83,7 @@ def test_streaming_equals_whole(ref, name, first, largest):
         stream = SentenceStream(voice.model, enc.z_p, enc.g, first, largest)
         parts = []
         while not stream.done:
-            parts += decode_windows(voice.model, [stream.next_window()])
+            parts += decode_windows(voice.model, [stream.next_window()], buckets)
     assert float((torch.cat(parts) - whole).abs().max()) < 1e-5
 
 

