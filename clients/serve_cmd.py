@@ -141,6 +141,7 @@ async def _serve(args: argparse.Namespace) -> int:
             models.append(name)
     engine = Engine(routes, max_streams=2 * args.max_connections, default_budget_s=args.latency_budget).start()
     servers = []
+    tts = None
     if voices:
         from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
         from legato.server.tts_service import TtsService
@@ -149,18 +150,21 @@ async def _serve(args: argparse.Namespace) -> int:
             host=args.host, port=args.grpc_port, max_concurrent_rpcs=args.max_connections, auth_token=token,
             certfile=args.certfile, keyfile=args.keyfile,
         )
-        tts_server = await TtsGrpcServer(TtsService(voices, default_voice, engine=engine), grpc_config).start()
+        tts = TtsService(voices, default_voice, engine=engine)
+        tts_server = await TtsGrpcServer(tts, grpc_config).start()
         servers.append(tts_server)
         print(f"legato: serving text-to-speech (gRPC legato.tts.v1) on {tts_server.target} (voices: {', '.join(voices)}; default {default_voice})", flush=True)
+    config = ServerConfig(
+        host=args.host, port=args.port, max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
+        idle_timeout_s=args.idle_timeout, latency_budget_s=args.latency_budget, auth_token=token,
+        certfile=args.certfile, keyfile=args.keyfile, **client_limits(args),
+    )
+    # One port: live transcription (WebSocket), the OpenAI-compatible API (speech too), health and the page.
+    server = await TranscriptionServer(engine, models, config, own_engine=False, tts=tts).start()
+    servers.append(server)
     if models:
-        config = ServerConfig(
-            host=args.host, port=args.port, max_connections=args.max_connections, max_message_bytes=args.max_message_bytes,
-            idle_timeout_s=args.idle_timeout, latency_budget_s=args.latency_budget, auth_token=token,
-            certfile=args.certfile, keyfile=args.keyfile, **client_limits(args),
-        )
-        server = await TranscriptionServer(engine, models, config, own_engine=False).start()
-        servers.append(server)
-        print(f"legato: serving live transcription on {server.url} (models: {', '.join(models)}); health at {server.url.replace('ws', 'http', 1)}/healthz", flush=True)
+        print(f"legato: serving live transcription on {server.url} (models: {', '.join(models)})", flush=True)
+    print(f"legato: OpenAI-compatible API on {server.http_url}/v1 (docs/HTTP.md); health at {server.http_url}/healthz", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,10 +1,12 @@
-"""Live-transcription WebSocket server: thin asyncio wrapper over ProtocolSession and the engine.
+"""The server on one port: live transcription over WebSocket, the OpenAI-compatible HTTP API, health, the page.
 
 One engine serves every loaded model as a route (``resample -> whisper``,
 ``resample -> rechunk -> mel -> fastconformer``; the same engine also carries
 the TTS voices when ``legato serve`` has them); a connection opens a stream
 on its model's route; model work happens on the engine's worker threads, never on
-this event loop. Limits (docs/PROTOCOL.md, docs/ERRORS.md): message size,
+this event loop. HTTP and WebSocket share aiohttp's server (``/v1/...``: server/openai_api.py,
+docs/HTTP.md): the ``websockets`` library cannot read a request body, and one port for both is what
+users of speech servers expect. Limits (docs/PROTOCOL.md, docs/ERRORS.md): message size,
 connections (HTTP 503 past the limit, before the upgrade), idle timeout,
 keepalive pings, no compression. ``/healthz`` answers 200 while serving.
 With ``auth_token`` set, a client proves it with an ``Authorization: Bearer``
@@ -24,13 +26,9 @@ import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
-from websockets.protocol import State
+from aiohttp import WSMsgType, web, web_ws
 
 from legato.server.auth import check_token, token_matches
 from legato.server.log_text import loggable
@@ -50,6 +48,9 @@ from legato.server.rate_limit import AudioRate, ClientCounts
 from legato.stream.engine import Engine, StreamHandle
 from legato.stream.errors import CapacityError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, TextEvent
+
+if TYPE_CHECKING:
+    from legato.server.tts_service import TtsService
 
 log = logging.getLogger("legato.server")
 
@@ -82,13 +83,18 @@ class ServerConfig:
     certfile: str | None = None
     keyfile: str | None = None
     reuse_port: bool = False  # several processes serve the port (SO_REUSEPORT: the kernel spreads connections)
+    max_upload_bytes: int = 25 << 20  # an HTTP API request's audio file (OpenAI's own limit); 413 past it
 
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 
 
-def _static(connection: ServerConnection, path: str) -> Response:
+class Closed(Exception):
+    """The WebSocket is closed or closing: the session ends."""
+
+
+def _static(path: str) -> web.Response:
     """The browser page and its scripts (server/static), or 404 for anything else, however odd the path."""
     name = "index.html" if path in ("/", "") else path.lstrip("/")
     try:  # a NUL (ValueError) or a name longer than the file system takes (OSError) is just not there
@@ -97,63 +103,110 @@ def _static(connection: ServerConnection, path: str) -> Response:
     except (OSError, ValueError):
         found = False
     if not found:
-        return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
-    body = file.read_bytes()
-    headers = Headers([("Content-Type", STATIC_TYPES[file.suffix]), ("Content-Length", str(len(body))), ("Cache-Control", "no-cache")])
-    return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
+        return web.Response(status=HTTPStatus.NOT_FOUND, text="not found\n")
+    return web.Response(body=file.read_bytes(), headers={"Content-Type": STATIC_TYPES[file.suffix], "Cache-Control": "no-cache"})
 
 
 class TranscriptionServer:
-    def __init__(self, engine: Engine, models: Sequence[str] | None = None, config: ServerConfig = ServerConfig(), *, own_engine: bool = True):
-        """``models``: the engine routes clients may ask for (default: all), the first is the default.
-        ``own_engine``: start the engine here and stop it on drain (False when the engine is shared)."""
-        self.models = list(models or engine.routes)
-        unknown = [m for m in self.models if m not in engine.routes]
-        if unknown or not self.models:
-            raise ValueError(f"models {unknown} are not routes of the engine ({', '.join(engine.routes)})")
+    def __init__(self, engine: Engine, models: Sequence[str] | None = None, config: ServerConfig = ServerConfig(), *,
+                 own_engine: bool = True, tts: "TtsService | None" = None):
+        """``models``: the engine routes clients may ask for (default: all but voices), the first is the default.
+        ``own_engine``: start the engine here and stop it on drain (False when the engine is shared).
+        ``tts``: the voices ``/v1/audio/speech`` speaks with (none: that endpoint answers 404)."""
         check_token(config.auth_token)
-        self.engine, self.default_model, self.config, self.own_engine = engine, self.models[0], config, own_engine
+        self.models = list(models) if models is not None else [r for r in engine.routes if not r.startswith("tts:")]
+        unknown = [m for m in self.models if m not in engine.routes]
+        if unknown or not (self.models or tts):
+            raise ValueError(f"models {unknown} are not routes of the engine ({', '.join(engine.routes)})")
+        self.engine, self.config, self.own_engine, self.tts = engine, config, own_engine, tts
+        self.default_model = self.models[0] if self.models else None
         self._sessions: set[_Connection] = set()
+        self._requests = 0  # HTTP API requests in flight (drain waits for them)
         self._unverified = 0  # sessions upgraded without a token that have not sent a valid start yet
         self._clients = ClientCounts(config.max_connections_per_client)
-        self._server: Server | None = None
+        self._runner: web.AppRunner | None = None
         self.draining = False
 
     @property
     def url(self) -> str:
         scheme = "wss" if self.config.certfile else "ws"
-        port = self.port
-        return f"{scheme}://{self.config.host}:{port}"
+        return f"{scheme}://{self.config.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return self.url.replace("ws", "http", 1)
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._runner is None or not self._runner.addresses:
             return self.config.port
-        return self._server.sockets[0].getsockname()[1] if self._server.sockets else self.config.port
-
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?")[0]
-        if path == "/healthz":
-            status = HTTPStatus.SERVICE_UNAVAILABLE if self.draining else HTTPStatus.OK
-            return connection.respond(status, "draining\n" if self.draining else "ok\n")
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return _static(connection, path)  # the page and its scripts: not counted as streams
-        given = request.headers.get("Authorization")
-        if self.draining or len(self._sessions) - self._unverified >= self.config.max_connections:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server at capacity, try again later\n")
-        if self._clients.full(_address(connection)):
-            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, f"at most {self.config.max_connections_per_client} streams per client\n")
-        if self.config.auth_token is not None:
-            if given is not None and not self.token_ok(given.removeprefix("Bearer ")):
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "wrong bearer token\n")
-            if given is None and self._unverified >= self.config.unverified_quota:
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections without a token: send the Authorization header\n")
-        return None
+        return self._runner.addresses[0][1]
 
     def token_ok(self, token: str | None) -> bool:
         """Constant-time check of a client's token against --auth-token-file (never logged)."""
         expected = self.config.auth_token
         return expected is None or token_matches(token, expected)
+
+    def app(self) -> web.Application:
+        from legato.server.openai_api import OpenAiApi
+
+        app = web.Application(client_max_size=self.config.max_upload_bytes + (64 << 10))  # the file plus its form fields
+        OpenAiApi(self).add_routes(app)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/{path:.*}", self._get)
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, text="draining\n")
+        return web.Response(text="ok\n")
+
+    def _refuse_upgrade(self, request: web.Request) -> web.Response | None:
+        given = request.headers.get("Authorization")
+        refuse = lambda status, text: web.Response(status=status, text=text)
+        if self.draining or len(self._sessions) - self._unverified >= self.config.max_connections:
+            return refuse(HTTPStatus.SERVICE_UNAVAILABLE, "server at capacity, try again later\n")
+        if self._clients.full(_address(request)):
+            return refuse(HTTPStatus.TOO_MANY_REQUESTS, f"at most {self.config.max_connections_per_client} streams per client\n")
+        if self.config.auth_token is not None:
+            if given is not None and not self.token_ok(given.removeprefix("Bearer ")):
+                return refuse(HTTPStatus.UNAUTHORIZED, "wrong bearer token\n")
+            if given is None and self._unverified >= self.config.unverified_quota:
+                return refuse(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections without a token: send the Authorization header\n")
+        return None
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return _static(request.path)  # the page and its scripts: not counted as streams
+        refused = self._refuse_upgrade(request)
+        if refused is not None:
+            return refused
+        ws = web.WebSocketResponse(
+            # Twice the protocol limit: the protocol answers a too-big message with an error
+            # first; only past this does the transport cut the connection (1009) unannounced.
+            max_msg_size=2 * self.config.max_message_bytes,
+            compress=False,  # binary audio does not compress; deflate costs CPU and memory per connection
+            # keepalive is ours (_Connection._keepalive): a library's would kill a connection whose pong waits
+            # behind audio we are not reading because the stream is back-pressured
+            autoping=False,
+            heartbeat=None,
+        )
+        await ws.prepare(request)
+        conn = _Connection(self, ws, request)
+        conn.verified = self.config.auth_token is None or "Authorization" in request.headers
+        self._unverified += not conn.verified
+        self._sessions.add(conn)
+        address = _address(request)
+        self._clients.add(address)
+        try:
+            await conn.run()
+            if not ws.closed:
+                await ws.close()
+        finally:
+            self._sessions.discard(conn)
+            self._unverified -= not conn.verified
+            self._clients.remove(address)
+        return ws
 
     async def start(self) -> "TranscriptionServer":
         self.engine.start()
@@ -161,66 +214,58 @@ class TranscriptionServer:
         if self.config.certfile:
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
-        self._server = await serve(
-            self._handle,
-            self.config.host,
-            self.config.port,
-            process_request=self._process_request,
-            # Twice the protocol limit: the protocol answers a too-big message with an error
-            # first; only past this does the transport cut the connection (1009) unannounced.
-            max_size=2 * self.config.max_message_bytes,
-            compression=None,  # binary audio does not compress; deflate costs CPU and memory per connection
-            # keepalive is ours (_Connection._keepalive): the library's would kill a connection whose pong waits
-            # behind audio we are not reading because the stream is back-pressured
-            ping_interval=None,
-            ping_timeout=None,
-            ssl=ssl_ctx,
+        # access_log off: a line per request drowns ours at scale (streams log their own open, reject and end)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=30)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self.config.host, self.config.port, ssl_context=ssl_ctx,
             # connections arriving together (a load balancer's failover, thousands of clients at once) must queue in
             # the kernel, not be dropped and retried seconds later: asyncio's default accept backlog is 100
             backlog=max(ACCEPT_BACKLOG, self.config.max_connections),
             reuse_port=self.config.reuse_port or None,
         )
+        await site.start()
         return self
 
     async def begin_drain(self) -> None:
-        """/healthz answers 503 and new upgrades get 503 ("draining"); open streams go on."""
+        """/healthz answers 503 and new upgrades and API requests get 503 ("draining"); open streams go on."""
         self.draining = True
 
     async def drain(self) -> None:
-        """``begin_drain``; end every stream (its finals are still sent, close 1001); then stop listening. The listener
-        stays open meanwhile, so new clients get the documented 503, not a refused connection."""
+        """``begin_drain``; end every stream (its finals are still sent, close 1001) and let API requests in flight
+        finish; then stop listening. The listener stays open meanwhile, so new clients get the documented 503, not
+        a refused connection."""
         await self.begin_drain()
         await asyncio.gather(*(s.drain() for s in list(self._sessions)), return_exceptions=True)
-        if self._server is not None:
-            self._server.close(close_connections=False)
-            await self._server.wait_closed()
+        if self._runner is not None:
+            await self._runner.cleanup()
         if self.own_engine:
             self.engine.stop()
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        conn = _Connection(self, ws)
-        conn.verified = self.config.auth_token is None or (ws.request is not None and "Authorization" in ws.request.headers)
-        self._unverified += not conn.verified
-        self._sessions.add(conn)
-        address = _address(ws)
-        self._clients.add(address)
-        try:
-            await conn.run()
-        finally:
-            self._sessions.discard(conn)
-            self._unverified -= not conn.verified
-            self._clients.remove(address)
+
+READ_AHEAD_BYTES = 32 << 10
+INBOX_BYTES = 256 << 10  # a socket's messages read ahead of its stream (as websockets reads: one 256 KiB chunk)
+# aiohttp reads a WebSocket's messages ahead of the application up to twice its DEFAULT_CHUNK_SIZE (256 KiB) before it
+# stops reading the socket, and answers a client's ping only when the application reaches it. Under back-pressure
+# that held 16 s of 16 kHz audio per connection (memory at thousands of connections) and kept a ping waiting behind
+# it past the client's keepalive timeout (seen: 1 of 14 clients streaming at full speed on 2 cores closed with 1011).
+# aiohttp has no option for it: its WebSocketResponse sizes the queue from this module global when a socket opens
+# (the writer's limit, a default argument, is not affected).
+web_ws.DEFAULT_CHUNK_SIZE = READ_AHEAD_BYTES
 
 
-def _address(connection: ServerConnection) -> str:
+def _address(request: web.Request) -> str:
     """The client's IP address (a Unix socket or a closed transport has none: one shared key)."""
-    peer = connection.remote_address
-    return str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+    return request.remote or "-"
 
 
 class _Connection:
-    def __init__(self, server: TranscriptionServer, ws: ServerConnection):
-        self.server, self.ws = server, ws
+    def __init__(self, server: TranscriptionServer, ws: web.WebSocketResponse, request: web.Request):
+        self.server, self.ws, self.request = server, ws, request
+        self.last_pong = 0.0  # loop time of the client's last pong
+        self.inbox: asyncio.Queue = asyncio.Queue()  # read, not yet taken: at most INBOX_BYTES (_read_socket)
+        self.inbox_bytes = 0
+        self.room = asyncio.Event()
         self.protocol = ProtocolSession(server.config.max_message_bytes)
         self.handle: StreamHandle | None = None
         self.pump: asyncio.Task | None = None
@@ -238,14 +283,58 @@ class _Connection:
         self.throttled = False  # logged once a stream
 
     async def send(self, message: dict) -> None:
-        await self.ws.send(json.dumps(message))
+        try:
+            await self.ws.send_str(json.dumps(message))
+        except (ConnectionError, RuntimeError) as exc:  # aiohttp: the transport is closing or closed
+            raise Closed(str(exc)) from None
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode())
+
+    async def receive(self) -> str | bytes:
+        """The client's next text or binary message; Closed once the socket is closed."""
+        message = await self.inbox.get()
+        if isinstance(message, Closed):
+            self.inbox.put_nowait(message)  # every later receive sees it too
+            raise message
+        self.inbox_bytes -= len(message)
+        if self.inbox_bytes <= INBOX_BYTES // 2:
+            self.room.set()
+        return message
+
+    async def _read_socket(self) -> None:
+        """Reads the socket while fewer than ``INBOX_BYTES`` wait in ``inbox``, as the ``websockets`` library reads
+        its socket: pings are answered and pongs noted as they arrive, not when the stream takes its next message
+        (a client's keepalive ping would otherwise wait behind the audio its stream is back-pressured on). Past the
+        bound the socket is not read and the client's sends wait: back-pressure. After ``end`` the client's
+        messages are dropped. A message past the transport's size limit closes the socket with 1009."""
+        try:
+            while True:
+                msg = await self.ws.receive()
+                if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                    if self.ended:
+                        continue
+                    self.inbox.put_nowait(msg.data)
+                    self.inbox_bytes += len(msg.data)
+                    if self.inbox_bytes > INBOX_BYTES:
+                        self.room.clear()
+                        await self.room.wait()
+                elif msg.type is WSMsgType.PING:
+                    await self.ws.pong(msg.data)
+                elif msg.type is WSMsgType.PONG:
+                    self.last_pong = asyncio.get_running_loop().time()
+                else:  # CLOSE, CLOSING, CLOSED, ERROR
+                    self.inbox.put_nowait(Closed(str(msg.extra or msg.type)))
+                    return
+        except (ConnectionError, RuntimeError) as exc:
+            self.inbox.put_nowait(Closed(str(exc)))
 
     async def reject(self, code: str, message: str, close: CloseCode) -> None:
         log.info("stream %s rejected: %s (%s)", self.handle.stream_id if self.handle else "-", code, loggable(message))
         try:
             await self.send(error_message(code, message))
-            await self.ws.close(int(close), code)
-        except ConnectionClosed:
+            await self.close(int(close), code)
+        except Closed:
             pass
 
     def _watch_idle(self) -> None:
@@ -253,7 +342,7 @@ class _Connection:
         receive was among a busy front end's top costs: thousands of messages a second); due: reject the stream
         (its pending receive then ends with the connection)."""
         loop, idle = asyncio.get_running_loop(), self.server.config.idle_timeout_s
-        if self.ended or self.ws.state is not State.OPEN:
+        if self.ended or self.ws.closed:
             return
         if not self.verified:  # the start deadline of an upgrade without a token
             deadline = self.server.config.start_deadline_s
@@ -281,15 +370,14 @@ class _Connection:
                 continue
             sent = loop.time()
             try:
-                pong = await self.ws.ping()
-                await asyncio.wait_for(pong, cfg.ping_timeout_s)
-            except asyncio.TimeoutError:
-                if self.pushing or self.last_message > sent:
-                    continue  # we stopped reading meanwhile, or the client spoke: it is alive
-                await self.ws.close(int(CloseCode.INTERNAL_ERROR), "keepalive ping timeout")
-                return
-            except ConnectionClosed:
-                return
+                await self.ws.ping()
+            except (ConnectionError, RuntimeError):
+                return  # closed
+            await asyncio.sleep(cfg.ping_timeout_s)
+            if self.last_pong >= sent or self.pushing or self.last_message > sent:
+                continue  # it answered, we stopped reading meanwhile, or the client spoke: it is alive
+            await self.close(int(CloseCode.INTERNAL_ERROR), "keepalive ping timeout")
+            return
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -297,9 +385,10 @@ class _Connection:
         first = self.server.config.idle_timeout_s if self.verified else min(self.server.config.idle_timeout_s, self.server.config.start_deadline_s)
         self._idle = loop.call_later(first, self._watch_idle)
         keepalive = asyncio.create_task(self._keepalive())
+        reader = asyncio.create_task(self._read_socket())
         try:
             while not self.ended:
-                message = await self.ws.recv()
+                message = await self.receive()
                 self.last_message = loop.time()
                 actions = self.protocol.receive_binary(message) if isinstance(message, bytes) else self.protocol.receive_text(message)
                 for action in actions:
@@ -307,12 +396,13 @@ class _Connection:
                         return
             if self.pump is not None:
                 await self.pump
-        except ConnectionClosed:
+        except Closed:
             if self._idle_reject is not None:
                 await self._idle_reject  # the idle rejection's error message and close are sent
         finally:
             self._idle.cancel()
             keepalive.cancel()
+            reader.cancel()
             if self.pump is not None and not self.pump.done():
                 self.pump.cancel()
             if self.handle is not None and not self.handle.finished:
@@ -324,7 +414,7 @@ class _Connection:
             return False
         if isinstance(action, Start):
             req = action.request
-            header = self.ws.request.headers.get("Authorization") if self.ws.request else None
+            header = self.request.headers.get("Authorization")
             if not self.server.token_ok(header.removeprefix("Bearer ") if header else req.token):
                 await self.reject("unauthorized", "a bearer token is required: Authorization header or the start message's token", CloseCode.POLICY_VIOLATION)
                 return False
@@ -376,7 +466,12 @@ class _Connection:
             self.samples += action.samples.shape[0]
             return True
         if isinstance(action, End):
-            await self.handle.aend()
+            self.pushing = True  # the end waits behind the stream's queued audio: back-pressure too
+            try:
+                await self.handle.aend()
+            finally:
+                self.pushing = False
+                self.last_message = asyncio.get_running_loop().time()
             self.ended = True
             return True
         return True
@@ -391,7 +486,7 @@ class _Connection:
                 return
             elif isinstance(frame, EndOfStream):
                 await self.send(end_message())
-                await self.ws.close(int(CloseCode.GOING_AWAY if self.server.draining else CloseCode.NORMAL), "end")
+                await self.close(int(CloseCode.GOING_AWAY if self.server.draining else CloseCode.NORMAL), "end")
                 return
 
     async def drain(self) -> None:
@@ -404,4 +499,4 @@ class _Connection:
         if self.pump is not None:
             await asyncio.wait({self.pump}, timeout=30)
         else:
-            await self.ws.close(int(CloseCode.GOING_AWAY), "server shutting down")
+            await self.close(int(CloseCode.GOING_AWAY), "server shutting down")

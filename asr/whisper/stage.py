@@ -100,7 +100,8 @@ class WhisperStage(Stage):
 
     def open(self, stream: StreamInfo) -> _StreamContext:
         interim = bool(stream.options.get("interim_results", self.config.interim_results))
-        streamer = self.recognizer.streamer(replace(self.config, interim_results=interim))
+        prompt = str(stream.options.get("prompt") or "")[:1000]  # the prompt keeps only its last prompt_chars anyway
+        streamer = self.recognizer.streamer(replace(self.config, interim_results=interim, prompt=prompt))
         ep = stream.options.get("endpointing", {})
         if not ep.get("enabled", True):
             return _StreamContext(streamer, None, None)

@@ -54,6 +54,9 @@ class StreamingConfig:
     # An utterance longer than this is ended where it reaches it (the stage cuts there), so its final pass is one
     # Whisper window and batches with other streams'; continuous speech without a 0.5 s pause rarely lasts so long.
     max_utterance_s: float = 29.0
+    # Text that guides the decoder (OpenAI's ``prompt``: spellings, names, style): put before the committed words in
+    # every decoder prompt, of this stream's every utterance.
+    prompt: str = ""
 
 
 def normalise(word: str) -> str:
@@ -210,7 +213,7 @@ class LocalAgreement:
 
     def _context_prompt(self, before: list[WordTiming]) -> list[int]:
         """Prompt tokens of the words said before the audio to decode (their last ``prompt_chars``)."""
-        text = " ".join(w.word for w in before)[-self.config.prompt_chars :].strip()
+        text = " ".join([self.config.prompt] + [w.word for w in before])[-self.config.prompt_chars :].strip()
         return self.encode_prompt(" " + text) if text else []
 
     def _hypothesis(self, segments: list[Segment]) -> _Hypothesis:
