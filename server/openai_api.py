@@ -325,24 +325,27 @@ def _decode_audio(data: bytes) -> tuple[torch.Tensor, int]:
 
 def _transcript(form: TranscriptionForm, finals: list[TextEvent]) -> web.Response:
     text = " ".join(f.text.strip() for f in finals)
-    cues = [(f.start_s, f.end_s, f.text) for f in finals]
+    duration = form.audio.shape[0] / form.rate
+    # Whisper's last timestamp token can lie past the audio's end (a 2.925 s clip's segment ends at 3.00): times are
+    # clipped to the file
+    at = lambda t: round(min(max(t, 0.0), duration), 3)
+    cues = [(at(f.start_s), at(f.end_s), f.text) for f in finals]
     if form.response_format == "text":
         return web.Response(text=text + "\n")
     if form.response_format == "srt":
         return web.Response(text=srt(cues), content_type="application/x-subrip")
     if form.response_format == "vtt":
         return web.Response(text=vtt(cues), content_type="text/vtt")
-    duration = form.audio.shape[0] / form.rate
     if form.response_format == "json":
         return web.json_response({"text": text, "usage": {"type": "duration", "seconds": round(duration, 3)}})
     segments = [
         # legato reports no per-segment decoder statistics: the fields OpenAI's clients expect hold neutral values
-        {"id": i, "seek": 0, "start": round(f.start_s, 3), "end": round(f.end_s, 3), "text": " " + f.text.strip(), "tokens": [],
+        {"id": i, "seek": 0, "start": at(f.start_s), "end": at(f.end_s), "text": " " + f.text.strip(), "tokens": [],
          "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 1.0, "no_speech_prob": 0.0}
         for i, f in enumerate(finals)
     ]
     body = {"task": "transcribe", "language": form.language or "en", "duration": round(duration, 3), "text": text,
             "segments": segments, "usage": {"type": "duration", "seconds": round(duration, 3)}}
     if form.words:
-        body["words"] = [{"word": w.word.strip(), "start": round(w.start_s, 3), "end": round(w.end_s, 3)} for f in finals for w in f.words]
+        body["words"] = [{"word": w.word.strip(), "start": at(w.start_s), "end": at(w.end_s)} for f in finals for w in f.words]
     return web.json_response(body)
