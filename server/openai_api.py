@@ -97,8 +97,13 @@ class OpenAiApi:
             finally:
                 server._requests -= 1
         except ApiError as exc:
+            if exc.status in (401, 503):
+                server.counters.refuse({401: "unauthorized", 503: exc.code or "capacity"}[exc.status])
+            else:
+                server.counters.error(exc.code or exc.type)
             return exc.response()
         except web.HTTPRequestEntityTooLarge:
+            server.counters.error("file_too_large")
             return ApiError(413, f"the request is larger than {server.config.max_upload_bytes} bytes",
                             code="file_too_large").response()
         except web.HTTPException as exc:  # the router's 404 / 405

@@ -23,7 +23,7 @@ import json
 import logging
 import ssl
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -90,6 +90,21 @@ STATIC = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 
 
+@dataclass
+class Counters:
+    """What the server refused and ended, for ``/metrics`` (server/prometheus.py)."""
+
+    refused: dict[str, int] = field(default_factory=dict)  # by reason
+    errors: dict[str, int] = field(default_factory=dict)  # by error code
+    messages: int = 0  # WebSocket messages received
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
 class Closed(Exception):
     """The WebSocket is closed or closing: the session ends."""
 
@@ -126,6 +141,7 @@ class TranscriptionServer:
         self._clients = ClientCounts(config.max_connections_per_client)
         self._runner: web.AppRunner | None = None
         self.draining = False
+        self.counters = Counters()
 
     @property
     def url(self) -> str:
@@ -153,6 +169,7 @@ class TranscriptionServer:
         app = web.Application(client_max_size=self.config.max_upload_bytes + (64 << 10))  # the file plus its form fields
         OpenAiApi(self).add_routes(app)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/{path:.*}", self._get)
         return app
 
@@ -161,18 +178,34 @@ class TranscriptionServer:
             return web.Response(status=HTTPStatus.SERVICE_UNAVAILABLE, text="draining\n")
         return web.Response(text="ok\n")
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus' text format (server/prometheus.py); with --auth-token-file, scrapes show the bearer token."""
+        from legato.server.prometheus import CONTENT_TYPE, exposition
+
+        header = request.headers.get("Authorization", "")
+        if self.config.auth_token is not None and not (header.startswith("Bearer ") and self.token_ok(header[7:])):
+            self.counters.refuse("unauthorized")
+            return web.Response(status=HTTPStatus.UNAUTHORIZED, text="a bearer token is required\n")
+        return web.Response(body=exposition(self), headers={"Content-Type": CONTENT_TYPE})
+
     def _refuse_upgrade(self, request: web.Request) -> web.Response | None:
         given = request.headers.get("Authorization")
-        refuse = lambda status, text: web.Response(status=status, text=text)
-        if self.draining or len(self._sessions) - self._unverified >= self.config.max_connections:
-            return refuse(HTTPStatus.SERVICE_UNAVAILABLE, "server at capacity, try again later\n")
+
+        def refuse(reason: str, status: int, text: str) -> web.Response:
+            self.counters.refuse(reason)
+            return web.Response(status=status, text=text)
+
+        if self.draining:
+            return refuse("draining", HTTPStatus.SERVICE_UNAVAILABLE, "server at capacity, try again later\n")
+        if len(self._sessions) - self._unverified >= self.config.max_connections:
+            return refuse("capacity", HTTPStatus.SERVICE_UNAVAILABLE, "server at capacity, try again later\n")
         if self._clients.full(_address(request)):
-            return refuse(HTTPStatus.TOO_MANY_REQUESTS, f"at most {self.config.max_connections_per_client} streams per client\n")
+            return refuse("per_client", HTTPStatus.TOO_MANY_REQUESTS, f"at most {self.config.max_connections_per_client} streams per client\n")
         if self.config.auth_token is not None:
             if given is not None and not self.token_ok(given.removeprefix("Bearer ")):
-                return refuse(HTTPStatus.UNAUTHORIZED, "wrong bearer token\n")
+                return refuse("unauthorized", HTTPStatus.UNAUTHORIZED, "wrong bearer token\n")
             if given is None and self._unverified >= self.config.unverified_quota:
-                return refuse(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections without a token: send the Authorization header\n")
+                return refuse("unverified_quota", HTTPStatus.SERVICE_UNAVAILABLE, "too many connections without a token: send the Authorization header\n")
         return None
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
@@ -330,6 +363,7 @@ class _Connection:
             self.inbox.put_nowait(Closed(str(exc)))
 
     async def reject(self, code: str, message: str, close: CloseCode) -> None:
+        self.server.counters.error(code)
         log.info("stream %s rejected: %s (%s)", self.handle.stream_id if self.handle else "-", code, loggable(message))
         try:
             await self.send(error_message(code, message))
@@ -390,6 +424,7 @@ class _Connection:
             while not self.ended:
                 message = await self.receive()
                 self.last_message = loop.time()
+                self.server.counters.messages += 1
                 actions = self.protocol.receive_binary(message) if isinstance(message, bytes) else self.protocol.receive_text(message)
                 for action in actions:
                     if not await self._act(action):

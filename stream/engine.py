@@ -142,6 +142,8 @@ class Engine:
         self.clock = clock
         self.stage_metrics = [StageMetrics(max_batch=s.max_batch) for s in self.stages]
         self.end_to_end_s = Histogram.latency()
+        self.route_latency_s = {route: Histogram.latency() for route in self.routes}  # end to end, per route
+        self.errors: dict[str, int] = {}  # streams ended by a stage's failure, by error code
         self.step_times = [scheduler.StepTimeModel() for _ in self.stages]
         self._streams: dict[str, _Stream] = {}
         self._members: list[dict[str, tuple[_Stream, int]]] = [{} for _ in self.stages]  # streams open on each stage
@@ -188,6 +190,19 @@ class Engine:
     def active_streams(self) -> int:
         with self._cond:
             return len(self._streams)
+
+    def load(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Now: open streams per route, and frames queued per stage (by metric name)."""
+        streams = {route: 0 for route in self.routes}
+        queued = [0] * len(self.stages)
+        with self._cond:
+            for e in self._streams.values():
+                if e is None:  # a seat reserved while its stream opens
+                    continue
+                streams[e.route] += 1
+                for i, q in enumerate(e.queues):
+                    queued[e.path[i]] += len(q)
+        return streams, dict(zip(self.stage_names, queued))
 
     def route_stages(self, route: str) -> list[Stage]:
         return [self.stages[k] for k in self.routes[route]]
@@ -381,7 +396,7 @@ class Engine:
         metrics.compute_s.record(elapsed)
         metrics.batch_size.record(len(items))
         metrics.frames_in += len(items)
-        delivered: list[float] = []  # end-to-end latencies of frames leaving the last stage
+        delivered: dict[str, list[float]] = {}  # end-to-end latencies of frames leaving the last stage, by route
         with self._cond:
             now = self.clock()
             for (e, i), it, res in zip(members, items, results):
@@ -393,13 +408,17 @@ class Engine:
                     continue
                 if isinstance(res, BaseException):
                     metrics.failures += 1
-                    self._end(e, _error_event(res, stage.name))
+                    error = _error_event(res, stage.name)
+                    self.errors[error.code] = self.errors.get(error.code, 0) + 1
+                    self._end(e, error)
                     continue
                 self._route(e, i, it, res, now, delivered)
             self._cond.notify_all()  # once for the whole step (routing woke only asyncio waiters)
-        self.end_to_end_s.record_many(delivered)
+        for route, latencies in delivered.items():
+            self.route_latency_s[route].record_many(latencies)
+            self.end_to_end_s.record_many(latencies)
 
-    def _route(self, e: _Stream, i: int, it: _Item, frames: list[Frame], now: float, delivered: list[float]) -> None:
+    def _route(self, e: _Stream, i: int, it: _Item, frames: list[Frame], now: float, delivered: dict[str, list[float]]) -> None:
         last_stage = i == len(e.path) - 1
         self.stage_metrics[e.path[i]].frames_out += len(frames)
         for frame in frames:
@@ -409,7 +428,7 @@ class Engine:
                     self._end(e, frame)
                     return
                 e.out.append(frame)
-                delivered.append(now - it.arrival)
+                delivered.setdefault(e.route, []).append(now - it.arrival)
             else:
                 self._enqueue(e, i + 1, _Item(frame, it.deadline, it.arrival, now))
                 if isinstance(frame, EndOfStream):
