@@ -42,13 +42,22 @@ def recognizer():
     return WhisperRecognizer.default()
 
 
-def transcription_server(recognizer, *, max_streams: int = 32, queue_frames: int = 16, **config):
-    """A live-transcription server for tests on a free loopback port (call ``await server.start()``)."""
-    from legato.server.models import engine_for
+def transcription_server(recognizer, *, max_streams: int = 32, queue_frames: int = 16, voices=None, **config):
+    """A live-transcription server for tests on a free loopback port (call ``await server.start()``); with
+    ``voices`` (``default_voices()``'s pair) it speaks too (/v1/audio/speech), on the same engine."""
+    from legato.server.models import engine_for, pipeline_for
     from legato.server.ws_server import ServerConfig, TranscriptionServer
+    from legato.stream.engine import Engine
 
-    engine = engine_for(recognizer, max_streams=max_streams, queue_frames=queue_frames)
-    return TranscriptionServer(engine, [recognizer.name], ServerConfig(port=0, **config))
+    if voices is None:
+        engine = engine_for(recognizer, max_streams=max_streams, queue_frames=queue_frames)
+        return TranscriptionServer(engine, [recognizer.name], ServerConfig(port=0, **config))
+    from legato.server.tts_service import TtsService, voice_routes
+
+    routes = {recognizer.name: pipeline_for(recognizer, max_streams=max_streams), **voice_routes(voices[0])}
+    engine = Engine(routes, max_streams=max_streams, queue_frames=queue_frames)
+    tts = TtsService(voices[0], voices[1], engine=engine)
+    return TranscriptionServer(engine, [recognizer.name], ServerConfig(port=0, **config), tts=tts)
 
 
 @pytest.fixture(scope="module")

