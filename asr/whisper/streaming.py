@@ -20,9 +20,9 @@ Real-Time Transcription System", 2023):
   (``utterance_finals=False``: agreed words are committed as finals at once,
   and the end commits the last hypothesis of the buffer.)
 
-Word times are the segment's time span shared out in proportion to word
-length (Whisper's segment timestamps are exact; word boundaries inside a
-segment are an estimate).
+Finals' word times come from the final pass by cross-attention DTW (``word_timing.py``) where the model has
+alignment heads; partials' word times, and finals' without heads, are the segment's time span shared out in
+proportion to word length (an estimate).
 """
 
 from __future__ import annotations
@@ -182,8 +182,9 @@ class LocalAgreement:
             events = self.update(segments, final=True) if segments else []
         else:
             words: list[WordTiming] = []
-            for seg in segments:
-                words += segment_words(seg, self.utterance_start / SAMPLE_RATE)
+            offset = self.utterance_start / SAMPLE_RATE
+            for seg in segments:  # timed by DTW when the pass did (word_timing.py), else shared out over the segment
+                words += [WordTiming(w.word, w.start_s + offset, w.end_s + offset) for w in seg.words] or segment_words(seg, offset)
             del self.committed[self.utterance_from :]  # the agreed words were provisional: the pass decides
             words = self._monotonic(words)
             self.committed += words

@@ -22,6 +22,8 @@ from legato.asr.frontends.whisper_mel import HOP_SAMPLES, N_FRAMES, WhisperMel, 
 from legato.asr.whisper.decoding import DecodingOptions, DecodingResult, decode_window, decode_windows
 from legato.asr.whisper.model import Whisper
 from legato.asr.whisper.tokenizer import WhisperTokenizer
+from legato.asr.whisper.word_timing import AlignedSegment, add_word_times
+from legato.stream.frames import WordTiming
 
 FRAMES_PER_TIMESTAMP = 2  # one timestamp (20 ms) spans two 10 ms mel frames
 SECONDS_PER_FRAME = HOP_SAMPLES / 16000  # 0.01
@@ -35,6 +37,7 @@ class Segment:
     end_s: float
     text: str
     tokens: tuple[int, ...]
+    words: tuple[WordTiming, ...] = ()  # timed by cross-attention DTW (word_timing.py), when asked for
 
 
 def window_features(mel: WhisperMel, audio: torch.Tensor) -> torch.Tensor:
@@ -95,8 +98,10 @@ def transcribe(
     mel: WhisperMel | None = None,
     prompt_tokens: list[int] | None = None,
     progress: Callable[[float, float], None] | None = None,
+    alignment_heads: list[tuple[int, int]] | None = None,
 ) -> list[Segment]:
-    """(n,) float32 16 kHz mono -> segments with times in seconds.
+    """(n,) float32 16 kHz mono -> segments with times in seconds; with ``alignment_heads``, their words timed by
+    cross-attention DTW, window by window (``with_word_times``).
 
     ``prompt_tokens``: text tokens said before this audio (streaming passes its
     committed text), given to the first window as previous text.
@@ -107,7 +112,7 @@ def transcribe(
     mel = mel or WhisperMel()
     feats = window_features(mel, audio)
     content = feats.shape[1]
-    seek, reset_since = 0, 0
+    seek, reset_since, last_speech = 0, 0, 0.0
     all_tokens: list[int] = list(prompt_tokens or [])
     out: list[Segment] = []
     max_prompt = model.dims.n_text_ctx // 2 - 1
@@ -117,6 +122,8 @@ def transcribe(
         prompt = window_prompt(tok, all_tokens[reset_since:], options, max_prompt)
         result = decode_window(model, tok, window, prompt, options)
         segments, advance = window_segments(tok, result, seek * SECONDS_PER_FRAME, size)
+        if alignment_heads:
+            segments, last_speech = with_word_times(model, tok, alignment_heads, segments, window, size, seek * SECONDS_PER_FRAME, last_speech)
         seek += advance
         if progress is not None:
             progress(min(seek, content) * SECONDS_PER_FRAME, content * SECONDS_PER_FRAME)
@@ -154,3 +161,16 @@ def transcribe_short(
             segments = transcribe(model, tok, audio, options, mel=mel, prompt_tokens=list(prompt))
         out.append(segments)
     return out
+
+
+def with_word_times(model: Whisper, tok: WhisperTokenizer, heads: list[tuple[int, int]], segments: list[Segment], window: torch.Tensor,
+                    frames: int, offset_s: float, last_speech: float) -> tuple[list[Segment], float]:
+    """One window's segments with their words timed (``word_timing.add_word_times``; start and end adjusted to the
+    words as openai-whisper does), and the last speech time for the next window."""
+    aligned = [AlignedSegment(list(s.tokens), s.start_s, s.end_s) for s in segments]
+    last_speech = add_word_times(model, tok, heads, aligned, window, frames, offset_s, last_speech, tok.language_code)
+    out = [
+        Segment(float(a.start), float(a.end), s.text, s.tokens, tuple(WordTiming(w["word"].strip(), float(w["start"]), float(w["end"])) for w in a.words))
+        for s, a in zip(segments, aligned)
+    ]
+    return out, last_speech
