@@ -40,3 +40,19 @@ def seconds_counter(desc: str) -> tuple[Callable[[float], None], Callable[[], No
         bar.update(seconds)
 
     return add, bar.close
+
+
+def steps_bar(desc: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """``(update(done, total), close())`` of a bar counting steps of model loading or compiling; no-ops unless stderr
+    is a TTY."""
+    if not sys.stderr.isatty():
+        return (lambda done, total: None), (lambda: None)
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, file=sys.stderr, leave=False, bar_format="{desc}: {n}/{total} [{elapsed}]")
+
+    def update(done: int, total: int) -> None:
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    return update, bar.close

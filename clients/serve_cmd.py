@@ -209,7 +209,13 @@ async def _serve_bulk(args: argparse.Namespace, token: str | None) -> int:
         loop.add_signal_handler(sig, stop.set)
     where = f"lookahead {engine.lookahead_ms} ms, {engine.bulk.decoder} decoder, up to {args.max_connections} streams"
     print("legato: warming up (the GPU kernels compile before the first client, not on its audio) ...", flush=True)
-    await loop.run_in_executor(None, engine.warm_up)
+    from legato.clients.progress import steps_bar
+
+    update, close = steps_bar("compiling")
+    try:
+        await loop.run_in_executor(None, engine.warm_up, update)
+    finally:
+        close()
     if args.frontends > 1:
         return await _serve_frontends(args, engine, name, config, where, stop)
     server = await TranscriptionServer(engine, [name], config).start()

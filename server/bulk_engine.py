@@ -30,6 +30,8 @@ import sys
 import threading
 import time
 
+from typing import Callable
+
 import numpy as np
 
 from legato.asr.fastconformer.bulk import BulkStream, BulkTranscriber
@@ -202,14 +204,15 @@ class BulkEngine:
             self._worker.start()
         return self
 
-    def warm_up(self) -> None:
+    def warm_up(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Compile before serving: steps of throwaway streams at the batch sizes the GPU kernels specialise on
         (Triton compiles a variant for 1, for multiples of 16 and for the rest), first and later steps and
         batched ends, then every CUDA graph bucket. Each variant's first launch compiles for seconds (8 s for
         the first on an H200): a server doing that with clients connected stalls every stream. Call before
-        ``start``; nothing reaches a sink."""
+        ``start``; nothing reaches a sink. ``progress(done, total)`` after each batch size and the graph capture."""
         rng = np.random.default_rng(0)
-        for n in WARM_UP_BATCHES:
+        total = len(WARM_UP_BATCHES) + 1
+        for k, n in enumerate(WARM_UP_BATCHES):
             n = min(n, self.bulk.capacity)
             slots = self.bulk.open_many(n)
             for _ in range(2):
@@ -220,8 +223,12 @@ class BulkEngine:
                 self.bulk.end(s)
             while self.bulk.in_use:
                 self.bulk.step()
+            if progress is not None:
+                progress(k + 1, total)
         if self.bulk.graphs is not None:
             self.bulk.graphs.capture_all()
+        if progress is not None:
+            progress(total, total)
         self.bulk.windows.read()
         self.bulk.latencies(clear=True)
 

@@ -242,7 +242,9 @@ def test_warm_up_leaves_nothing_open_and_the_stats_line_says_what_the_worker_did
     """``warm_up`` (the server's, before it listens) opens no stream for good and leaves a clean window; after two
     clips the stats line counts the streams' chunks, its steps and its latencies."""
     engine = BulkEngine(rec.name, rec, capacity=4, max_batch=64, stats_every_s=60)
-    engine.warm_up()
+    steps = []
+    engine.warm_up(lambda done, total: steps.append((done, total)))
+    assert steps[-1][0] == steps[-1][1] == len(steps)  # a progress step per batch size, and the graph capture
     assert engine.bulk.in_use == 0 and engine.stats_line().startswith("bulk: 0 streams, 0 chunks waiting, 0 pushes refused")
 
     async def go():
