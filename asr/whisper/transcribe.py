@@ -12,6 +12,7 @@ average log-probability) is skipped.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -169,8 +170,19 @@ def with_word_times(model: Whisper, tok: WhisperTokenizer, heads: list[tuple[int
     words as openai-whisper does), and the last speech time for the next window."""
     aligned = [AlignedSegment(list(s.tokens), s.start_s, s.end_s) for s in segments]
     last_speech = add_word_times(model, tok, heads, aligned, window, frames, offset_s, last_speech, tok.language_code)
-    out = [
-        Segment(float(a.start), float(a.end), s.text, s.tokens, tuple(WordTiming(w["word"].strip(), float(w["start"]), float(w["end"])) for w in a.words))
-        for s, a in zip(segments, aligned)
-    ]
+    out = [Segment(float(a.start), float(a.end), s.text, s.tokens, _text_words(a.words)) for s, a in zip(segments, aligned)]
     return out, last_speech
+
+
+def _text_words(timed: list[dict]) -> tuple[WordTiming, ...]:
+    """The aligned words as the text's whitespace-separated words: the alignment's words follow tokens ("old-sposed"
+    is "old" + "-sposed"), the transcript's follow spaces, and a word's time spans the pieces it is made of."""
+    text, owner = "", []
+    for i, w in enumerate(timed):
+        text += w["word"]
+        owner += [i] * len(w["word"])
+    out = []
+    for m in re.finditer(r"\S+", text):
+        first, last = timed[owner[m.start()]], timed[owner[m.end() - 1]]
+        out.append(WordTiming(m.group(), float(first["start"]), float(last["end"])))
+    return tuple(out)
