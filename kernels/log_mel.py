@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from legato.asr.frontends.spectral import apply_mel, power_spectrum
+from legato.kernels.spectral import apply_mel, power_spectrum
 from legato.kernels.dispatch import register
 
 NAME = "nemo_log_mel"

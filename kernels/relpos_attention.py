@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from legato.kernels.dispatch import register
-from legato.stream.state import byte_view
+from legato.kernels.bytes import byte_view
 
 NAME = "relpos_stream_attention"
 # tl.dot tile side: a chunk of T frames pads to it. Register multiply-adds for small chunks instead measured slower

@@ -17,7 +17,8 @@ from typing import Sequence
 import torch
 from legato.stream.module import StreamingModule
 from legato.stream.slots import SlotAllocator
-from legato.stream.state import StreamState, byte_view, row_words
+from legato.kernels.bytes import byte_view
+from legato.stream.state import StreamState, row_words
 
 
 class StatePool:

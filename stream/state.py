@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from legato.kernels.bytes import byte_view
+
 Leaf = torch.Tensor
 
 
@@ -108,12 +110,6 @@ class StreamState:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for _, t in self.leaves())
-
-
-def byte_view(t: torch.Tensor) -> torch.Tensor:
-    """fp8 tensors as raw bytes (others as they are): the CPU has no fp8 gather, scatter or index_copy, and moving
-    rows only moves bits."""
-    return t.view(torch.uint8) if t.is_floating_point() and t.element_size() == 1 else t
 
 
 def row_words(t: torch.Tensor) -> torch.Tensor | None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from legato.asr.frontends.nemo_mel import NemoMel, NemoMelConfig
-from legato.asr.frontends.spectral import apply_mel, power_spectrum
+from legato.kernels.spectral import apply_mel, power_spectrum
 from legato.kernels import dispatch, log_mel
 
 CUDA_ATOL = 3e-3  # ln mel: cuFFT and the CPU FFT round differently, most in bins far below their frame's peak

@@ -9,7 +9,7 @@ import torch
 from legato.asr.fastconformer.config import FastConformerConfig, Lookahead
 from legato.asr.fastconformer.encoder import FastConformerEncoder
 from legato.kernels import causal_dwconv, dw_subsampling, relpos_attention
-from legato.stream.state import byte_view
+from legato.kernels.bytes import byte_view
 
 from conftest import TRITON_DEVICES
 

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from legato.asr.frontends.framing import Framer, FramingState, check_audio, check_chunk, frames_in
-from legato.asr.frontends.spectral import SAMPLE_RATE, apply_mel, hamming_window, hann_window, next_power_of_two, power_spectrum
+from legato.asr.frontends.spectral import SAMPLE_RATE, hamming_window, hann_window, next_power_of_two
+from legato.kernels.spectral import apply_mel, power_spectrum
 from legato.stream.module import StreamingModule
 
 FRAME_MS = 25.0  # 400 samples at 16 kHz

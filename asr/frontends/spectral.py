@@ -1,8 +1,8 @@
-"""Spectral pieces shared by the log-mel front-ends: windows, power spectra, Slaney mel filters.
+"""Spectral pieces shared by the log-mel front-ends: windows and Slaney mel filters.
 
 Each front-end cuts frames with :mod:`~legato.asr.frontends.framing`, weights
-them with a window from here, takes :func:`power_spectrum`, and applies a mel
-matrix: Slaney filters (as librosa builds them for NeMo and Whisper) from here, Kaldi's
+them with a window from here, takes :func:`~legato.kernels.spectral.power_spectrum`, and applies a mel
+matrix (:func:`~legato.kernels.spectral.apply_mel`): Slaney filters (as librosa builds them for NeMo and Whisper) from here, Kaldi's
 triangular banks from :mod:`~legato.asr.frontends.kaldi_fbank`.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 SAMPLE_RATE = 16000  # Hz, every front-end here
 
@@ -23,22 +22,6 @@ def hann_window(length: int, periodic: bool, dtype: torch.dtype = torch.float32)
 def hamming_window(length: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(length,) symmetric Hamming window, 0.54 - 0.46 cos (Kaldi's)."""
     return torch.hamming_window(length, periodic=False, alpha=0.54, beta=0.46, dtype=dtype)
-
-
-def power_spectrum(frames: torch.Tensor, window: torch.Tensor, n_fft: int, offset: int) -> torch.Tensor:
-    """|rfft|^2 of windowed frames zero-padded to ``n_fft``.
-
-    frames: (B, T, L); window: (L,). The frame sits ``offset`` samples into the
-    FFT buffer: torch.stft centres a short window inside ``n_fft``
-    (``(n_fft - L) // 2``), Kaldi puts it first (0). Returns (B, T, n_fft // 2 + 1).
-    """
-    length = frames.shape[-1]
-    if frames.numel() == 0:  # MKL's FFT rejects empty batches
-        return frames.new_zeros(*frames.shape[:-1], n_fft // 2 + 1)
-    weighted = frames * window
-    if n_fft != length:
-        weighted = F.pad(weighted, (offset, n_fft - length - offset))
-    return torch.fft.rfft(weighted, n=n_fft).abs().square()
 
 
 # Slaney's mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above (27 mels per factor 6.4).
@@ -82,11 +65,6 @@ def slaney_mel_filters(
     weights = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
     weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]  # equal area per triangle
     return torch.from_numpy(weights)
-
-
-def apply_mel(power: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """(B, T, n_freq) power x (n_mels, n_freq) filters -> (B, T, n_mels) mel energies."""
-    return torch.matmul(power, filters.t())
 
 
 def next_power_of_two(n: int) -> int:

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from legato.asr.frontends.framing import Framer, FramingState, check_audio, check_chunk
-from legato.asr.frontends.spectral import SAMPLE_RATE, apply_mel, hann_window, power_spectrum, slaney_mel_filters
+from legato.asr.frontends.spectral import SAMPLE_RATE, hann_window, slaney_mel_filters
+from legato.kernels.spectral import apply_mel, power_spectrum
 from legato.stream.module import StreamingModule
 
 N_FFT = 400  # 25 ms at 16 kHz, also the window length
