@@ -4,9 +4,10 @@ The general engine moves every chunk through per-stream stage objects (~20 us of
 caps one server at a few hundred real-time streams (docs/PERFORMANCE.md, load test). Here the server's
 connections push their audio straight into ``BulkTranscriber``'s per-slot queues; one worker thread steps every
 complete chunk of every stream as one batch; per-stream Python runs only for streams whose step emitted tokens
-(their partial text) or whose utterance just ended (endpointing, vectorised over the batch). The class offers what
-``TranscriptionServer`` uses of ``Engine``: ``routes``, ``start``/``stop`` and ``aopen_stream`` -> a handle with
-``apush``/``aend``/``cancel`` and the stream's events as an async iterator (partials, finals, then the end).
+(their partial text) or whose utterance just ended (endpointing, vectorised over the batch). The class is a
+``StreamService`` (``stream/service.py``), as ``Engine`` is: ``routes``, ``start``/``stop`` and ``aopen_stream`` -> a
+``StreamSession`` with ``apush``/``aend``/``cancel`` and the stream's events as an async iterator (partials, finals,
+then the end).
 
 What it serves: any sample rate (channels averaged, then resampled to 16 kHz per stream on the event loop thread:
 16 kHz mono clients cost the least), one decoder (CTC or RNNT, ``--decoder``) and one

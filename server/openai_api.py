@@ -175,9 +175,7 @@ class OpenAiApi:
         options = {"interim_results": False, "sample_rate": form.rate, "language": form.language, "prompt": form.prompt}
         args = (self.server.config.latency_budget_s, options, "http-" + uuid.uuid4().hex[:12])
         try:
-            if hasattr(engine, "aopen_stream"):
-                return await engine.aopen_stream(*args, route=form.model)
-            return engine.open_stream(*args, route=form.model)
+            return await engine.aopen_stream(*args, route=form.model)
         except CapacityError as exc:
             raise ApiError(503, str(exc), type_="server_error", code="capacity") from None
         except ValueError as exc:

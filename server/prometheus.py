@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from legato.stream.engine import Engine
 from legato.stream.metrics import Histogram
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class ServerCollector:
         yield from _gpu_memory()
 
     def _engine(self, engine) -> Iterator[Metric]:
-        if not hasattr(engine, "stage_metrics"):  # the bulk path keeps its own statistics (--stats-every)
+        if not isinstance(engine, Engine):  # the bulk path keeps its own statistics (--stats-every)
             return
         streams, queued = engine.load()
         open_streams = GaugeMetricFamily("legato_open_streams", "Streams open now", labels=["route"])

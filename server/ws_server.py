@@ -45,7 +45,7 @@ from legato.server.protocol import (
     text_message,
 )
 from legato.server.rate_limit import AudioRate, ClientCounts
-from legato.stream.engine import Engine, StreamHandle
+from legato.stream.service import StreamService, StreamSession
 from legato.stream.errors import CapacityError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, TextEvent
 
@@ -123,7 +123,7 @@ def _static(path: str) -> web.Response:
 
 
 class TranscriptionServer:
-    def __init__(self, engine: Engine, models: Sequence[str] | None = None, config: ServerConfig = ServerConfig(), *,
+    def __init__(self, engine: StreamService, models: Sequence[str] | None = None, config: ServerConfig = ServerConfig(), *,
                  own_engine: bool = True, tts: "TtsService | None" = None):
         """``models``: the engine routes clients may ask for (default: all but voices), the first is the default.
         ``own_engine``: start the engine here and stop it on drain (False when the engine is shared).
@@ -300,7 +300,7 @@ class _Connection:
         self.inbox_bytes = 0
         self.room = asyncio.Event()
         self.protocol = ProtocolSession(server.config.max_message_bytes)
-        self.handle: StreamHandle | None = None
+        self.handle: StreamSession | None = None
         self.pump: asyncio.Task | None = None
         self.samples = 0
         self.rate = 16000
@@ -469,10 +469,7 @@ class _Connection:
             options["sample_rate"] = req.pcm.sample_rate
             engine, args = self.server.engine, (self.server.config.latency_budget_s, options, uuid.uuid4().hex[:12])
             try:
-                if hasattr(engine, "aopen_stream"):  # an engine whose opening may wait (the bulk path opens between steps)
-                    self.handle = await engine.aopen_stream(*args, route=name)
-                else:
-                    self.handle = engine.open_stream(*args, route=name)
+                self.handle = await engine.aopen_stream(*args, route=name)
             except CapacityError as exc:
                 await self.reject("capacity", str(exc), CloseCode.TRY_AGAIN_LATER)
                 return False

@@ -241,6 +241,11 @@ class Engine:
                 self._members[k][info.stream_id] = (entry, i)
         return StreamHandle(self, info, entry)
 
+    async def aopen_stream(self, budget_s: float | None = None, options: dict | None = None, stream_id: str | None = None,
+                           route: str | None = None) -> "StreamHandle":
+        """``open_stream`` for servers (``stream/service.py``'s contract): opening never waits here."""
+        return self.open_stream(budget_s, options, stream_id, route)
+
     def _cancel(self, stream_id: str) -> None:
         with self._cond:
             entry = self._streams.get(stream_id)
