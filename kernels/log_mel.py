@@ -3,10 +3,9 @@
 Input: pre-emphasised frames (B, T, L) (usually strided views cut by ``Framer``), each placed ``offset`` samples
 into an ``n_fft``-point FFT buffer, centred (``offset = (n_fft - L) // 2``). Output: (B, T, n_mels) float32.
 
-* ``log_mel_torch``: the reference, exactly the code NeMoMel always ran (``power_spectrum``: windowed, zero-padded
-  ``rfft``, ``abs().square()``; ``apply_mel``; ``log``), on CPU and CUDA (cuFFT). A fused Triton kernel (the DFT as
-  two products over the frame folded about its centre) measured slower than cuFFT on an H200 (1.96 vs 0.58 ms at
-  4,096 streams x 16 frames, 7559882: ~40x an FFT's FLOPs) and was deleted.
+* ``log_mel_torch``: exactly the code NeMoMel runs (``power_spectrum``: windowed, zero-padded ``rfft``,
+  ``abs().square()``; ``apply_mel``; ``log``), on CPU and CUDA. It stays on cuFFT: a fused kernel computing the DFT
+  as matrix products does ~40x an FFT's FLOPs and measured 3x slower (docs/PERFORMANCE.md, log-mel).
 """
 
 from __future__ import annotations

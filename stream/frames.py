@@ -9,7 +9,6 @@ Payload tensors keep time on the first axis of a single stream:
 * ``AudioChunk.samples``   (num_samples, channels) float32 in [-1, 1]
 * ``FeatureChunk.features`` (num_frames, num_features)
 * ``TokenChunk.tokens``     (num_tokens,) int64
-* ``VideoFrame.pixels``     (height, width, channels) uint8
 
 Batching across streams happens inside stages, never in frames: a frame
 always belongs to exactly one stream.
@@ -127,19 +126,6 @@ class TextEvent(Frame):
     start_s: float
     end_s: float
     words: tuple[WordTiming, ...] = ()
-
-
-@dataclass(frozen=True, eq=False)
-class VideoFrame(Frame):
-    """One decoded video frame: ``pixels`` (height, width, channels) uint8."""
-
-    pixels: torch.Tensor
-    frame_index: int
-    frames_per_s: float
-
-    @property
-    def start_s(self) -> float:
-        return self.frame_index / self.frames_per_s
 
 
 @dataclass(frozen=True, eq=False)
