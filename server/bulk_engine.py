@@ -35,9 +35,11 @@ from typing import Callable
 
 import numpy as np
 
+from legato.asr.endpointing import Endpointing
 from legato.asr.fastconformer.bulk import BulkStream, BulkTranscriber
 from legato.asr.fastconformer.bulk_graphs import MAX_GRAPH_ROWS
 from legato.asr.fastconformer.bulk_tokens import TokenUpdates
+from legato.asr.fastconformer.stage import DEFAULT_MIN_SILENCE_MS
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.server.bulk_text import StreamText
 from legato.stream.engine import UnknownRouteError
@@ -49,7 +51,6 @@ from legato.stream.thread_cpu import ThreadCpu
 log = logging.getLogger("legato.bulk")
 
 SAMPLE_RATE = 16000
-DEFAULT_MIN_SILENCE_MS = 500  # as the general FastConformer stage
 NO_ENDPOINT = np.iinfo(np.int64).max // 4
 IDLE_S = 0.002  # worker nap when no chunk is complete
 FULL_QUEUE_RETRY_S = 0.02  # a push into a full stream queue waits this long before trying again
@@ -300,11 +301,7 @@ class BulkEngine:
         """Route the slot's token updates to ``handle``: ``.sink(updates, handles)`` takes a step's
         ``TokenUpdates`` for its streams (and their handles, row by row) on the worker thread and hands them on
         without blocking; ``._fail(code, message)``."""
-        ep = opts.get("endpointing") or {}
-        endpoint = NO_ENDPOINT
-        if ep.get("enabled", True):
-            ms = int(ep.get("min_silence_ms") or DEFAULT_MIN_SILENCE_MS)
-            endpoint = max(1, round(ms / 1000 / self.recognizer.frame_s))
+        endpoint = Endpointing.from_options(opts, DEFAULT_MIN_SILENCE_MS).frames(self.recognizer.frame_s) or NO_ENDPOINT
         with self._lock:
             if handle.sink not in self._sink_list:
                 self._sink_list.append(handle.sink)

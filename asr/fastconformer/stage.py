@@ -24,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from legato.asr.endpointing import Endpointing
 from legato.asr.fastconformer.chunking import MelChunker, MelStep
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.asr.fastconformer.words import WordBuilder
@@ -69,11 +70,7 @@ class FastConformerStage(Stage):
         opts = stream.options
         lookahead = rec.lookahead_index(opts.get("lookahead_ms"))
         decoder = rec.check_decoder(opts.get("decoder"))
-        ep = opts.get("endpointing", {})
-        ep = {"enabled": ep} if isinstance(ep, bool) else ep
-        endpoint = None
-        if ep.get("enabled", True):
-            endpoint = max(1, round(int(ep.get("min_silence_ms", DEFAULT_MIN_SILENCE_MS)) / 1000 / rec.frame_s))
+        endpoint = Endpointing.from_options(opts, DEFAULT_MIN_SILENCE_MS).frames(rec.frame_s)
         enc_slot = self.enc_pool.acquire()
         try:
             dec_slot = self.dec_pools[decoder].acquire()

@@ -14,12 +14,12 @@ that long (in whole chunks) has passed without a token.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
+from legato.asr.endpointing import Endpointing
 from legato.asr.paraformer.recognizer import ParaformerRecognizer
 from legato.asr.utterance_events import utterance_events
 from legato.stream.audio_io import to_mono
@@ -60,11 +60,7 @@ class ParaformerStage(Stage):
 
     def open(self, stream: StreamInfo) -> _Stream:
         opts = stream.options
-        ep = opts.get("endpointing", {})
-        ep = {"enabled": ep} if isinstance(ep, bool) else ep
-        steps = None
-        if ep.get("enabled", True):
-            steps = max(1, math.ceil(int(ep.get("min_silence_ms", DEFAULT_MIN_SILENCE_MS)) / 1000 / self.step_s))
+        steps = Endpointing.from_options(opts, DEFAULT_MIN_SILENCE_MS).frames(self.step_s, ceil=True)
         fe = self.fe_pool.acquire()
         try:
             slot = self.pool.acquire()

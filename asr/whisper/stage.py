@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from legato.asr.frontends import WhisperMel, WhisperMelConfig
+from legato.asr.endpointing import Endpointing
 from legato.asr.silero_vad import FRAME_SAMPLES, Endpointer, SileroVad, VadState
 from legato.asr.whisper.ct2 import load_ct2_whisper
 from legato.asr.whisper.decoding import DecodingOptions
@@ -96,6 +97,9 @@ def _mel_config(model: Whisper) -> WhisperMelConfig:
     return WhisperMelConfig(n_mels=model.dims.n_mels)
 
 
+DEFAULT_MIN_SILENCE_MS = 500  # the VAD's silence that ends an utterance
+
+
 @dataclass
 class _StreamContext:
     streamer: LocalAgreement
@@ -122,13 +126,13 @@ class WhisperStage(Stage):
         interim = bool(stream.options.get("interim_results", self.config.interim_results))
         prompt = str(stream.options.get("prompt") or "")[:1000]  # the prompt keeps only its last prompt_chars anyway
         streamer = self.recognizer.streamer(replace(self.config, interim_results=interim, prompt=prompt))
-        ep = stream.options.get("endpointing", {})
+        ep = Endpointing.from_options(stream.options, DEFAULT_MIN_SILENCE_MS)
         words = bool(stream.options.get("word_timestamps", True))
-        if not ep.get("enabled", True):
+        if not ep.enabled:
             return _StreamContext(streamer, None, None, word_times=words)
         if self.vad is None:
             self.vad = SileroVad()
-        endpointer = Endpointer(float(ep.get("threshold", 0.5)), int(ep.get("min_silence_ms", 500)))
+        endpointer = Endpointer(ep.threshold, ep.min_silence_ms)
         return _StreamContext(streamer, self.vad.init_state(1), endpointer, word_times=words)
 
     @torch.inference_mode()
