@@ -78,8 +78,9 @@ class _Item:
 
 
 @dataclass
-class _Stream:
-    """One stream; lists are indexed by position on its route (``path`` maps a position to the engine's stage)."""
+class _StreamEntry:
+    """The engine's record of one open stream: its queues and contexts, one per stage of its route (``path`` maps a
+    position to the engine's stage)."""
 
     info: StreamInfo
     route: str
@@ -145,10 +146,10 @@ class Engine:
         self.route_latency_s = {route: Histogram.latency() for route in self.routes}  # end to end, per route
         self.errors: dict[str, int] = {}  # streams ended by a stage's failure, by error code
         self.step_times = [scheduler.StepTimeModel() for _ in self.stages]
-        self._streams: dict[str, _Stream] = {}
-        self._members: list[dict[str, tuple[_Stream, int]]] = [{} for _ in self.stages]  # streams open on each stage
+        self._streams: dict[str, _StreamEntry] = {}
+        self._members: list[dict[str, tuple[_StreamEntry, int]]] = [{} for _ in self.stages]  # streams open on each stage
         # streams with input queued at each stage: the pick scans these, not every open stream
-        self._queued: list[dict[str, tuple[_Stream, int]]] = [{} for _ in self.stages]
+        self._queued: list[dict[str, tuple[_StreamEntry, int]]] = [{} for _ in self.stages]
         self._generating = [type(s).pending is not Stage.pending for s in self.stages]  # may be ready without input
         self._earliest = [float("inf")] * len(self.stages)  # earliest queued deadline per stage at the last pick
         self._waiting = 0  # workers asleep on the condition (a push may need to wake one)
@@ -234,7 +235,7 @@ class Engine:
                 del self._streams[info.stream_id]
             raise
         n = len(path)
-        entry = _Stream(info, route, path, contexts, [deque() for _ in range(n)], open=[True] * n, in_flight=[False] * n, tick_due=[0.0] * n)
+        entry = _StreamEntry(info, route, path, contexts, [deque() for _ in range(n)], open=[True] * n, in_flight=[False] * n, tick_due=[0.0] * n)
         with self._cond:
             self._streams[info.stream_id] = entry
             for i, k in enumerate(path):
@@ -256,7 +257,7 @@ class Engine:
 
     # -- called with the lock held ---------------------------------------------
 
-    def _wake(self, entry: _Stream, notify: bool = True) -> None:
+    def _wake(self, entry: _StreamEntry, notify: bool = True) -> None:
         """Resolve the stream's asyncio waiters and (unless the caller notifies once for many streams) wake threads."""
         for loop, fut in entry.waiters:
             loop.call_soon_threadsafe(_resolve, fut)
@@ -264,11 +265,11 @@ class Engine:
         if notify:
             self._cond.notify_all()
 
-    def _enqueue(self, entry: _Stream, i: int, item: _Item) -> None:
+    def _enqueue(self, entry: _StreamEntry, i: int, item: _Item) -> None:
         entry.queues[i].append(item)
         self._queued[entry.path[i]][entry.info.stream_id] = (entry, i)
 
-    def _push_wakes(self, entry: _Stream, item: _Item) -> bool:
+    def _push_wakes(self, entry: _StreamEntry, item: _Item) -> bool:
         """Whether new input must wake the worker now, rather than at the time it already set for itself: the stage
         had nothing queued, its batch is now full or complete, or this input is due before everything queued."""
         if not self._waiting:
@@ -277,7 +278,7 @@ class Engine:
         queued, stage = len(self._queued[k]), self.stages[k]
         return queued == 1 or queued >= min(stage.max_batch, len(self._members[k])) or item.deadline < self._earliest[k]
 
-    def _close_stage(self, entry: _Stream, i: int) -> None:
+    def _close_stage(self, entry: _StreamEntry, i: int) -> None:
         if entry.open[i] and not entry.in_flight[i]:
             entry.open[i] = False
             k = entry.path[i]
@@ -288,7 +289,7 @@ class Engine:
             except Exception:  # closing must never take the engine down
                 pass
 
-    def _end(self, entry: _Stream, last: Frame | None) -> None:
+    def _end(self, entry: _StreamEntry, last: Frame | None) -> None:
         """Finish a stream: drop queued input, close stages not mid-step, deliver ``last``."""
         for i, q in enumerate(entry.queues):
             q.clear()
@@ -302,7 +303,7 @@ class Engine:
             self._streams.pop(entry.info.stream_id, None)
         self._wake(entry)
 
-    def _has_room_after(self, entry: _Stream, i: int) -> bool:
+    def _has_room_after(self, entry: _StreamEntry, i: int) -> bool:
         if i == len(entry.path) - 1:
             return len(entry.out) < self.output_frames
         return len(entry.queues[i + 1]) < self.queue_frames
@@ -314,7 +315,7 @@ class Engine:
             # every open member is active: a finished stream leaves its stages at once unless mid-step, and no step
             # of this worker runs while it picks
             active = len(self._members[k])
-            ready: list[tuple[float, _Stream, int]] = []
+            ready: list[tuple[float, _StreamEntry, int]] = []
             for e, i in (self._members[k] if self._generating[k] else self._queued[k]).values():
                 if e.finished:
                     continue
@@ -377,7 +378,7 @@ class Engine:
                     self._wake(e)  # room freed: a blocked push or upstream may go on
             self._run(k, members, items)
 
-    def _run(self, k: int, members: list[tuple[_Stream, int]], items: list[_Item]) -> None:
+    def _run(self, k: int, members: list[tuple[_StreamEntry, int]], items: list[_Item]) -> None:
         stage, metrics = self.stages[k], self.stage_metrics[k]
         start = self.clock()
         metrics.queue_wait_s.record_many([start - it.enqueued for it in items])
@@ -423,7 +424,7 @@ class Engine:
             self.route_latency_s[route].record_many(latencies)
             self.end_to_end_s.record_many(latencies)
 
-    def _route(self, e: _Stream, i: int, it: _Item, frames: list[Frame], now: float, delivered: dict[str, list[float]]) -> None:
+    def _route(self, e: _StreamEntry, i: int, it: _Item, frames: list[Frame], now: float, delivered: dict[str, list[float]]) -> None:
         last_stage = i == len(e.path) - 1
         self.stage_metrics[e.path[i]].frames_out += len(frames)
         for frame in frames:
@@ -502,7 +503,7 @@ def _pieces(frame: Frame) -> list[Frame]:
 class StreamHandle:
     """One stream's door into the engine: push input, get output (sync or async)."""
 
-    def __init__(self, engine: Engine, info: StreamInfo, entry: _Stream):
+    def __init__(self, engine: Engine, info: StreamInfo, entry: _StreamEntry):
         self.engine, self.info, self._e = engine, info, entry
 
     @property

@@ -37,7 +37,7 @@ DEFAULT_MIN_SILENCE_MS = 500
 
 
 @dataclass
-class _Stream:
+class _FastConformerContext:
     lookahead: int
     decoder: str
     chunker: MelChunker
@@ -65,7 +65,7 @@ class FastConformerStage(Stage):
         self.dec_pools = {kind: StatePool(dec, capacity, self.device) for kind, dec in self.decoders.items()}
         self.num_features = model.cfg.encoder.feat_in
 
-    def open(self, stream: StreamInfo) -> _Stream:
+    def open(self, stream: StreamInfo) -> _FastConformerContext:
         rec = self.recognizer
         opts = stream.options
         lookahead = rec.lookahead_index(opts.get("lookahead_ms"))
@@ -78,13 +78,13 @@ class FastConformerStage(Stage):
             self.enc_pool.release(enc_slot)
             raise
         chunker = MelChunker(self.encoder.expected_mel(lookahead, True), self.encoder.expected_mel(lookahead, False))
-        return _Stream(lookahead, decoder, chunker, enc_slot, dec_slot, bool(opts.get("interim_results", True)), endpoint)
+        return _FastConformerContext(lookahead, decoder, chunker, enc_slot, dec_slot, bool(opts.get("interim_results", True)), endpoint)
 
-    def close(self, ctx: _Stream) -> None:
+    def close(self, ctx: _FastConformerContext) -> None:
         self.enc_pool.release(ctx.enc_slot)
         self.dec_pools[ctx.decoder].release(ctx.dec_slot)
 
-    def _feed(self, ctx: _Stream, mel: torch.Tensor) -> list[MelStep]:
+    def _feed(self, ctx: _FastConformerContext, mel: torch.Tensor) -> list[MelStep]:
         if mel.shape[0] == 0:
             return []
         if ctx.held is not None:
@@ -141,7 +141,7 @@ class FastConformerStage(Stage):
                     out[i] = exc
 
     def _run(self, batch, rows: list[int], steps: list[MelStep]) -> None:
-        ctxs: list[_Stream] = [batch[i][0] for i in rows]
+        ctxs: list[_FastConformerContext] = [batch[i][0] for i in rows]
         first, kind, lookahead = steps[0].first, ctxs[0].decoder, ctxs[0].lookahead
         dev = self.enc_pool.device
         mel = torch.stack([s.mel for s in steps]).to(dev, self.dtype)
@@ -159,13 +159,13 @@ class FastConformerStage(Stage):
             ctx.token_frames += [ctx.frames_done + f for f in frs]
             ctx.frames_done += n
 
-    def _event(self, ctx: _Stream, kind: TextKind) -> TextEvent | None:
+    def _event(self, ctx: _FastConformerContext, kind: TextKind) -> TextEvent | None:
         words = ctx.words.words(self.recognizer.tokenizer, ctx.tokens, ctx.token_frames, self.recognizer.frame_s)
         if not words:
             return None
         return TextEvent(kind, " ".join(w.word for w in words), words[0].start_s, words[-1].end_s, tuple(words) if kind is TextKind.FINAL else ())
 
-    def _events(self, ctx: _Stream, end: bool) -> list[Frame]:
+    def _events(self, ctx: _FastConformerContext, end: bool) -> list[Frame]:
         if not ctx.tokens:
             return []
         silent = ctx.frames_done - 1 - ctx.token_frames[-1]

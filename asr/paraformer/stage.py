@@ -33,7 +33,7 @@ TAIL = -1  # job size of FunASR's tail chunk
 
 
 @dataclass
-class _Stream:
+class _ParaformerContext:
     fe_slot: int
     slot: int
     interim: bool
@@ -58,7 +58,7 @@ class ParaformerStage(Stage):
         self.stride = recognizer.chunk.stride
         self.step_s = recognizer.chunk_samples / recognizer.sample_rate
 
-    def open(self, stream: StreamInfo) -> _Stream:
+    def open(self, stream: StreamInfo) -> _ParaformerContext:
         opts = stream.options
         steps = Endpointing.from_options(opts, DEFAULT_MIN_SILENCE_MS).frames(self.step_s, ceil=True)
         fe = self.fe_pool.acquire()
@@ -68,21 +68,21 @@ class ParaformerStage(Stage):
             self.fe_pool.release(fe)
             raise
         frames = torch.zeros(0, self.rec.model.cfg.input_size, device=self.device)
-        return _Stream(fe, slot, bool(opts.get("interim_results", True)), steps, frames)
+        return _ParaformerContext(fe, slot, bool(opts.get("interim_results", True)), steps, frames)
 
-    def close(self, ctx: _Stream) -> None:
+    def close(self, ctx: _ParaformerContext) -> None:
         self.fe_pool.release(ctx.fe_slot)
         self.pool.release(ctx.slot)
 
     # -- front-end ------------------------------------------------------------------------------
 
-    def _append(self, ctx: _Stream, lfr: torch.Tensor) -> None:
+    def _append(self, ctx: _ParaformerContext, lfr: torch.Tensor) -> None:
         ctx.frames = torch.cat([ctx.frames, lfr])
 
-    def _frontend(self, rows: list[tuple[_Stream, torch.Tensor]]) -> None:
+    def _frontend(self, rows: list[tuple[_ParaformerContext, torch.Tensor]]) -> None:
         """Full pieces of many streams, batched where the front-end's phase agrees."""
         fe = self.rec.frontend
-        groups: dict[tuple, list[tuple[_Stream, torch.Tensor]]] = {}
+        groups: dict[tuple, list[tuple[_ParaformerContext, torch.Tensor]]] = {}
         for ctx, audio in rows:
             groups.setdefault((audio.shape[0], fe.batch_key(self.fe_pool.state, ctx.fe_slot)), []).append((ctx, audio))
         for members in groups.values():
@@ -91,7 +91,7 @@ class ParaformerStage(Stage):
             for (ctx, _), row in zip(members, y):
                 self._append(ctx, row)
 
-    def _last_piece(self, ctx: _Stream) -> bool:
+    def _last_piece(self, ctx: _ParaformerContext) -> bool:
         """At the end of stream: run the held piece and flush; False means FunASR's tail chunk instead."""
         held, ctx.held = ctx.held, None
         if held is None or held.shape[0] < self.rec.frame_samples:
@@ -103,7 +103,7 @@ class ParaformerStage(Stage):
 
     # -- model ----------------------------------------------------------------------------------
 
-    def _jobs(self, ctx: _Stream, end: bool) -> list[int]:
+    def _jobs(self, ctx: _ParaformerContext, end: bool) -> list[int]:
         """Step sizes for the frames this stream has: ``stride`` each, and at the end the rest (or TAIL)."""
         n = ctx.frames.shape[0]
         jobs = [self.stride] * (n // self.stride if not end else max(0, (n - 1) // self.stride))
@@ -111,7 +111,7 @@ class ParaformerStage(Stage):
             jobs.append(n - self.stride * len(jobs))
         return jobs
 
-    def _run(self, members: list[tuple[int, _Stream]], size: int, final: bool) -> dict[int, list[int]]:
+    def _run(self, members: list[tuple[int, _ParaformerContext]], size: int, final: bool) -> dict[int, list[int]]:
         slots = [c.slot for _, c in members]
         state = self.pool.gather(slots)
         if size == TAIL:
@@ -128,7 +128,7 @@ class ParaformerStage(Stage):
     @torch.inference_mode()
     def process(self, batch: Sequence[BatchItem]) -> list[list[Frame] | Exception]:
         out: list[list[Frame] | Exception] = [[] for _ in batch]
-        full: list[tuple[_Stream, torch.Tensor]] = []
+        full: list[tuple[_ParaformerContext, torch.Tensor]] = []
         for i, (ctx, frame) in enumerate(batch):
             if isinstance(frame, AudioChunk):
                 if frame.sample_rate != self.rec.sample_rate:
@@ -158,7 +158,7 @@ class ParaformerStage(Stage):
                 continue
             plans[i] = jobs
         while any(plans.values()):
-            groups: dict[tuple[int, bool], list[tuple[int, _Stream]]] = {}
+            groups: dict[tuple[int, bool], list[tuple[int, _ParaformerContext]]] = {}
             for i, jobs in plans.items():
                 if jobs:
                     groups.setdefault(jobs[0], []).append((i, batch[i][0]))
@@ -184,18 +184,18 @@ class ParaformerStage(Stage):
             out[i] = self._events(ctx, end) + ([frame] if end else [])
         return out
 
-    def _tokens(self, ctx: _Stream, ids: list[int]) -> None:
+    def _tokens(self, ctx: _ParaformerContext, ids: list[int]) -> None:
         ctx.steps_done += 1
         ctx.tokens += ids
         ctx.quiet_steps = 0 if ids else ctx.quiet_steps + 1
 
-    def _event(self, ctx: _Stream, kind: TextKind) -> TextEvent | None:
+    def _event(self, ctx: _ParaformerContext, kind: TextKind) -> TextEvent | None:
         text = self.rec.text(ctx.tokens)
         if not text:
             return None
         return TextEvent(kind, text, ctx.utterance_start * self.step_s, ctx.steps_done * self.step_s)
 
-    def _events(self, ctx: _Stream, end: bool) -> list[Frame]:
+    def _events(self, ctx: _ParaformerContext, end: bool) -> list[Frame]:
         if not ctx.tokens:
             ctx.utterance_start = ctx.steps_done
             return []

@@ -44,7 +44,7 @@ class TwoPassModels:
 
 
 @dataclass
-class _Stream:
+class _TwoPassContext:
     info: StreamInfo
     online: object | None  # the inner ParaformerStage's context
     vad: VadState
@@ -74,19 +74,19 @@ class TwoPassStage(Stage):
         opts = {**info.options, "endpointing": {"enabled": False}}
         return self.online.open(StreamInfo(info.stream_id, info.budget_s, opts))
 
-    def open(self, stream: StreamInfo) -> _Stream:
+    def open(self, stream: StreamInfo) -> _TwoPassContext:
         ep = stream.options.get("endpointing", {})
         ep = {} if isinstance(ep, bool) else ep  # the final pass needs utterances: VAD is always on here
         endpointer = Endpointer(float(ep.get("threshold", 0.5)), int(ep.get("min_silence_ms", 500)))
-        return _Stream(stream, self._online_open(stream), self.vad.init_state(1), endpointer)
+        return _TwoPassContext(stream, self._online_open(stream), self.vad.init_state(1), endpointer)
 
-    def close(self, ctx: _Stream) -> None:
+    def close(self, ctx: _TwoPassContext) -> None:
         if ctx.online is not None:
             self.online.close(ctx.online)
 
     # -- per stream ---------------------------------------------------------------------------
 
-    def _listen(self, ctx: _Stream, audio: torch.Tensor) -> list[tuple[int, int]]:
+    def _listen(self, ctx: _TwoPassContext, audio: torch.Tensor) -> list[tuple[int, int]]:
         """Feed the VAD; returns the utterances (start, end sample) this audio completes."""
         ctx.audio.append(audio)
         ctx.seen += audio.shape[0]
@@ -105,11 +105,11 @@ class TwoPassStage(Stage):
             ctx.speech_from = ctx.seen
         return done
 
-    def _cut(self, ctx: _Stream, start: int, end: int) -> torch.Tensor:
+    def _cut(self, ctx: _TwoPassContext, start: int, end: int) -> torch.Tensor:
         whole = torch.cat(ctx.audio) if ctx.audio else torch.zeros(0)
         return whole[start - ctx.start : end - ctx.start]
 
-    def _trim(self, ctx: _Stream) -> None:
+    def _trim(self, ctx: _TwoPassContext) -> None:
         """Keep only what a coming utterance may need: from its start, or the pre-roll."""
         keep_from = ctx.speech_from if ctx.speech_from is not None else max(0, ctx.seen - PREROLL_MS * SAMPLE_RATE // 1000)
         if keep_from > ctx.start:
