@@ -29,6 +29,7 @@ from legato.asr.fastconformer.chunking import MelChunker, MelStep
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.asr.fastconformer.words import WordBuilder
 from legato.asr.utterance_events import utterance_events
+from legato.stream.grouped_steps import run_grouped
 from legato.stream.frames import EndOfStream, FeatureChunk, Frame, TextEvent, TextKind
 from legato.stream.graph import BatchItem, Stage, StreamInfo
 from legato.stream.pool import StatePool
@@ -107,40 +108,17 @@ class FastConformerStage(Stage):
                     out[i] = [frame]
             except Exception as exc:  # this stream fails alone
                 out[i] = exc
-        new_tokens: dict[int, int] = {}
-        while any(pending.values()):
-            groups: dict[tuple, list[int]] = {}
-            for i, steps in pending.items():
-                if steps and not isinstance(out[i], Exception):
-                    s, ctx = steps[0], batch[i][0]
-                    groups.setdefault((ctx.lookahead, ctx.decoder, s.first), []).append(i)
-            if not groups:
-                break
-            for rows in groups.values():
-                self._step_group(batch, rows, [pending[i].pop(0) for i in rows], out, new_tokens)
-            for i in list(pending):
-                if isinstance(out[i], Exception):
-                    pending[i] = []
+        pending = {i: steps for i, steps in pending.items() if not isinstance(out[i], Exception)}
+        run_grouped(pending, lambda i, s: (batch[i][0].lookahead, batch[i][0].decoder, s.first),
+                    lambda rows, steps: self._run(batch, rows, steps), out.__setitem__)
         for i, (ctx, frame) in enumerate(batch):
             if isinstance(out[i], Exception) or not isinstance(frame, (FeatureChunk, EndOfStream)):
                 continue
             out[i] = self._events(ctx, isinstance(frame, EndOfStream)) + ([frame] if isinstance(frame, EndOfStream) else [])
         return out
 
-    def _step_group(self, batch, rows: list[int], steps: list[MelStep], out: list, new_tokens: dict[int, int]) -> None:
-        """One encoder + decoder step for rows in the same phase; a failing batch is retried row by row."""
-        try:
-            self._run(batch, rows, steps)
-        except Exception:
-            if len(rows) == 1:
-                raise
-            for i, s in zip(rows, steps):
-                try:
-                    self._run(batch, [i], [s])
-                except Exception as exc:
-                    out[i] = exc
-
     def _run(self, batch, rows: list[int], steps: list[MelStep]) -> None:
+        """One encoder + decoder step for rows in the same phase (lookahead, decoder, first chunk or not)."""
         ctxs: list[_FastConformerContext] = [batch[i][0] for i in rows]
         first, kind, lookahead = steps[0].first, ctxs[0].decoder, ctxs[0].lookahead
         dev = self.enc_pool.device

@@ -22,6 +22,7 @@ import torch
 from legato.asr.endpointing import Endpointing
 from legato.asr.paraformer.recognizer import ParaformerRecognizer
 from legato.asr.utterance_events import utterance_events
+from legato.stream.grouped_steps import run_grouped
 from legato.stream.audio_io import to_mono
 from legato.stream.errors import SampleRateError
 from legato.stream.frames import AudioChunk, EndOfStream, Frame, TextEvent, TextKind
@@ -157,26 +158,12 @@ class ParaformerStage(Stage):
                 out[i] = exc
                 continue
             plans[i] = jobs
-        while any(plans.values()):
-            groups: dict[tuple[int, bool], list[tuple[int, _ParaformerContext]]] = {}
-            for i, jobs in plans.items():
-                if jobs:
-                    groups.setdefault(jobs[0], []).append((i, batch[i][0]))
-            for (size, final), members in groups.items():
-                try:
-                    results = self._run(members, size, final)
-                except Exception:
-                    if len(members) == 1:
-                        raise
-                    results = {}
-                    for m in members:  # find the stream at fault; the others go on
-                        try:
-                            results.update(self._run([m], size, final))
-                        except Exception as exc:
-                            out[m[0]], plans[m[0]] = exc, []
-                for i, ids in results.items():
-                    plans[i].pop(0)
-                    self._tokens(batch[i][0], ids)
+        def run(rows: list[int], jobs: list[tuple[int, bool]]) -> None:
+            size, final = jobs[0]
+            for i, ids in self._run([(i, batch[i][0]) for i in rows], size, final).items():
+                self._tokens(batch[i][0], ids)
+
+        run_grouped(plans, lambda i, job: job, run, out.__setitem__)
         for i, (ctx, frame) in enumerate(batch):
             if isinstance(out[i], Exception) or not isinstance(frame, (AudioChunk, EndOfStream)):
                 continue
