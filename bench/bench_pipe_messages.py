@@ -1,4 +1,4 @@
-"""A front end's audio to the engine process: a pickled message vs raw frames (``server/pipe_messages.py``).
+"""A front end's audio to the engine process: a pickled message vs raw frames (``server/frontends/pipe.py``).
 
 A sender process writes N audio messages (512 chunks of 2,560 float32 samples: 5.2 MB, what a busy front end sends)
 over a ``multiprocessing`` pipe, pickled (``Connection.send``) or as raw frames (``send_audio``); this process reads
@@ -18,7 +18,8 @@ import time
 
 import numpy as np
 
-from legato.server.pipe_messages import MessageReader, send_audio
+from legato.server.frontends.messages import Audio
+from legato.server.frontends.pipe import MessageReader, send_audio
 
 CHUNK = 2560  # samples of a 160 ms model chunk at 16 kHz
 
@@ -29,7 +30,7 @@ def _send(conn, raw: bool, messages: int, rows: int) -> None:
         if raw:
             send_audio(conn, slots, chunks)
         else:
-            conn.send(("audio", slots, chunks))
+            conn.send(Audio(slots, chunks))  # pickled whole
     conn.close()
 
 

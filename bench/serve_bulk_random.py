@@ -21,7 +21,7 @@ import bench_bulk  # noqa: E402
 
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer  # noqa: E402
 from legato.server.bulk_engine import BulkEngine  # noqa: E402
-from legato.server.bulk_frontends import start_frontends, stop_frontends  # noqa: E402
+from legato.server.frontends.links import start_frontends, stop_frontends  # noqa: E402
 from legato.server.ws_server import ServerConfig, TranscriptionServer  # noqa: E402
 
 

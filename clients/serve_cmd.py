@@ -233,7 +233,7 @@ async def _serve_frontends(args, engine, name: str, config, where: str, stop: as
     import dataclasses
     import socket
 
-    from legato.server.bulk_frontends import start_frontends, stop_frontends
+    from legato.server.frontends.links import start_frontends, stop_frontends
 
     if config.port == 0:  # every front end must bind the same port: pick one now
         with socket.socket() as s:

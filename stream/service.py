@@ -1,6 +1,6 @@
 """What a server needs of whatever runs its streams: the one contract of the in-process ``Engine``
 (``stream/engine.py``), the slot-array ``BulkEngine`` (``server/bulk_engine.py``) and a front end's ``RemoteEngine``
-(``server/bulk_frontend.py``). Servers (WebSocket, HTTP API) are written against these protocols only."""
+(``server/frontends/process.py``). Servers (WebSocket, HTTP API) are written against these protocols only."""
 
 from __future__ import annotations
 

@@ -8,7 +8,9 @@ import time
 
 import numpy as np
 
-from legato.server.bulk_frontends import BACKLOG_CHUNKS, FrontendLink, _RemoteStream
+from legato.server.frontends.links import BACKLOG_CHUNKS, FrontendLink, _RemoteStream
+from legato.server.frontends.messages import Audio, Ready, Setup, StreamError
+from legato.server.frontends.pipe import AudioHeader
 from legato.stream.chunk_queues import ChunkQueues
 from legato.stream.metrics import Histogram
 from legato.stream.step_window import StepWindows
@@ -159,7 +161,7 @@ def test_non_finite_audio_fails_only_its_stream_and_keeps_its_slot_until_the_can
     bad = _chunks(0, 0, 2)
     bad[1, 2] = np.nan
     link._audio(np.array([0, 0, 1]), np.concatenate([bad, _chunks(1, 0, 1)]))
-    assert conn.recv() == ("setup", b"", 0.08) and conn.recv() == ("error", 0, "non_finite_audio", "audio holds NaN or infinite samples")
+    assert conn.recv() == Setup(b"", 0.08) and conn.recv() == StreamError(0, "non_finite_audio", "audio holds NaN or infinite samples")
     assert _take_all(engine) == {1: [0]}  # the other stream's chunk went in; none of the failed stream's
     link._audio(np.zeros(1, np.int64), _chunks(0, 2, 1))  # the failed stream's later audio is dropped
     assert engine.bulk.queues.queued(0) == 0 and 0 in link._streams
@@ -176,7 +178,8 @@ def test_message_reader_gives_whole_messages_as_they_arrive_and_eof_after_them()
 
     import pytest
 
-    from legato.server.pipe_messages import MessageReader, send_audio
+    from legato.server.frontends.messages import Audio, Cancel, End, Ready
+    from legato.server.frontends.pipe import MessageReader, send_audio
 
     parent, child = multiprocessing.Pipe()
     reader = MessageReader(socket.fromfd(parent.fileno(), socket.AF_UNIX, socket.SOCK_STREAM))
@@ -185,11 +188,11 @@ def test_message_reader_gives_whole_messages_as_they_arrive_and_eof_after_them()
     raw = np.arange(3 * 700_000, dtype=np.float32).reshape(3, 700_000)  # 8.4 MB as raw frames (send_audio)
 
     def send():
-        child.send(("ready",))
-        child.send(("audio", np.array([3]), big))
+        child.send(Ready())
+        child.send(Audio(np.array([3]), big))  # pickled whole: it still arrives
         send_audio(child, np.array([5, 6, 5]), raw)
         send_audio(child, np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
-        child.send(("end", 3))
+        child.send(Cancel(3))
 
     sender = threading.Thread(target=send)
     sender.start()
@@ -198,14 +201,14 @@ def test_message_reader_gives_whole_messages_as_they_arrive_and_eof_after_them()
     while len(got) < 5 and time.monotonic() < deadline:
         got += reader.messages()
     sender.join()
-    assert got[0] == ("ready",) and got[4] == ("end", 3)
-    assert got[1][0] == "audio" and got[1][1].tolist() == [3] and np.array_equal(got[1][2], big)
-    assert got[2][0] == "audio" and got[2][1].tolist() == [5, 6, 5] and np.array_equal(got[2][2], raw)
-    assert got[3][0] == "audio" and got[3][1].shape == (0,) and got[3][2].shape == (0, 4)
-    child.send(("cancel", 4))
+    assert got[0] == Ready() and got[4] == Cancel(3)
+    assert isinstance(got[1], Audio) and got[1].slots.tolist() == [3] and np.array_equal(got[1].chunks, big)
+    assert isinstance(got[2], Audio) and got[2].slots.tolist() == [5, 6, 5] and np.array_equal(got[2].chunks, raw)
+    assert isinstance(got[3], Audio) and got[3].slots.shape == (0,) and got[3].chunks.shape == (0, 4)
+    child.send(Cancel(4))
     child.close()
     time.sleep(0.05)
-    assert reader.messages() == [("cancel", 4)]  # the last message before the close, then the end
+    assert reader.messages() == [Cancel(4)]  # the last message before the close, then the end
     with pytest.raises(EOFError):
         reader.messages()
     reader.sock.close()
@@ -215,7 +218,7 @@ def test_message_reader_gives_whole_messages_as_they_arrive_and_eof_after_them()
 def _two_links_read():
     """Two front ends' links, stream 0 on the first and 1 on the second, served by one ``LinkReader``: (engine,
     [(engine end, front-end end)], links, reader)."""
-    from legato.server.bulk_frontends import LinkReader
+    from legato.server.frontends.links import LinkReader
 
     engine = _Engine()
     pairs = [multiprocessing.Pipe() for _ in range(2)]
@@ -228,9 +231,9 @@ def _two_links_read():
 
 def test_one_reader_serves_every_link_and_a_closed_pipe_cancels_its_streams():
     engine, pairs, links, reader = _two_links_read()
-    pairs[0][1].send(("audio", np.array([0]), _chunks(0, 0, 1)))
-    pairs[1][1].send(("audio", np.array([1]), _chunks(1, 0, 1)))
-    pairs[1][1].send(("ready",))
+    pairs[0][1].send(Audio(np.array([0]), _chunks(0, 0, 1)))
+    pairs[1][1].send(Audio(np.array([1]), _chunks(1, 0, 1)))
+    pairs[1][1].send(Ready())
     assert links[1].ready.wait(5)
     deadline = time.monotonic() + 5
     while engine.bulk.queues.waiting() < 2 and time.monotonic() < deadline:
@@ -249,7 +252,7 @@ def test_a_client_held_for_a_full_pipe_queue_resumes_once_the_writer_makes_room(
 
     import torch
 
-    from legato.server import bulk_frontend
+    from legato.server.frontends import process as bulk_frontend
     from legato.stream.frames import AudioChunk
 
     monkeypatch.setattr(bulk_frontend, "MAX_AUDIO_IN_FLIGHT", 2)
@@ -281,13 +284,13 @@ def test_a_garbled_pipe_closes_only_its_link():
     """Bytes that make no message (an audio frame of the wrong size) close that link and cancel its streams; the
     reader thread goes on serving the other link."""
     engine, pairs, links, reader = _two_links_read()
-    pairs[0][1].send(("audio_raw", 1, CHUNK))
+    pairs[0][1].send(AudioHeader(1, CHUNK))
     pairs[0][1].send_bytes(b"12345")  # 5 bytes where 8 (one int64 slot) belong
     deadline = time.monotonic() + 5
     while not links[0].closed and time.monotonic() < deadline:
         time.sleep(0.01)
     assert links[0].closed and engine.cancelled == [0]
-    pairs[1][1].send(("audio", np.array([1]), _chunks(1, 0, 1)))
+    pairs[1][1].send(Audio(np.array([1]), _chunks(1, 0, 1)))
     while engine.bulk.queues.waiting() < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _take_all(engine) == {1: [0]} and not links[1].closed

@@ -5,7 +5,7 @@ from legato.stream.service import StreamService
 
 def test_engines_are_stream_services(recognizer):
     from legato.server.bulk_engine import BulkEngine
-    from legato.server.bulk_frontend import RemoteEngine
+    from legato.server.frontends.process import RemoteEngine
     from legato.server.models import engine_for
 
     assert isinstance(engine_for(recognizer, max_streams=2), StreamService)

@@ -8,9 +8,9 @@ front end's audio behind it. Here each readable pipe gives what it has (``MSG_DO
 once whole. Wire format as ``Connection.send``: a 4-byte big-endian size (-1, then an 8-byte size, past 2 GB), then
 the body, a pickle. Duplex ``multiprocessing`` pipes on POSIX are socket pairs, so their ends can be read as sockets.
 
-Audio (``send_audio``): a pickled ``("audio_raw", n, chunk)`` then two raw frames (``send_bytes``: the slots as n
+Audio (``send_audio``): a pickled ``AudioHeader(n, chunk)`` then two raw frames (``send_bytes``: the slots as n
 int64, the chunks as n x chunk float32), which the reader receives into fresh arrays and hands on as one
-``("audio", slots, chunks)``: no pickling on either side. A pickled audio message cost the engine's reader a zeroed
+``messages.Audio``: no pickling on either side. A pickled audio message cost the engine's reader a zeroed
 buffer and two copies of every sample under the GIL (a third of its time at 8,192 streams, py-spy, H200 host).
 """
 
@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import socket
 import struct
+from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
+
+from legato.server.frontends.messages import Audio
 
 SOCKET_BUFFER_BYTES = 4 << 20  # asked of both ends (the kernel caps it): a whole audio message in few pieces
 SIZE, BIG_SIZE, BODY = 0, 1, 2  # what the reader is filling
@@ -34,9 +37,17 @@ def enlarge_buffers(sock: socket.socket) -> None:
             pass
 
 
+@dataclass(frozen=True)
+class AudioHeader:
+    """An ``Audio`` message's first frame: its two raw frames follow."""
+
+    n: int
+    chunk: int
+
+
 def send_audio(conn, slots: np.ndarray, chunks: np.ndarray) -> None:
     """Chunks (n, chunk) float32 for ``slots`` (n,) as one audio message of three frames (writer thread only)."""
-    conn.send(("audio_raw", len(slots), chunks.shape[1]))
+    conn.send(AudioHeader(len(slots), chunks.shape[1]))
     for frame in (np.ascontiguousarray(slots, np.int64), np.ascontiguousarray(chunks, np.float32)):
         conn.send_bytes(frame if frame.size else b"")  # an empty array cannot be cast to bytes
 
@@ -105,10 +116,9 @@ class MessageReader:
                 return None
             slots, chunks = self._raw
             self._raw, self._raw_done = [], 0
-            return ("audio", slots, chunks)
+            return Audio(slots, chunks)
         msg = ForkingPickler.loads(self._target)
-        if isinstance(msg, tuple) and msg and msg[0] == "audio_raw":
-            _, n, chunk = msg
-            self._raw = [np.empty(n, np.int64), np.empty((n, chunk), np.float32)]
+        if isinstance(msg, AudioHeader):
+            self._raw = [np.empty(msg.n, np.int64), np.empty((msg.n, msg.chunk), np.float32)]
             return None
         return msg

@@ -3,7 +3,7 @@
 One asyncio loop spends about 0.3 ms per message in or out (WebSocket framing, protocol, JSON), so one process
 carries a thousand or two paced 160 ms streams while the GPU path carries tens of thousands. Here N front-end
 processes share the port (``SO_REUSEPORT``: the kernel spreads connections over them), each running the usual
-``TranscriptionServer`` over a ``RemoteEngine`` (``bulk_frontend.py``); the engine process (model,
+``TranscriptionServer`` over a ``RemoteEngine`` (``process.py``); the engine process (model,
 ``BulkEngine``'s worker) talks to each over a pipe, streams named by their engine slot once opened:
 
 * front end -> engine: ``open`` (key, options), ``audio`` (slots, chunks: whole model chunks, the front end
@@ -37,8 +37,9 @@ import numpy as np
 
 from legato.asr.fastconformer.bulk_tokens import TokenUpdates
 from legato.server.bulk_engine import BulkEngine
-from legato.server.bulk_frontend import frontend_main
-from legato.server.pipe_messages import MessageReader, enlarge_buffers
+from legato.server.frontends.messages import Audio, Cancel, End, Open, Opened, Ready, Refused, Setup, StreamError, Updates
+from legato.server.frontends.pipe import MessageReader, enlarge_buffers
+from legato.server.frontends.process import frontend_main
 from legato.stream.errors import CapacityError
 
 log = logging.getLogger("legato.bulk")
@@ -60,7 +61,7 @@ class _RemoteStream:
     def _fail(self, code: str, message: str) -> None:  # on the link's reader thread (its end push)
         self.link.forget(self.slot)
         self.link._drop_backlog(self.slot)
-        self.link.send(("error", self.slot, code, message))
+        self.link.send(StreamError(self.slot, code, message))
 
 
 class _End:
@@ -88,7 +89,7 @@ class FrontendLink:
         self._tried_at = -1  # the worker's step count at the last drain that left a backlog (no step since: no room)
         self._out: queue.Queue = queue.Queue()
         tokenizer = engine.recognizer.tokenizer
-        self._out.put(("setup", tokenizer.model_proto, engine.recognizer.frame_s))
+        self._out.put(Setup(tokenizer.model_proto, engine.recognizer.frame_s))
         self._msgs = self._chunks = 0  # audio messages and chunks read since the last stats line
         self._full_s = 0.0  # seconds the reader stopped reading for a full backlog since then
         engine.stats_lines.append(self.stats_line)
@@ -99,9 +100,9 @@ class FrontendLink:
         """On the worker thread (engine lock held): one pipe message for a step's updates of this front end."""
         for slot in updates.slots[updates.end].tolist():
             self.forget(slot)
-        self._out.put(("updates", updates))
+        self._out.put(Updates(updates))
 
-    def send(self, msg: tuple) -> None:
+    def send(self, msg: object) -> None:
         self._out.put(msg)
 
     def stats_line(self) -> str:
@@ -164,38 +165,40 @@ class FrontendLink:
             try:
                 self._handle(msg)
             except Exception:  # noqa: BLE001 - one bad message must not drop every stream of the front end
-                log.exception("front end %d: message %r failed", self.index, msg[0])
+                log.exception("front end %d: message %s failed", self.index, type(msg).__name__)
 
-    def _handle(self, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "audio":
-            self._audio(msg[1], msg[2])
-        elif kind == "open":
-            self._open(*msg[1:])
-        elif kind == "end":
-            self._end(*msg[1:])
-        elif kind == "cancel":
-            self._cancel(msg[1])
-        elif kind == "ready":
-            self.ready.set()
+    def _handle(self, msg: object) -> None:
+        match msg:
+            case Audio(slots, chunks):
+                self._audio(slots, chunks)
+            case Open(key, options, route):
+                self._open(key, options, route)
+            case End(slot, tail):
+                self._end(slot, tail)
+            case Cancel(slot):
+                self._cancel(slot)
+            case Ready():
+                self.ready.set()
+            case _:
+                raise ValueError(f"not a front end's message: {type(msg).__name__}")
 
     def _open(self, key: int, options: dict, route: str | None) -> None:
         try:
             opts = self.engine._check(options, route)
         except (ValueError, KeyError) as exc:
-            self._out.put(("refused", key, "bad_request", str(exc)))
+            self._out.put(Refused(key, "bad_request", str(exc)))
             return
 
         def opened(future) -> None:  # on the worker thread
             if future.exception() is not None:
-                self._out.put(("refused", key, "capacity", str(future.exception())))
+                self._out.put(Refused(key, "capacity", str(future.exception())))
                 return
             slot = future.result()
             st = _RemoteStream(self, slot)
             self._streams[slot] = st
             self._accepts[slot] = True
             self.engine.register(slot, st, opts)
-            self._out.put(("opened", key, slot))
+            self._out.put(Opened(key, slot))
 
         self.engine.request_open().add_done_callback(opened)
 
@@ -240,7 +243,7 @@ class FrontendLink:
         (which the error brings) frees it: freeing it here, a later stale cancel could hit the slot's next stream."""
         self._accepts[slot] = False
         self._drop_backlog(slot)
-        self.send(("error", slot, code, message))
+        self.send(StreamError(slot, code, message))
 
     def _drain(self) -> None:
         """Push the backlog's oldest item of each slot, round after round, while any is taken."""
@@ -302,7 +305,7 @@ class FrontendLink:
 
 class LinkReader:
     """One thread reading every front end's pipe (``multiprocessing.connection.wait``; each gives what has arrived,
-    ``pipe_messages``) and retrying their backlogs after each step. A thread per link made ten GIL-hungry readers
+    ``pipe.py``) and retrying their backlogs after each step. A thread per link made ten GIL-hungry readers
     (each message read in 64 KB pieces, a GIL release and retake each; with a backlog, a wake-up every 2 ms per
     link): the stepping thread got the GIL 4 % of the time at 8,192 streams (py-spy, H200 host) and its
     steps took 10x their time."""
@@ -355,7 +358,7 @@ def start_frontends(engine: BulkEngine, count: int, config) -> Frontends:
     ctx = multiprocessing.get_context("spawn")  # not fork: this process holds CUDA and threads
     procs, links = [], []
     for i in range(count):
-        parent, child = ctx.Pipe()  # duplex: a socket pair (``pipe_messages`` reads it as one)
+        parent, child = ctx.Pipe()  # duplex: a socket pair (``pipe.py`` reads it as one)
         settings = asdict(config) | {"reuse_port": True, "bulk_chunk": engine.bulk.chunk, "stats_every_s": engine.stats_every_s}
         p = ctx.Process(target=frontend_main, args=(child, engine.routes[0], settings, i), name=f"legato-frontend-{i}")
         p.start()

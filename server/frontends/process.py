@@ -1,4 +1,4 @@
-"""One front-end process of ``legato serve --bulk --frontends N`` (the engine's side: ``bulk_frontends.py``).
+"""One front-end process of ``legato serve --bulk --frontends N`` (the engine's side: ``links.py``).
 
 It runs the usual ``TranscriptionServer`` over a ``RemoteEngine``: the client's audio is averaged, resampled and
 cut into whole model chunks here, and sent to the engine process over the pipe; token updates come back once per
@@ -24,7 +24,8 @@ import numpy as np
 from legato.asr.fastconformer.tokenizer import SentencePieceTokenizer
 from legato.server.bulk_engine import GIL_SWITCH_S, SAMPLE_RATE, HandleEvents, StreamAudio
 from legato.server.bulk_text import StreamText
-from legato.server.pipe_messages import enlarge_buffers, send_audio
+from legato.server.frontends.messages import Audio, Cancel, End, Open, Opened, Ready, Refused, Setup, StreamError, Updates
+from legato.server.frontends.pipe import enlarge_buffers, send_audio
 from legato.stream.errors import CapacityError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
 from legato.stream.metrics import Histogram
@@ -69,7 +70,7 @@ class RemoteHandle(HandleEvents):
         chunks = self._whole_chunks(self.audio.flush())
         if len(chunks):
             self.engine.send_audio(self.slot, chunks)
-        self.engine.send(("end", self.slot, self._buffer))
+        self.engine.send(End(self.slot, self._buffer))
 
     def _whole_chunks(self, samples: np.ndarray) -> np.ndarray:
         """Append to the buffer; take the whole model chunks off its front, (n, chunk)."""
@@ -81,7 +82,7 @@ class RemoteHandle(HandleEvents):
     def cancel(self) -> None:
         if not self._ending:
             self._ending = True
-            self.engine.send(("cancel", self.slot))
+            self.engine.send(Cancel(self.slot))
         self.finished = True
         self.engine.release(self)
 
@@ -128,14 +129,14 @@ class RemoteEngine:
         key = next(self._keys)
         future = asyncio.get_running_loop().create_future()
         self._opening[key] = (future, dict(options or {}))
-        self.send(("open", key, dict(options or {}), route))
+        self.send(Open(key, dict(options or {}), route))
         return await future
 
     def release(self, h: RemoteHandle) -> None:
         if self.handles.get(h.slot) is h:
             del self.handles[h.slot]
 
-    def send(self, msg: tuple | None) -> None:
+    def send(self, msg: object | None) -> None:
         """Queue a message for the pipe (None: the writer stops after what is queued); wakes the writer only if
         it sleeps."""
         self._out.append(msg)
@@ -153,7 +154,7 @@ class RemoteEngine:
     def send_audio(self, slot: int, chunks: np.ndarray) -> None:
         with self._lock:
             self.in_flight += len(chunks)
-        self.send(("audio", slot, chunks))
+        self.send(Audio(np.full(len(chunks), slot, np.int64), chunks))
 
     def _write(self) -> None:
         """Everything queued since the last send in one pipe message per run of audio (two arrays: fewer, larger
@@ -170,28 +171,27 @@ class RemoteEngine:
             if stop:
                 batch = batch[: batch.index(None)]
             merged: list = []
-            run: list = []  # (slot, chunks) of the current run of audio messages
+            run: list[Audio] = []  # the current run of audio messages: sent as one
             for m in batch + [None]:
-                if m is not None and m[0] == "audio":
-                    run.append(m[1:])
+                if isinstance(m, Audio):
+                    run.append(m)
                     continue
                 if run:
-                    merged.append(("audio", np.repeat([s for s, _ in run], [len(c) for _, c in run]).astype(np.int64),
-                                   np.concatenate([c for _, c in run])))
+                    merged.append(Audio(np.concatenate([a.slots for a in run]), np.concatenate([a.chunks for a in run])))
                     run = []
                 if m is not None:
                     merged.append(m)
             for m in merged:
                 try:
-                    if m[0] == "audio":
-                        send_audio(self.conn, m[1], m[2])  # raw frames: no pickling here or in the engine
+                    if isinstance(m, Audio):
+                        send_audio(self.conn, m.slots, m.chunks)  # raw frames: no pickling here or in the engine
                     else:
                         self.conn.send(m)
                 except (OSError, EOFError, BrokenPipeError):
                     return
-                if m[0] == "audio":
+                if isinstance(m, Audio):
                     with self._lock:
-                        self.in_flight -= len(m[1])
+                        self.in_flight -= len(m.slots)
                     if self._held and self.in_flight < MAX_AUDIO_IN_FLIGHT:
                         self._held = False
                         self._loop.call_soon_threadsafe(self._room.set)
@@ -206,37 +206,34 @@ class RemoteEngine:
         except (EOFError, OSError):
             self._loop.call_soon_threadsafe(self.closed.set)
 
-    def _dispatch(self, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "updates":  # words and events built here, in the front end
-            for slot, tokens, frames, final, end in msg[1].rows():
-                h = self.handles.get(slot)
-                if h is None:
-                    continue
-                for event in h.text.update(self.tokenizer, self.frame_s, tokens, frames, final):
-                    h._out.put_nowait(event)
-                if end:
-                    h._out.put_nowait(EndOfStream())
-        elif kind == "error":
-            _, slot, code, message = msg
-            if (h := self.handles.get(slot)) is not None:
-                h._out.put_nowait(ErrorEvent(code, message, "bulk"))
-        elif kind == "setup":
-            self.tokenizer, self.frame_s = SentencePieceTokenizer(msg[1]), msg[2]
-        elif kind == "opened":
-            _, key, slot = msg
-            future, opts = self._opening.pop(key)
-            h = RemoteHandle(self, slot, opts.get("sample_rate", SAMPLE_RATE), bool(opts.get("interim_results", True)), self.chunk)
-            self.handles[slot] = h
-            if future.cancelled():  # the client left while opening
-                h.cancel()
-            else:
-                future.set_result(h)
-        elif kind == "refused":
-            _, key, code, message = msg
-            future, _ = self._opening.pop(key)
-            if not future.cancelled():
-                future.set_exception(CapacityError(message) if code == "capacity" else ValueError(message))
+    def _dispatch(self, msg: object) -> None:
+        match msg:
+            case Updates(updates):  # words and events built here, in the front end
+                for slot, tokens, frames, final, end in updates.rows():
+                    h = self.handles.get(slot)
+                    if h is None:
+                        continue
+                    for event in h.text.update(self.tokenizer, self.frame_s, tokens, frames, final):
+                        h._out.put_nowait(event)
+                    if end:
+                        h._out.put_nowait(EndOfStream())
+            case StreamError(slot, code, message):
+                if (h := self.handles.get(slot)) is not None:
+                    h._out.put_nowait(ErrorEvent(code, message, "bulk"))
+            case Setup(model_proto, frame_s):
+                self.tokenizer, self.frame_s = SentencePieceTokenizer(model_proto), frame_s
+            case Opened(key, slot):
+                future, opts = self._opening.pop(key)
+                h = RemoteHandle(self, slot, opts.get("sample_rate", SAMPLE_RATE), bool(opts.get("interim_results", True)), self.chunk)
+                self.handles[slot] = h
+                if future.cancelled():  # the client left while opening
+                    h.cancel()
+                else:
+                    future.set_result(h)
+            case Refused(key, code, message):
+                future, _ = self._opening.pop(key)
+                if not future.cancelled():
+                    future.set_exception(CapacityError(message) if code == "capacity" else ValueError(message))
 
 
 def frontend_main(conn, name: str, config: dict, index: int) -> None:
@@ -259,7 +256,7 @@ async def _frontend(conn, name: str, config: dict, index: int) -> None:
     chunk, stats_every_s = config.pop("bulk_chunk"), config.pop("stats_every_s", None)
     engine = RemoteEngine(conn, name, chunk)
     server = await TranscriptionServer(engine, [name], ServerConfig(**config)).start()
-    engine.send(("ready",))
+    engine.send(Ready())
     reporter = asyncio.create_task(_report(engine, index, stats_every_s)) if stats_every_s else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
