@@ -45,6 +45,7 @@ from legato.server.bulk_text import StreamText
 from legato.stream.engine import UnknownRouteError
 from legato.stream.errors import CapacityError, NonFiniteAudioError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
+from legato.stream.metrics import HistogramCounts, MetricsSnapshot
 from legato.stream.resample import Resampler
 from legato.stream.thread_cpu import ThreadCpu
 
@@ -161,6 +162,7 @@ class BulkEngine:
         chunks/s, batch sizes, its busy share, step and chunk-latency quantiles) this often at INFO (None: never);
         ``graph_rows``: steps of up to this many rows replay CUDA graphs (all captured by ``warm_up``);
         ``pipeline``: each step's host work overlaps the device's (``BulkTranscriber(pipeline=)``, CTC)."""
+        self.frontend_counters: dict[int, MetricsSnapshot] = {}  # front end -> its server's counters (--frontends)
         if recognizer.tokenizer is None:
             raise ValueError("the bulk server needs the model's tokenizer (words)")
         self.routes = [name]
@@ -327,6 +329,24 @@ class BulkEngine:
                 self._stop.wait(IDLE_S)
         self.bulk.settle()
         self._serve_requests(closing=True)
+
+    async def ametrics(self) -> MetricsSnapshot:
+        return self.metrics_snapshot()
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """Its streams, chunks waiting, chunks stepped and their latency (push to tokens), by its one route; with
+        front ends, their servers' last counters too (``frontend_counters``)."""
+        bulk, name = self.bulk, self.routes[0]
+        snap = self._own_snapshot(bulk, name)
+        for counters in list(self.frontend_counters.values()):
+            snap = snap.merge(counters)
+        snap.servers_included = bool(self.frontend_counters)
+        return snap
+
+    @staticmethod
+    def _own_snapshot(bulk, name: str) -> MetricsSnapshot:
+        return MetricsSnapshot(open_streams={name: bulk.in_use}, queued_frames={"bulk": bulk.queues.waiting()},
+                               frames_in={"bulk": int(bulk.latency_s.count)}, latency_s={name: HistogramCounts.of(bulk.latency_s)})
 
     def stats_line(self) -> str:
         """What the worker did since the last call, and where the streams stand now."""

@@ -1,7 +1,9 @@
 """``GET /metrics``: the server's and its engine's state in Prometheus' text format, read when scraped.
 
-Nothing is counted twice: the collector reads the engine's own histograms and counters (``stream/metrics.py``) and
-the server's counters at scrape time. Histograms keep every second bucket edge of a decade (1, 3.16, 10, ... in
+Nothing is counted twice: a scrape renders one ``MetricsSnapshot`` (``stream/metrics.py``): the stream service's
+(``StreamService.ametrics``: the engine's own histograms and counters) plus the servers' counters. With
+``--frontends N`` the engine process answers for itself and every front end (their counters reach it each second),
+so whichever front end the scrape lands on, it sees the whole server. Histograms keep every second bucket edge of a decade (1, 3.16, 10, ... in
 seconds), a subset of the engine's 20 per decade, so their counts are exact.
 
 | metric | labels | |
@@ -22,85 +24,58 @@ seconds), a subset of the engine's 20 per decade, so their counts are exact.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from legato.stream.engine import Engine
-from legato.stream.metrics import Histogram
-
-if TYPE_CHECKING:
-    from legato.server.ws_server import TranscriptionServer
+from legato.stream.metrics import HistogramCounts, MetricsSnapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 EDGE_STEP = 10  # every 10th of the latency histograms' 20 edges a decade
 
 
-def _histogram(family: HistogramMetricFamily, labels: list[str], h: Histogram, step: int) -> None:
-    with h._lock:
-        counts, total = list(h.counts), h.total
+def _histogram(family: HistogramMetricFamily, labels: list[str], h: HistogramCounts, step: int) -> None:
     buckets, seen = [], 0
     for i, edge in enumerate(h.edges):
-        seen += counts[i]
+        seen += h.counts[i]
         if i % step == step - 1 or i == len(h.edges) - 1:
             buckets.append((f"{edge:.6g}", seen))
-    buckets.append(("+Inf", seen + counts[-1]))
-    family.add_metric(labels, buckets, total)
+    buckets.append(("+Inf", seen + h.counts[-1]))
+    family.add_metric(labels, buckets, h.total)
 
 
-class ServerCollector:
-    def __init__(self, server: "TranscriptionServer"):
-        self.server = server
+def _labelled(family, values: dict) -> Metric:
+    for label, value in sorted(values.items()):
+        family.add_metric([label], value)
+    return family
+
+
+class SnapshotCollector:
+    def __init__(self, snap: MetricsSnapshot):
+        self.snap = snap
 
     def collect(self) -> Iterator[Metric]:
-        server, engine = self.server, self.server.engine
-        counters = server.counters
-        refused = CounterMetricFamily("legato_refused", "Connections and API requests refused, by reason", labels=["reason"])
-        for reason, n in sorted(counters.refused.items()):
-            refused.add_metric([reason], n)
-        yield refused
-        errors = CounterMetricFamily("legato_errors", "Streams and requests ended by an error, by code", labels=["code"])
-        merged = dict(counters.errors)
-        for code, n in getattr(engine, "errors", {}).items():
-            merged[code] = merged.get(code, 0) + n
-        for code, n in sorted(merged.items()):
-            errors.add_metric([code], n)
-        yield errors
-        yield CounterMetricFamily("legato_messages", "WebSocket messages received", value=counters.messages)
-        yield from self._engine(engine)
+        s = self.snap
+        yield _labelled(CounterMetricFamily("legato_refused", "Connections and API requests refused, by reason", labels=["reason"]), s.refused)
+        yield _labelled(CounterMetricFamily("legato_errors", "Streams and requests ended by an error, by code", labels=["code"]), s.errors)
+        yield CounterMetricFamily("legato_messages", "WebSocket messages received", value=s.messages)
+        yield _labelled(GaugeMetricFamily("legato_open_streams", "Streams open now", labels=["route"]), s.open_streams)
+        yield _labelled(GaugeMetricFamily("legato_stage_queue_frames", "Frames waiting at a stage now", labels=["stage"]), s.queued_frames)
+        yield _labelled(CounterMetricFamily("legato_stage_frames_in", "Frames stages took", labels=["stage"]), s.frames_in)
+        yield _labelled(CounterMetricFamily("legato_stage_frames_out", "Frames stages gave", labels=["stage"]), s.frames_out)
+        yield _labelled(CounterMetricFamily("legato_stage_failures", "Steps that failed for a stream", labels=["stage"]), s.failures)
+        for name, doc, values, label, step in (
+            ("legato_stage_step_seconds", "Compute time of one batched step", s.step_s, "stage", EDGE_STEP),
+            ("legato_stage_batch_size", "Streams in one step", s.batch_size, "stage", None),
+            ("legato_stage_queue_wait_seconds", "How long frames waited for their step", s.queue_wait_s, "stage", EDGE_STEP),
+            ("legato_latency_seconds", "A frame's way from push to output", s.latency_s, "route", EDGE_STEP),
+        ):
+            family = HistogramMetricFamily(name, doc, labels=[label])
+            for key, h in sorted(values.items()):
+                _histogram(family, [key], h, step or max(1, len(h.edges) // 8))
+            yield family
         yield from _gpu_memory()
-
-    def _engine(self, engine) -> Iterator[Metric]:
-        if not isinstance(engine, Engine):  # the bulk path keeps its own statistics (--stats-every)
-            return
-        streams, queued = engine.load()
-        open_streams = GaugeMetricFamily("legato_open_streams", "Streams open now", labels=["route"])
-        for route, n in streams.items():
-            open_streams.add_metric([route], n)
-        yield open_streams
-        depth = GaugeMetricFamily("legato_stage_queue_frames", "Frames waiting at a stage now", labels=["stage"])
-        for stage, n in queued.items():
-            depth.add_metric([stage], n)
-        yield depth
-        frames_in = CounterMetricFamily("legato_stage_frames_in", "Frames stages took", labels=["stage"])
-        frames_out = CounterMetricFamily("legato_stage_frames_out", "Frames stages gave", labels=["stage"])
-        failures = CounterMetricFamily("legato_stage_failures", "Steps that failed for a stream", labels=["stage"])
-        step = HistogramMetricFamily("legato_stage_step_seconds", "Compute time of one batched step", labels=["stage"])
-        batch = HistogramMetricFamily("legato_stage_batch_size", "Streams in one step", labels=["stage"])
-        wait = HistogramMetricFamily("legato_stage_queue_wait_seconds", "How long frames waited for their step", labels=["stage"])
-        for name, m in zip(engine.stage_names, engine.stage_metrics):
-            frames_in.add_metric([name], m.frames_in)
-            frames_out.add_metric([name], m.frames_out)
-            failures.add_metric([name], m.failures)
-            _histogram(step, [name], m.compute_s, EDGE_STEP)
-            _histogram(wait, [name], m.queue_wait_s, EDGE_STEP)
-            _histogram(batch, [name], m.batch_size, max(1, len(m.batch_size.edges) // 8))
-        yield from (frames_in, frames_out, failures, step, batch, wait)
-        latency = HistogramMetricFamily("legato_latency_seconds", "A frame's way from push to output", labels=["route"])
-        for route, h in engine.route_latency_s.items():
-            _histogram(latency, [route], h, EDGE_STEP)
-        yield latency
 
 
 def _gpu_memory() -> Iterator[Metric]:
@@ -114,7 +89,7 @@ def _gpu_memory() -> Iterator[Metric]:
     yield memory
 
 
-def exposition(server: "TranscriptionServer") -> bytes:
+def exposition(snap: MetricsSnapshot) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(server))
+    registry.register(SnapshotCollector(snap))
     return generate_latest(registry)

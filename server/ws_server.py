@@ -45,6 +45,7 @@ from legato.server.protocol import (
     text_message,
 )
 from legato.server.rate_limit import AudioRate, ClientCounts
+from legato.stream.metrics import MetricsSnapshot
 from legato.stream.service import StreamService, StreamSession
 from legato.stream.errors import CapacityError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, TextEvent
@@ -103,6 +104,9 @@ class Counters:
 
     def error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
+
+    def snapshot(self) -> MetricsSnapshot:
+        return MetricsSnapshot(refused=dict(self.refused), errors=dict(self.errors), messages=self.messages)
 
 
 class Closed(Exception):
@@ -186,7 +190,10 @@ class TranscriptionServer:
         if self.config.auth_token is not None and not (header.startswith("Bearer ") and self.token_ok(header[7:])):
             self.counters.refuse("unauthorized")
             return web.Response(status=HTTPStatus.UNAUTHORIZED, text="a bearer token is required\n")
-        return web.Response(body=exposition(self), headers={"Content-Type": CONTENT_TYPE})
+        snap = await self.engine.ametrics()
+        if not snap.servers_included:
+            snap = snap.merge(self.counters.snapshot())
+        return web.Response(body=exposition(snap), headers={"Content-Type": CONTENT_TYPE})
 
     def _refuse_upgrade(self, request: web.Request) -> web.Response | None:
         given = request.headers.get("Authorization")

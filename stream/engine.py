@@ -50,7 +50,7 @@ from legato.stream.errors import CapacityError, ClosedError, LegatoError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame, Tick
 from legato.stream.graph import Stage, StreamInfo
 from legato.stream.intra_op import parallel_worker
-from legato.stream.metrics import Histogram, StageMetrics
+from legato.stream.metrics import Histogram, HistogramCounts, MetricsSnapshot, StageMetrics
 
 DEFAULT_MAX_STREAMS = 256
 DEFAULT_QUEUE_FRAMES = 16  # per stream per stage
@@ -144,7 +144,6 @@ class Engine:
         self.stage_metrics = [StageMetrics(max_batch=s.max_batch) for s in self.stages]
         self.end_to_end_s = Histogram.latency()
         self.route_latency_s = {route: Histogram.latency() for route in self.routes}  # end to end, per route
-        self.errors: dict[str, int] = {}  # streams ended by a stage's failure, by error code
         self.step_times = [scheduler.StepTimeModel() for _ in self.stages]
         self._streams: dict[str, _StreamEntry] = {}
         self._members: list[dict[str, tuple[_StreamEntry, int]]] = [{} for _ in self.stages]  # streams open on each stage
@@ -414,9 +413,7 @@ class Engine:
                     continue
                 if isinstance(res, BaseException):
                     metrics.failures += 1
-                    error = _error_event(res, stage.name)
-                    self.errors[error.code] = self.errors.get(error.code, 0) + 1
-                    self._end(e, error)
+                    self._end(e, _error_event(res, stage.name))
                     continue
                 self._route(e, i, it, res, now, delivered)
             self._cond.notify_all()  # once for the whole step (routing woke only asyncio waiters)
@@ -440,6 +437,22 @@ class Engine:
                 if isinstance(frame, EndOfStream):
                     self._close_stage(e, i)
         self._wake(e, notify=False)
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """Everything ``/metrics`` reports of this engine; its servers add their counters (errors are counted there,
+        where every stream's error reaches its client)."""
+        streams, queued = self.load()
+        snap = MetricsSnapshot(open_streams=streams, queued_frames=queued)
+        for name, m in zip(self.stage_names, self.stage_metrics):
+            snap.frames_in[name], snap.frames_out[name], snap.failures[name] = m.frames_in, m.frames_out, m.failures
+            snap.step_s[name] = HistogramCounts.of(m.compute_s)
+            snap.batch_size[name] = HistogramCounts.of(m.batch_size)
+            snap.queue_wait_s[name] = HistogramCounts.of(m.queue_wait_s)
+        snap.latency_s = {route: HistogramCounts.of(h) for route, h in self.route_latency_s.items()}
+        return snap
+
+    async def ametrics(self) -> MetricsSnapshot:
+        return self.metrics_snapshot()
 
     def metrics(self) -> dict:
         """Snapshot: per-stage histograms (queue wait, compute, batch size) and end-to-end latency."""

@@ -152,3 +152,64 @@ def format_metrics(snapshot: dict) -> str:
         row(name, "batch size", s["batch_size"], 1.0, " ")
     row("engine", "end-to-end", snapshot.get("end_to_end_s", {}), 1e3, "m")
     return "\n".join(lines)
+
+
+@dataclass
+class HistogramCounts:
+    """A histogram's cumulative state as plain values (picklable: it crosses a front end's pipe)."""
+
+    edges: list[float]
+    counts: list[int]  # per bucket, the last one past the top edge
+    total: float
+
+    @classmethod
+    def of(cls, h: Histogram) -> "HistogramCounts":
+        with h._lock:
+            return cls(list(h.edges), list(h.counts), h.total)
+
+    def add(self, other: "HistogramCounts") -> "HistogramCounts":
+        if other.edges != self.edges:
+            raise ValueError("histograms with different buckets do not add")
+        return HistogramCounts(self.edges, [a + b for a, b in zip(self.counts, other.counts)], self.total + other.total)
+
+
+def _add_counts(a: dict, b: dict) -> dict:
+    """Two label -> count (or HistogramCounts) maps added."""
+    out = dict(a)
+    for key, value in b.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, HistogramCounts):
+            out[key] = out[key].add(value)
+        else:
+            out[key] += value
+    return out
+
+
+@dataclass
+class MetricsSnapshot:
+    """What ``/metrics`` reports (server/prometheus.py), from any stream service (``StreamService.ametrics``): counts
+    since start by label (route, stage, error code, refusal reason) and histograms. Snapshots of several processes
+    add up (``merge``)."""
+
+    open_streams: dict[str, int] = field(default_factory=dict)  # by route
+    queued_frames: dict[str, int] = field(default_factory=dict)  # by stage
+    frames_in: dict[str, int] = field(default_factory=dict)  # by stage
+    frames_out: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    step_s: dict[str, HistogramCounts] = field(default_factory=dict)  # by stage
+    batch_size: dict[str, HistogramCounts] = field(default_factory=dict)
+    queue_wait_s: dict[str, HistogramCounts] = field(default_factory=dict)
+    latency_s: dict[str, HistogramCounts] = field(default_factory=dict)  # by route, push to output
+    errors: dict[str, int] = field(default_factory=dict)  # by code
+    refused: dict[str, int] = field(default_factory=dict)  # by reason
+    messages: int = 0  # WebSocket messages received
+    servers_included: bool = False  # the servers' counters (refused, errors, messages) are in already
+
+    def merge(self, other: "MetricsSnapshot") -> "MetricsSnapshot":
+        fields = ("open_streams", "queued_frames", "frames_in", "frames_out", "failures", "step_s", "batch_size",
+                  "queue_wait_s", "latency_s", "errors", "refused")
+        merged = MetricsSnapshot(**{f: _add_counts(getattr(self, f), getattr(other, f)) for f in fields})
+        merged.messages = self.messages + other.messages
+        merged.servers_included = self.servers_included or other.servers_included
+        return merged

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import AsyncIterator, Protocol, Sequence, runtime_checkable
 
 from legato.stream.frames import AudioChunk, Frame
+from legato.stream.metrics import MetricsSnapshot
 
 
 @runtime_checkable
@@ -45,3 +46,6 @@ class StreamService(Protocol):
                            route: str | None = None) -> StreamSession:
         """Raises CapacityError when full, UnknownRouteError for a route it does not serve, ValueError for an option
         the route cannot honour."""
+
+    async def ametrics(self) -> MetricsSnapshot:
+        """What ``/metrics`` reports of it now (a front end's: the engine process's and every front end's)."""

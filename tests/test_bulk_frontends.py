@@ -106,6 +106,31 @@ def test_non_finite_audio_fails_only_its_stream(server, speech_dir):
     assert [w["word"] for m in good if m["type"] == "final" for w in m["words"]] == _expected(rec, audio, 16000)
 
 
+def test_a_scrape_on_any_front_end_sees_the_whole_server(server, speech_dir):
+    """/metrics lands on either front end (the port is shared): each answers with the engine process's aggregate of
+    both front ends' counters and the engine's own (streams, chunks stepped, their latency)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, url = server
+    audio = read_audio(str(speech_dir / "en_cards_001.wav"), sample_rate=16000)[0][:, 0].numpy()
+
+    async def clients():
+        return await asyncio.gather(*(_stream(url, audio, chunk=1600) for _ in range(4)))
+
+    asyncio.run(asyncio.wait_for(clients(), 60))
+    time.sleep(2.5)  # the front ends' counters reach the engine each second
+    http = url.replace("ws://", "http://").rstrip("/") + "/metrics"
+    seen = []
+    for _ in range(8):  # new connections: the kernel spreads them over both front ends
+        with urllib.request.urlopen(http, timeout=10) as r:
+            families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+        value = lambda fam, name: next(s.value for s in families[fam].samples if s.name == name)  # noqa: E731
+        seen.append((value("legato_messages", "legato_messages_total"), value("legato_latency_seconds", "legato_latency_seconds_count")))
+    assert len(set(seen)) == 1 and seen[0][0] >= 4 * 3 and seen[0][1] > 0, seen  # the same whole-server numbers each time
+
+
 def test_streams_over_two_front_ends_get_the_offline_words_and_sigterm_drains(server, speech_dir):
     proc, url = server
     rec = FastConformerRecognizer.from_nemo(MODEL)

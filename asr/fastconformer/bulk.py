@@ -49,6 +49,7 @@ from legato.asr.fastconformer.decoders import CtcState, ctc_greedy_mask
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
 from legato.stream.chunk_queues import ChunkQueues
 from legato.stream.errors import CapacityError
+from legato.stream.metrics import Histogram
 from legato.stream.pool import StatePool
 from legato.stream.slots import SlotAllocator
 from legato.stream.step_window import StepWindows
@@ -141,6 +142,7 @@ class BulkTranscriber:
         self.uploads = AudioUploads(min(max_batch, capacity), self.chunk, dev) if dev.type == "cuda" else None
         self._latencies: collections.deque[np.ndarray] = collections.deque()
         self._latencies_kept = 0
+        self.latency_s = Histogram.latency()  # every stepped chunk since start, for /metrics
         self.windows = StepWindows()
         self.steps_done = 0  # steps that stepped rows (a producer waiting for queue room watches it)
         self.pipeline = pipeline and self.decoder == "ctc"  # RNNT decodes on the host between steps anyway
@@ -315,6 +317,7 @@ class BulkTranscriber:
         return len(launched.rows)
 
     def _keep(self, latencies: np.ndarray) -> None:
+        self.latency_s.record_many(latencies)
         self._latencies.append(latencies)
         self._latencies_kept += len(latencies)
         while self._latencies_kept > LATENCIES_KEPT and len(self._latencies) > 1:

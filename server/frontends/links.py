@@ -37,7 +37,9 @@ import numpy as np
 
 from legato.asr.fastconformer.bulk_tokens import TokenUpdates
 from legato.server.bulk_engine import BulkEngine
-from legato.server.frontends.messages import Audio, Cancel, End, Open, Opened, Ready, Refused, Setup, StreamError, Updates
+from legato.server.frontends.messages import (
+    Audio, Cancel, End, MetricsReply, MetricsRequest, Open, Opened, Ready, Refused, ServerCounters, Setup, StreamError, Updates,
+)
 from legato.server.frontends.pipe import MessageReader, enlarge_buffers
 from legato.server.frontends.process import frontend_main
 from legato.stream.errors import CapacityError
@@ -179,6 +181,10 @@ class FrontendLink:
                 self._cancel(slot)
             case Ready():
                 self.ready.set()
+            case ServerCounters(snapshot):
+                self.engine.frontend_counters[self.index] = snapshot
+            case MetricsRequest(key):
+                self._out.put(MetricsReply(key, self.engine.metrics_snapshot()))
             case _:
                 raise ValueError(f"not a front end's message: {type(msg).__name__}")
 

@@ -1,7 +1,8 @@
 """What a front end and the engine process say to each other over their pipe: one dataclass per message.
 
-Front end -> engine: ``Open``, ``Audio``, ``End``, ``Cancel``, ``Ready``. Engine -> front end: ``Setup``, ``Opened``,
-``Refused``, ``Updates``, ``StreamError``. ``Audio`` crosses as raw frames (``pipe.send_audio``); the others are
+Front end -> engine: ``Open``, ``Audio``, ``End``, ``Cancel``, ``Ready``, ``ServerCounters`` (each second),
+``MetricsRequest``. Engine -> front end: ``Setup``, ``Opened``, ``Refused``, ``Updates``, ``StreamError``,
+``MetricsReply``. ``Audio`` crosses as raw frames (``pipe.send_audio``); the others are
 pickled whole. A receiver dispatches on the type (``match``)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from legato.asr.fastconformer.bulk_tokens import TokenUpdates
+from legato.stream.metrics import MetricsSnapshot
 
 
 @dataclass(frozen=True)
@@ -71,3 +73,21 @@ class StreamError:
     slot: int
     code: str
     message: str
+
+
+@dataclass(frozen=True, eq=False)
+class ServerCounters:
+    """A front end's server counters (refusals, errors, messages), sent each second for the engine's aggregate."""
+
+    snapshot: MetricsSnapshot
+
+
+@dataclass(frozen=True)
+class MetricsRequest:
+    key: int  # echoed in MetricsReply
+
+
+@dataclass(frozen=True, eq=False)
+class MetricsReply:
+    key: int
+    snapshot: MetricsSnapshot  # the engine's and every front end's: the whole server

@@ -24,16 +24,20 @@ import numpy as np
 from legato.asr.fastconformer.tokenizer import SentencePieceTokenizer
 from legato.server.bulk_engine import GIL_SWITCH_S, SAMPLE_RATE, HandleEvents, StreamAudio
 from legato.server.bulk_text import StreamText
-from legato.server.frontends.messages import Audio, Cancel, End, Open, Opened, Ready, Refused, Setup, StreamError, Updates
+from legato.server.frontends.messages import (
+    Audio, Cancel, End, MetricsReply, MetricsRequest, Open, Opened, Ready, Refused, ServerCounters, Setup, StreamError, Updates,
+)
 from legato.server.frontends.pipe import enlarge_buffers, send_audio
 from legato.stream.errors import CapacityError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
-from legato.stream.metrics import Histogram
+from legato.stream.metrics import Histogram, MetricsSnapshot
 
 log = logging.getLogger("legato.bulk")
 
 MAX_AUDIO_IN_FLIGHT = 4096  # chunks a front end may have queued for its pipe before apush waits
 BATCH_MESSAGES = 512  # queued messages a sender merges into one pipe message at most
+COUNTERS_EVERY_S = 1.0  # how often a front end's server counters reach the engine process (/metrics)
+METRICS_TIMEOUT_S = 5.0  # a scrape waits this long for the engine process's reply
 LAG_PROBE_S = 0.02  # the loop-lag probe sleeps this long (with stats on)
 
 
@@ -106,6 +110,7 @@ class RemoteEngine:
         self._held = False  # some client waits for room (read by the writer thread)
         self.closed = asyncio.Event()
         self._opening: dict[int, tuple[asyncio.Future, dict]] = {}
+        self._metrics: dict[int, asyncio.Future] = {}  # MetricsRequest key -> the scrape waiting for the reply
         self.tokenizer: SentencePieceTokenizer | None = None  # from the engine's setup message
         self.frame_s = 0.0
         self._keys = itertools.count()
@@ -131,6 +136,17 @@ class RemoteEngine:
         self._opening[key] = (future, dict(options or {}))
         self.send(Open(key, dict(options or {}), route))
         return await future
+
+    async def ametrics(self) -> MetricsSnapshot:
+        """The engine process's aggregate: its own metrics and every front end's server counters (this one's too)."""
+        key = next(self._keys)
+        future = asyncio.get_running_loop().create_future()
+        self._metrics[key] = future
+        self.send(MetricsRequest(key))
+        try:
+            return await asyncio.wait_for(future, METRICS_TIMEOUT_S)
+        finally:
+            self._metrics.pop(key, None)
 
     def release(self, h: RemoteHandle) -> None:
         if self.handles.get(h.slot) is h:
@@ -230,6 +246,9 @@ class RemoteEngine:
                     h.cancel()
                 else:
                     future.set_result(h)
+            case MetricsReply(key, snapshot):
+                if (future := self._metrics.get(key)) is not None and not future.done():
+                    future.set_result(snapshot)
             case Refused(key, code, message):
                 future, _ = self._opening.pop(key)
                 if not future.cancelled():
@@ -257,6 +276,7 @@ async def _frontend(conn, name: str, config: dict, index: int) -> None:
     engine = RemoteEngine(conn, name, chunk)
     server = await TranscriptionServer(engine, [name], ServerConfig(**config)).start()
     engine.send(Ready())
+    counters = asyncio.create_task(_send_counters(engine, server))
     reporter = asyncio.create_task(_report(engine, index, stats_every_s)) if stats_every_s else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -264,9 +284,17 @@ async def _frontend(conn, name: str, config: dict, index: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     await asyncio.wait([asyncio.create_task(stop.wait()), asyncio.create_task(engine.closed.wait())],
                        return_when=asyncio.FIRST_COMPLETED)
+    counters.cancel()
     await server.drain()
     if reporter is not None:
         reporter.cancel()
+
+
+async def _send_counters(engine: RemoteEngine, server) -> None:
+    """This front end's server counters to the engine process each second: a scrape on any front end sees all."""
+    while True:
+        engine.send(ServerCounters(server.counters.snapshot()))
+        await asyncio.sleep(COUNTERS_EVERY_S)
 
 
 async def _report(engine: RemoteEngine, index: int, every_s: float) -> None:
