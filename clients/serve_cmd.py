@@ -120,6 +120,11 @@ async def _serve(args: argparse.Namespace) -> int:
     routes: dict = {}
     models: list[str] = []
     voices: dict = {}
+    from legato.clients.progress import steps_bar
+
+    specs = [] if args.no_asr else (args.models or [DEFAULT_MODEL])
+    loaded, total = 0, len(specs) + (0 if args.no_tts else 1)
+    update, close_bar = steps_bar("loading models")  # a terminal only; the lines below say what loads
     if not args.no_tts:
         from legato.tts.voices import VoiceConfigError, default_voices, load_voices
         from legato.server.tts_service import voice_routes
@@ -128,17 +133,23 @@ async def _serve(args: argparse.Namespace) -> int:
         try:
             voices, default_voice = load_voices(args.voices) if args.voices else default_voices()
         except (VoiceConfigError, ValueError, OSError) as exc:
+            close_bar()
             print(f"legato serve: {exc}", flush=True)
             return 2
         routes.update(voice_routes(voices))
+        loaded += 1
+        update(loaded, total)
     if not args.no_asr:
         from legato.server.models import load_recognizer, pipeline_for
 
-        for spec in args.models or [DEFAULT_MODEL]:
+        for spec in specs:
             print(f"legato: loading {spec} ...", flush=True)
             name, recognizer = load_recognizer(spec)
             routes[name] = pipeline_for(recognizer, max_streams=args.max_connections, max_batch=args.max_batch)
             models.append(name)
+            loaded += 1
+            update(loaded, total)
+    close_bar()
     engine = Engine(routes, max_streams=2 * args.max_connections, default_budget_s=args.latency_budget).start()
     servers = []
     tts = None

@@ -66,3 +66,21 @@ def test_a_long_say_counts_its_audio_on_a_terminal(monkeypatch, tmp_path):
         monkeypatch.setattr(sys, "stderr", buf)
         assert say_cmd.run(args) == 0
         assert ("speaking:" in buf.getvalue()) is tty and "s of audio" in buf.getvalue()
+
+
+def test_steps_bar_on_a_terminal_only(monkeypatch):
+    """Loading and compiling models: a bar of steps (models loaded, batch sizes compiled)."""
+    from legato.clients.progress import steps_bar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for tty in (True, False):
+        buf = Tty() if tty else io.StringIO()
+        monkeypatch.setattr(sys, "stderr", buf)
+        update, close = steps_bar("loading models")
+        update(1, 2)
+        update(2, 2)
+        close()
+        assert ("loading models: 2/2" in buf.getvalue()) is tty
