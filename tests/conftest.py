@@ -66,7 +66,7 @@ def virtual_mic():
     import shutil
     import tempfile
 
-    import mic_env
+    from support import mic_env
 
     why = mic_env.missing()
     if why:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from legato.tts.text import numbers
 from legato.tts.text.normalize import english_cleaners, normalize_english, to_ascii
+from conftest import REPO  # noqa: E402
 
-FIXTURES = Path(__file__).parent / "fixtures" / "tts" / "text"
+FIXTURES = REPO / "tests" / "fixtures" / "tts" / "text"
 REFERENCE = json.loads((FIXTURES / "reference.json").read_text(encoding="utf-8"))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,9 @@ from legato.codecs.hifigan import (
     load_hifigan,
 )
 from torch.nn.utils import weight_norm
+from conftest import FIXTURES  # noqa: E402
 
-FIX = Path(__file__).parent / "fixtures" / "tts" / "fastspeech2"
+FIX = FIXTURES / "tts" / "fastspeech2"
 VERSIONS = ("v1", "v3")
 
 

@@ -45,7 +45,7 @@ def test_servers_refuse_an_empty_token():
     from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
     from legato.server.tts_service import TtsService
     from legato.server.ws_server import ServerConfig, TranscriptionServer
-    from tts_toys import ToneVoice
+    from support.tts_toys import ToneVoice
 
     from legato.stream.engine import Engine
     from legato.tts.stage import voice_route
@@ -98,7 +98,7 @@ def test_odd_reference_audio_is_invalid_argument(samples, rate, match):
 def test_a_malformed_protobuf_is_invalid_argument():
     from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
     from legato.server.tts_service import TtsService
-    from tts_toys import ToneVoice
+    from support.tts_toys import ToneVoice
 
     async def main():
         server = await TtsGrpcServer(TtsService({"tone": ToneVoice()}), GrpcConfig(port=0)).start()
@@ -149,7 +149,7 @@ def test_a_request_id_cannot_forge_a_log_line(caplog):
     from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
     from legato.server.tts_proto import load
     from legato.server.tts_service import TtsService
-    from tts_toys import ToneVoice
+    from support.tts_toys import ToneVoice
 
     class Failing(ToneVoice):
         def stream(self, request, cancelled):
@@ -223,7 +223,7 @@ def test_health_watches_do_not_take_synthesis_capacity():
     from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
     from legato.server.tts_proto import load
     from legato.server.tts_service import TtsService
-    from tts_toys import ToneVoice
+    from support.tts_toys import ToneVoice
 
     pb2, pb2_grpc = load()
 
@@ -292,7 +292,7 @@ def test_grpc_drain_refuses_new_calls_and_finishes_streams_in_flight():
     from legato.server.grpc_server import GrpcConfig, TtsGrpcServer
     from legato.server.tts_proto import load
     from legato.server.tts_service import TtsService
-    from tts_toys import ToneVoice
+    from support.tts_toys import ToneVoice
 
     pb2, pb2_grpc = load()
 
@@ -345,7 +345,7 @@ def test_websocket_drain_answers_503_while_streams_finish(recognizer):
 
 
 def _slow_server(**config):
-    from streaming_toys import SlowStage
+    from support.streaming_toys import SlowStage
 
     from legato.server.ws_server import ServerConfig, TranscriptionServer
     from legato.stream.engine import Engine
@@ -414,7 +414,7 @@ def _s16(seconds: float) -> bytes:
 
 
 def _fast_server(delay_s: float = 0.0, **config):
-    from streaming_toys import SlowStage
+    from support.streaming_toys import SlowStage
 
     from legato.server.ws_server import ServerConfig, TranscriptionServer
     from legato.stream.engine import Engine

@@ -7,7 +7,6 @@ import asyncio
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import soundfile
@@ -21,8 +20,9 @@ from legato.tts.stage import voice_route  # noqa: E402
 from legato.tts.vits.streaming import Buckets  # noqa: E402
 from legato.tts.voice import SynthesisError, SynthesisRequest  # noqa: E402
 from legato.tts.voices import DEFAULT_VOICE, default_voices  # noqa: E402
+from conftest import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+
 TEXTS = ["The ferry leaves at seven.", "Can you hear the rain on the roof? It started an hour ago.", "Hi!"]
 
 

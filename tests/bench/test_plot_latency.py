@@ -1,9 +1,10 @@
 """bench/plot_latency.py draws both benchmark JSON shapes it documents (a step-latency sweep, a bulk-path sweep)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
 import plot_latency  # noqa: E402
 
 

@@ -8,7 +8,6 @@ recompute each front-end in float64 NumPy/librosa from its description.
 
 import json
 import math
-from pathlib import Path
 
 import librosa
 import numpy as np
@@ -31,8 +30,9 @@ from legato.asr.frontends import (
     pad_or_trim,
 )
 from legato.stream.module import run_streaming
+from conftest import REPO  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "frontends"
+FIXTURES = REPO / "tests" / "fixtures" / "frontends"
 INPUTS = ["ldc", "noise"]
 
 

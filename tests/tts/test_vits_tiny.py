@@ -8,7 +8,6 @@ code and onnxruntime, at noise_scale = noise_w = 0 (NOTES.md there).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,9 @@ import torch
 
 from legato.tts.vits.loader import load_piper_voice
 from legato.tts.vits.streaming import Buckets, SentenceStream, decode_windows
+from conftest import FIXTURES  # noqa: E402
 
-FIX = Path(__file__).parent / "fixtures" / "tts" / "vits"
+FIX = FIXTURES / "tts" / "vits"
 VOICES = ("tiny_multi", "tiny_sdp")
 
 

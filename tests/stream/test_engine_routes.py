@@ -13,7 +13,7 @@ from legato.stream.graph import PerStreamStage, Pipeline, Stage
 from legato.stream.stages import ModelStage
 from legato.tts.stage import VoiceStage, voice_route
 from legato.tts.voice import Submit, SynthesisRequest, Voice, Wait
-from streaming_toys import RunningSum, concat_features, feature_chunks
+from support.streaming_toys import RunningSum, concat_features, feature_chunks
 
 
 class Scale(PerStreamStage):

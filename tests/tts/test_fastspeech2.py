@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+
 from legato.tts.fastspeech2.config import FastSpeech2Config, UnsupportedConfigError
 from legato.tts.fastspeech2.loader import load_fastspeech2, read_config
 from legato.tts.fastspeech2.model import regulate_length
@@ -23,7 +23,9 @@ from legato.tts.fastspeech2.symbols import (
     text_to_ids,
 )
 
-FIX = Path(__file__).parent / "fixtures" / "tts" / "fastspeech2"
+from conftest import FIXTURES
+
+FIX = FIXTURES / "tts" / "fastspeech2"
 MODELS = ("lj_tiny", "multi_tiny")
 # Fixture control sets (p, e, d) as passed to ming024. ming024 scales energy by p_control (its
 # VarianceAdaptor passes p_control to the energy branch), so ours gets e_control = p_control.

@@ -14,7 +14,7 @@ from legato.stream.graph import PerStreamStage, Pipeline
 from legato.stream.metrics import format_metrics
 from legato.stream.stages import ModelStage
 from legato.stream.testing import run_streams
-from streaming_toys import RunningSum, SlowStage, concat_features, feature_chunks
+from support.streaming_toys import RunningSum, SlowStage, concat_features, feature_chunks
 
 
 def _model_stage(max_batch=8, capacity=8):

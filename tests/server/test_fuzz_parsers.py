@@ -22,7 +22,7 @@ from legato.server.protocol import Audio, End, ProtocolSession, Reject, Start
 from legato.server.tts_requests import TtsRequestError, parse_request
 from legato.stream.audio_io import PcmFormat, decode_pcm
 from legato.stream.errors import LegatoError
-from tts_toys import ToneVoice
+from support.tts_toys import ToneVoice
 
 EXAMPLES = int(os.environ.get("LEGATO_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,7 +14,7 @@ from legato.server.tts_proto import load
 from legato.server.tts_service import TtsService
 from legato.stream.resample import Resampler
 
-from tts_toys import ToneVoice
+from support.tts_toys import ToneVoice
 
 pb2, pb2_grpc = load()
 
@@ -229,7 +229,7 @@ def test_say_plays_while_streaming(virtual_mic, tmp_path):
     import subprocess
     import sys
 
-    import mic_env
+    from support import mic_env
 
     voice = ToneVoice(sample_rate=16000, samples_per_char=1600)
     raw = tmp_path / "played.f32"

