@@ -156,7 +156,9 @@ class LocalAgreement:
         if self._since_update < interval:
             return False
         self._since_update = 0
-        return True
+        # With utterance finals, updates only make partials: a stream that wants none (interim_results off, as an
+        # uploaded file's) decodes each utterance once, at its end
+        return self.config.interim_results or not self.config.utterance_finals
 
     def request(self) -> tuple[torch.Tensor, list[int]]:
         """(buffer audio, prompt tokens) to recognise for the next update."""

@@ -117,12 +117,12 @@ def test_batched_recognition_equals_one_by_one(speech_dir):
         assert [s.tokens for s in got] == [s.tokens for s in rec.transcribe(audio, prompt)]
 
 
-def _stage_events(stage, audio, chunk):
+def _stage_events(stage, audio, chunk, **options):
     from legato.stream.frames import AudioChunk, TextEvent
     from legato.stream.graph import StreamInfo
     from legato.stream.testing import StageHarness
 
-    h = StageHarness(stage, StreamInfo("s", options={"endpointing": {"min_silence_ms": 400}}))
+    h = StageHarness(stage, StreamInfo("s", options={"endpointing": {"min_silence_ms": 400}, **options}))
     out = []
     for i in range(0, audio.shape[0], chunk):
         out += h.push(AudioChunk(audio[i : i + chunk, None].contiguous(), 16000, i))
@@ -145,6 +145,27 @@ def test_stage_output_does_not_depend_on_chunking(speech_dir):
     assert sum(kind == TextKind.FINAL for kind, *_ in want) >= 2  # both utterances finalised
     for chunk in (5120, 8000, 27200, 48000):
         assert _stage_events(stage, audio, chunk) == want, chunk
+
+
+def test_without_partials_each_utterance_is_decoded_once(speech_dir):
+    """interim_results off (an uploaded file, a client that wants finals only): no update passes, one pass per
+    utterance at its end, and the same finals as with partials on."""
+    from legato.asr.whisper.stage import WhisperRecognizer, WhisperStage
+
+    clip = read_audio(str(speech_dir / "en_goforward.wav"), sample_rate=16000)[0][:, 0]
+    other = read_audio(str(speech_dir / "en_LDC93S1.wav"), sample_rate=16000)[0][:, 0]
+    audio = torch.cat([torch.zeros(12000), clip, torch.zeros(12000), other, torch.zeros(12000)])
+    rec = WhisperRecognizer.default()
+    passes = []
+    real = rec.transcribe_many
+    rec.transcribe_many = lambda requests: (passes.append(len(requests)), real(requests))[1]
+    stage = WhisperStage(rec)
+    with_partials = [e for e in _stage_events(stage, audio, 1600) if e[0] == TextKind.FINAL]
+    updates_and_finals, passes[:] = sum(passes), []
+    finals_only = _stage_events(stage, audio, 1600, interim_results=False)
+    assert finals_only == with_partials and len(finals_only) == 2
+    # three utterance ends (two endpoints, then the trailing silence at the end of the stream), nothing else
+    assert sum(passes) == 3 and updates_and_finals > 3 + 6
 
 
 def test_audio_shorter_than_a_mel_frame_is_no_speech():
