@@ -41,7 +41,7 @@ from legato.asr.fastconformer.bulk_graphs import MAX_GRAPH_ROWS
 from legato.asr.fastconformer.bulk_tokens import TokenUpdates
 from legato.asr.fastconformer.stage import DEFAULT_MIN_SILENCE_MS
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
-from legato.server.bulk_text import StreamText
+from legato.asr.fastconformer.utterance_text import UtteranceText
 from legato.stream.engine import UnknownRouteError
 from legato.stream.errors import CapacityError, NonFiniteAudioError
 from legato.stream.frames import AudioChunk, EndOfStream, ErrorEvent, Frame
@@ -106,7 +106,7 @@ class HandleEvents:
 
 
 class BulkHandle(HandleEvents):
-    def __init__(self, engine: "BulkEngine", slot: int, stream_id: str, text: StreamText, rate: int):
+    def __init__(self, engine: "BulkEngine", slot: int, stream_id: str, text: UtteranceText, rate: int):
         self.engine, self.slot, self.stream_id, self.text = engine, slot, stream_id, text
         self.audio = StreamAudio(rate)
         self.sink = engine.loop_sink(asyncio.get_running_loop())  # the worker's token updates, via the text thread
@@ -264,7 +264,7 @@ class BulkEngine:
         honour (another sample rate, lookahead or decoder)."""
         opts = self._check(options, route)
         slot = await asyncio.wrap_future(self.request_open())  # CapacityError when every slot is taken
-        handle = BulkHandle(self, slot, stream_id or f"bulk-{slot}", StreamText(bool(opts.get("interim_results", True))),
+        handle = BulkHandle(self, slot, stream_id or f"bulk-{slot}", UtteranceText(bool(opts.get("interim_results", True))),
                             opts.get("sample_rate", SAMPLE_RATE))
         self.register(slot, handle, opts)
         return handle

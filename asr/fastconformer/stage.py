@@ -27,10 +27,9 @@ import torch
 from legato.asr.endpointing import Endpointing
 from legato.asr.fastconformer.chunking import MelChunker, MelStep
 from legato.asr.fastconformer.recognizer import FastConformerRecognizer
-from legato.asr.fastconformer.words import WordBuilder
-from legato.asr.utterance_events import utterance_events
+from legato.asr.fastconformer.utterance_text import UtteranceText
 from legato.stream.grouped_steps import run_grouped
-from legato.stream.frames import EndOfStream, FeatureChunk, Frame, TextEvent, TextKind
+from legato.stream.frames import EndOfStream, FeatureChunk, Frame
 from legato.stream.graph import BatchItem, Stage, StreamInfo
 from legato.stream.pool import StatePool
 
@@ -48,10 +47,10 @@ class _FastConformerContext:
     endpoint_frames: int | None  # encoder frames of silence after the last token that end an utterance
     held: torch.Tensor | None = None  # newest mel frame (1, F), held back
     frames_done: int = 0  # encoder frames decoded so far
-    tokens: list[int] = field(default_factory=list)  # current utterance
-    token_frames: list[int] = field(default_factory=list)
-    words: WordBuilder = field(default_factory=WordBuilder)  # the utterance's words, built incrementally
-    last_partial: str = ""
+    text: UtteranceText = field(init=False)  # the current utterance (tokens, words, last partial)
+
+    def __post_init__(self) -> None:
+        self.text = UtteranceText(self.interim)
 
 
 class FastConformerStage(Stage):
@@ -133,22 +132,12 @@ class FastConformerStage(Stage):
         self.enc_pool.scatter(enc_slots, enc_state)  # commit only after both steps succeeded
         self.dec_pools[kind].scatter(dec_slots, dec_state)
         for ctx, toks, frs, n in zip(ctxs, tokens, frames, y_valid.tolist()):
-            ctx.tokens += toks
-            ctx.token_frames += [ctx.frames_done + f for f in frs]
+            ctx.text.add(toks, [ctx.frames_done + f for f in frs])
             ctx.frames_done += n
 
-    def _event(self, ctx: _FastConformerContext, kind: TextKind) -> TextEvent | None:
-        words = ctx.words.words(self.recognizer.tokenizer, ctx.tokens, ctx.token_frames, self.recognizer.frame_s)
-        if not words:
-            return None
-        return TextEvent(kind, " ".join(w.word for w in words), words[0].start_s, words[-1].end_s, tuple(words) if kind is TextKind.FINAL else ())
-
     def _events(self, ctx: _FastConformerContext, end: bool) -> list[Frame]:
-        if not ctx.tokens:
+        if not ctx.text.tokens:
             return []
-        silent = ctx.frames_done - 1 - ctx.token_frames[-1]
+        silent = ctx.frames_done - 1 - ctx.text.frames[-1]
         final = end or (ctx.endpoint_frames is not None and silent >= ctx.endpoint_frames)
-        out = utterance_events(ctx, final, lambda kind: self._event(ctx, kind))
-        if final:
-            ctx.tokens, ctx.token_frames, ctx.words = [], [], WordBuilder()
-        return out
+        return ctx.text.events(self.recognizer.tokenizer, self.recognizer.frame_s, final)

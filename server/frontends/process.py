@@ -23,7 +23,7 @@ import numpy as np
 
 from legato.asr.fastconformer.tokenizer import SentencePieceTokenizer
 from legato.server.bulk_engine import GIL_SWITCH_S, SAMPLE_RATE, HandleEvents, StreamAudio
-from legato.server.bulk_text import StreamText
+from legato.asr.fastconformer.utterance_text import UtteranceText
 from legato.server.frontends.messages import (
     Audio, Cancel, End, MetricsReply, MetricsRequest, Open, Opened, Ready, Refused, ServerCounters, Setup, StreamError, Updates,
 )
@@ -46,7 +46,7 @@ class RemoteHandle(HandleEvents):
 
     def __init__(self, engine: "RemoteEngine", slot: int, rate: int, interim: bool, chunk: int):
         self.engine, self.slot, self.stream_id = engine, slot, f"bulk-{slot}"
-        self.text = StreamText(interim)
+        self.text = UtteranceText(interim)
         self.audio = StreamAudio(rate)
         self._chunk = chunk
         self._buffer = np.zeros(0, np.float32)
