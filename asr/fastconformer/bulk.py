@@ -349,12 +349,12 @@ class BulkTranscriber:
 
     def _log_mel(self, rows: torch.Tensor, audio: torch.Tensor, first: bool) -> torch.Tensor:
         """(B, chunk) raw audio -> (B, the step's mel frames, n_mels); updates pre-emphasis, tail and mel carry."""
-        y = self.mel._preemphasis(audio, self._last_raw[rows])
+        y = self.mel.preemphasis(audio, self._last_raw[rows])
         self._last_raw[rows] = audio[:, -1]
         context = torch.zeros(len(rows), self.pad, device=audio.device) if first else self._tail[rows]
         full = torch.cat([context, y], dim=1)
         self._tail[rows] = full[:, full.shape[1] - self._tail.shape[1]:]
-        mel = self.mel._log_mel(full.unfold(1, self.window, self.hop))
+        mel = self.mel.log_mel_frames(full.unfold(1, self.window, self.hop))
         if not first:
             mel = torch.cat([self._mel_carry[rows], mel], dim=1)
         take = self.first_mel if first else self.step_mel

@@ -76,11 +76,11 @@ def _last_mel(bulk, slots: list[int], partials: list[np.ndarray], started: bool)
         audio[i, :len(p)] = p
     x = torch.from_numpy(audio).to(dev)
     inside = torch.arange(x.shape[1], device=dev)[None, :] < torch.as_tensor(lengths, device=dev)[:, None]
-    y = bulk.mel._preemphasis(x, bulk._last_raw[rows]) * inside  # samples past the partial: the right padding's zeros
+    y = bulk.mel.preemphasis(x, bulk._last_raw[rows]) * inside  # samples past the partial: the right padding's zeros
     context = bulk._tail[rows] if started else torch.zeros(m, bulk.pad, device=dev)
     full = torch.cat([context, y, torch.zeros(m, bulk.pad, device=dev)], dim=1)
     if full.shape[1] >= bulk.window:
-        logmel = bulk.mel._log_mel(full.unfold(1, bulk.window, bulk.hop))
+        logmel = bulk.mel.log_mel_frames(full.unfold(1, bulk.window, bulk.hop))
     else:
         logmel = full.new_zeros(m, 0, bulk._mel_carry.shape[2])
     mel = torch.cat([bulk._mel_carry[rows], logmel], dim=1) if started else logmel

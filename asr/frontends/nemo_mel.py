@@ -157,15 +157,16 @@ class NemoMel(StreamingModule):
         pad_to = self.config.pad_to
         return frames if not pad_to else math.ceil(frames / pad_to) * pad_to
 
-    def _log_mel(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, window) pre-emphasised frames -> (B, T, n_mels) ln mel energies."""
+    def log_mel_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, window) pre-emphasised frames -> (B, T, n_mels) ln mel energies. With ``preemphasis``, the two steps
+        ``step`` runs, public for the bulk path, which keeps its streams' framing in its own row arrays."""
         if frames.shape[1] == 0:  # most small steps: skip the spectral work
             return frames.new_zeros(frames.shape[0], 0, self.config.n_mels)
         c = self.config
         return dispatch.call(log_mel.NAME, frames.device, frames, self.window, self.filters, c.n_fft, self.fft_offset,
                              c.log_zero_guard)
 
-    def _preemphasis(self, audio: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    def preemphasis(self, audio: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """y[i] = x[i] - preemph * x[i-1], with ``previous`` (B,) standing for x[-1]."""
         if not self.config.preemph:
             return audio
@@ -187,9 +188,9 @@ class NemoMel(StreamingModule):
             lengths = lengths.to(audio.device)
             if lengths.shape != (batch,) or lengths.dtype.is_floating_point or bool((lengths < 0).any() | (lengths > n).any()):
                 raise AudioFormatError(f"lengths must be ({batch},) integers in [0, {n}], got {lengths.dtype} {tuple(lengths.shape)}")
-        y = self._preemphasis(audio, audio.new_zeros(batch))
+        y = self.preemphasis(audio, audio.new_zeros(batch))
         y = y.masked_fill(torch.arange(n, device=audio.device)[None, :] >= lengths[:, None], 0.0)
-        x = self._log_mel(self.framer.offline(y))
+        x = self.log_mel_frames(self.framer.offline(y))
         valid = self.valid_frames(lengths)
         mask = (torch.arange(x.shape[1], device=x.device)[None, :] < valid[:, None])[..., None]  # (B, T, 1)
         x = _normalize(x, mask, valid, self.config.normalize)
@@ -222,14 +223,14 @@ class NemoMel(StreamingModule):
         check_chunk(chunk, state.last_sample.shape[0])
         if chunk.shape[1] == 0:
             return chunk.new_zeros(chunk.shape[0], 0, self.config.n_mels)
-        y = self._preemphasis(chunk, state.last_sample)
+        y = self.preemphasis(chunk, state.last_sample)
         state.last_sample.copy_(chunk[:, -1])
-        return self._log_mel(self.framer.step(y, state.framing))
+        return self.log_mel_frames(self.framer.step(y, state.framing))
 
     def flush(self, state: NemoMelState) -> torch.Tensor:
         """(B, t, n_mels): frames reaching into the end padding, the invalid last frame, ``pad_to`` padding."""
         seen = uniform_count(state.framing.seen, "stream positions")
-        x = self._log_mel(self.framer.flush(state.framing))
+        x = self.log_mel_frames(self.framer.flush(state.framing))
         # The STFT's last frame (never valid) reaches half a window past its centre, beyond the audio: it is always here.
         x[:, -1] = self.config.pad_value
         pad_to = self.config.pad_to
