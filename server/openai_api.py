@@ -24,7 +24,7 @@ import torch
 from aiohttp import web
 
 from legato.server.subtitles import srt, vtt
-from legato.server.tts_requests import PCM_S16LE, TtsRequestError, parse_request
+from legato.server.tts_requests import PCM_S16LE, TtsRequestError, encode_audio, parse_request
 from legato.stream.errors import CapacityError
 from legato.stream.frames import AudioChunk, ErrorEvent, TextEvent, TextKind
 
@@ -84,8 +84,7 @@ class OpenAiApi:
             return await handler(request)
         server = self.server
         try:
-            header = request.headers.get("Authorization", "")
-            if server.config.auth_token is not None and not (header.startswith("Bearer ") and server.token_ok(header[7:])):
+            if not server.authorized(request):
                 raise ApiError(401, "a bearer token is required: Authorization: Bearer <token>", code="invalid_api_key")
             if server.draining:
                 raise ApiError(503, "the server is draining; try another instance", type_="server_error", code="draining")
@@ -243,10 +242,9 @@ class OpenAiApi:
             speed = float(body.get("speed") or 1.0)
         except (TypeError, ValueError):
             raise ApiError(400, "speed must be a number", param="speed") from None
-        native = tts.voices[voice].sample_rate if voice in tts.voices else 0
         try:
-            parsed = parse_request(
-                text=str(body.get("input") or ""), voice=voice, sample_rate_hz=PCM_RATE if fmt == "pcm" else native,
+            parsed = parse_request(  # rate 0: the voice's own
+                text=str(body.get("input") or ""), voice=voice, sample_rate_hz=PCM_RATE if fmt == "pcm" else 0,
                 encoding=PCM_S16LE, speed=speed, reference_audio=b"", reference_text="", request_id="",
                 voices=tts.voices, default_voice=tts.default_voice, streaming=True,
             )
@@ -272,9 +270,9 @@ class OpenAiApi:
             if fmt == "wav":
                 await response.write(_wav_header(rate))
             if first is not None:
-                await response.write(_s16(first[1]))
+                await response.write(encode_audio(first[1], PCM_S16LE, rate))
             async for _, audio in chunks:
-                await response.write(_s16(audio))
+                await response.write(encode_audio(audio, PCM_S16LE, rate))
         else:  # FLAC and MP3 encoders (libsndfile) write whole files: encoded once all audio is in
             parts = [first[1]] if first is not None else []
             parts += [a async for _, a in chunks]
@@ -286,10 +284,6 @@ class OpenAiApi:
 
 def _sse(event: dict) -> bytes:
     return f"data: {json.dumps(event)}\n\n".encode()
-
-
-def _s16(audio: torch.Tensor) -> bytes:
-    return np.clip(np.round(audio.clamp(-1, 1).numpy() * 32768.0), -32768, 32767).astype("<i2").tobytes()
 
 
 def _wav_header(rate: int) -> bytes:

@@ -144,6 +144,11 @@ class TranscriptionServer:
         expected = self.config.auth_token
         return expected is None or token_matches(token, expected)
 
+    def authorized(self, request: web.Request) -> bool:
+        """An HTTP request (the API, /metrics) may proceed: no token is set, or its ``Authorization: Bearer`` matches."""
+        header = request.headers.get("Authorization", "")
+        return self.config.auth_token is None or (header.startswith("Bearer ") and self.token_ok(header[7:]))
+
     def app(self) -> web.Application:
         from legato.server.openai_api import OpenAiApi
 
@@ -163,8 +168,7 @@ class TranscriptionServer:
         """Prometheus' text format (server/prometheus.py); with --auth-token-file, scrapes show the bearer token."""
         from legato.server.prometheus import CONTENT_TYPE, exposition
 
-        header = request.headers.get("Authorization", "")
-        if self.config.auth_token is not None and not (header.startswith("Bearer ") and self.token_ok(header[7:])):
+        if not self.authorized(request):
             self.counters.refuse("unauthorized")
             return web.Response(status=HTTPStatus.UNAUTHORIZED, text="a bearer token is required\n")
         snap = await self.engine.ametrics()
